@@ -1,0 +1,20 @@
+"""udp-datasets: make image datasets unlearnable for diffusion models (UDP / EUDP).
+
+    from udp_datasets import ProtectionConfig, Protector
+    protector = Protector(ProtectionConfig(epsilon=8/255))
+    protector.fit(train_subset)
+    protected = ds.map(protector, batched=True, batch_size=32)
+"""
+
+from .config import ConfigError, ProtectionConfig, parse_epsilon
+from .images import ImageError
+from .pgd import BudgetError
+from .protector import ColumnError, Protector
+from .surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError", "ColumnError", "ConfigError", "ImageError", "ProtectionConfig", "Protector",
+    "Surrogate", "SurrogateError", "SurrogateRef", "load_surrogate", "parse_epsilon", "__version__",
+]

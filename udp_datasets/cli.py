@@ -1,0 +1,170 @@
+"""``udp-datasets``: protect | fit | demo | config.
+
+Every :class:`ProtectionConfig` field is also a flag (``--epsilon 8/255``,
+``--objective adversarial``, ``--random-start``...); flags override
+``--config-file`` (JSON or YAML), which overrides the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .config import ConfigError, ProtectionConfig, config_fields, parse_epsilon
+
+logger = logging.getLogger("udp_datasets")
+
+EXIT_OK, EXIT_USAGE, EXIT_QUARANTINED, EXIT_FAILED = 0, 2, 3, 1
+
+
+# ------------------------------------------------------------------ config flags
+def _flag_type(tp: Any) -> tuple[Callable[[str], Any] | None, list[Any] | None, bool]:
+    """(converter, choices, is_bool) for a config field's type annotation."""
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        conv, choices, is_bool = _flag_type(inner[0])
+        return (lambda s: None if s.lower() == "none" else conv(s)), choices, is_bool  # type: ignore[misc]
+    if origin is typing.Literal:
+        return str, list(args), False
+    if tp is bool:
+        return None, None, True
+    return tp, None, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("protection config (override --config-file)")
+    group.add_argument("--config-file", type=Path, help="JSON or YAML file of config fields")
+    hints = typing.get_type_hints(ProtectionConfig)
+    for f in config_fields():
+        flag = "--" + f.name.replace("_", "-")
+        conv, choices, is_bool = _flag_type(hints[f.name])
+        if f.name == "epsilon":
+            conv = parse_epsilon
+        if is_bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS)
+        else:
+            group.add_argument(flag, dest=f.name, type=conv, choices=choices, default=argparse.SUPPRESS,
+                               metavar=None if choices else f.name.upper())
+
+
+def config_from_args(args: argparse.Namespace) -> ProtectionConfig:
+    base = ProtectionConfig.from_file(args.config_file) if getattr(args, "config_file", None) else ProtectionConfig()
+    overrides = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
+    return base.replace(**overrides)
+
+
+# ------------------------------------------------------------------ commands
+def cmd_protect(args: argparse.Namespace) -> int:
+    from .job import format_summary, protect_dataset
+
+    config = config_from_args(args)
+    summary = protect_dataset(args.src, args.dst, config, split=args.split, image_column=args.image_column,
+                              key_column=args.key_column, output_format=args.format,
+                              fit_output=args.fit_output, num_proc=args.num_proc,
+                              overwrite=args.overwrite)
+    print(format_summary(summary))
+    if summary.errors and not args.allow_errors:
+        return EXIT_QUARANTINED
+    return EXIT_OK
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from .protector import Protector
+    from .sources import open_source
+
+    config = config_from_args(args)
+    ds = open_source(args.src, split=args.split)
+    protector = Protector(config, image_column=args.image_column)
+    result = protector.fit(ds, output_dir=args.out)
+    last = result.history[-1] if result.history else {}
+    print(f"fitted surrogate saved to {args.out} ({result.num_samples} images; last round {last})")
+    print(f"protect with: udp-datasets protect SRC DST --surrogate {args.out} ...")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, quick=args.quick)
+    print(f"side-by-side picture: {result['picture']}")
+    print(f"summary:              {result['summary_path']}")
+    print(f"protected dataset:    {result['dataset']}")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    print(config.to_json())
+    print(f"# hash {config.hash()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="udp-datasets", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("protect", help="protect every image of a dataset")
+    p.add_argument("src", help="image folder, save_to_disk folder, or Hub dataset id")
+    p.add_argument("dst", help="output folder (created; must not exist unless --overwrite)")
+    p.add_argument("--split", help="split to protect when SRC has several")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--key-column", help="column of stable ids that seed per-sample randomness")
+    p.add_argument("--format", choices=["arrow", "imagefolder"], default="arrow",
+                   help="arrow: save_to_disk folder in DST/data; imagefolder: PNG files + metadata.jsonl")
+    p.add_argument("--fit-output", help="where the fitted surrogate is saved (default: cache folder)")
+    p.add_argument("--num-proc", type=int, help="worker processes for datasets.map (one per GPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--allow-errors", action="store_true",
+                   help=f"exit 0 even when images were quarantined (default exit {EXIT_QUARANTINED})")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_protect)
+
+    p = sub.add_parser("fit", help="train the surrogate on a dataset and save it")
+    p.add_argument("src")
+    p.add_argument("out", help="folder for the fitted surrogate (diffusers DDPMPipeline layout)")
+    p.add_argument("--split")
+    p.add_argument("--image-column", default="image")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("demo", help="offline demo on photographs and faces shipped with scikit-image")
+    p.add_argument("--out", default="udp-demo", help="output folder (default: ./udp-demo)")
+    p.add_argument("--quick", action="store_true", help="smaller budget, for smoke tests")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("config", help="print the resolved config as JSON")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from .images import ImageError
+    from .protector import ColumnError
+    from .sinks.atomic import OutputExistsError
+    from .sources import SourceError
+    from .surrogate import SurrogateError
+
+    try:
+        return args.func(args)
+    except (ConfigError, ColumnError, SourceError, SurrogateError, ImageError, OutputExistsError) as exc:
+        print(f"udp-datasets {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # python -m udp_datasets.cli
+    sys.exit(main())

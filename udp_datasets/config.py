@@ -1,0 +1,260 @@
+"""ProtectionConfig: the one description of a protection job.
+
+It is frozen and JSON-serialisable so that a job can be re-run, hashed into the
+datasets fingerprint, and written into the provenance card. Every choice that
+METHOD.md marks as *ours* is a field here, so the evaluation can measure it.
+
+``epsilon`` is on the 0-1 scale of normalised pixels (8/255 means 8 grey levels);
+:func:`parse_epsilon` accepts the spellings ``"8/255"``, ``"0.0314"`` and ``"8"``
+(levels) that people type on a command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+CONFIG_VERSION = 1
+
+Objective = Literal["unlearnable", "adversarial"]
+TimestepSchedule = Literal["uniform", "eudp", "snr", "range"]
+TimestepMode = Literal["sample", "weight"]
+Dtype = Literal["float32", "float16", "bfloat16"]
+
+# Fields that change where or how fast a job runs but not what it computes (up to
+# floating-point rounding on another device). They are left out of the hash so a
+# job moved from a laptop to a GPU box keeps its identity.
+RUNTIME_FIELDS = frozenset({"device", "batch_size"})
+
+
+class ConfigError(ValueError):
+    """An impossible or inconsistent configuration value."""
+
+
+def parse_epsilon(value: str | float | int) -> float:
+    """Read an L-inf budget as a fraction of the 0-1 pixel range.
+
+    ``"8/255"`` -> 8/255, ``0.03`` -> 0.03, ``"8"`` or ``8`` -> 8/255 (an integer of
+    at least 1 is read as grey levels, since a budget of 100 % is never meant).
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if "/" in text:
+            num, _, den = text.partition("/")
+            try:
+                return float(num) / float(den)
+            except (ValueError, ZeroDivisionError) as exc:
+                raise ConfigError(f"epsilon {value!r} is not a fraction like '8/255'") from exc
+        try:
+            value = float(text)
+        except ValueError as exc:
+            raise ConfigError(f"epsilon {value!r} is not a number or a fraction like '8/255'") from exc
+    value = float(value)
+    if value >= 1.0 and float(value).is_integer():
+        return value / 255.0
+    return value
+
+
+@dataclass(frozen=True)
+class ProtectionConfig:
+    """How to protect images. See METHOD.md in the repository for each choice.
+
+    Defaults are provisional until the evaluation (docs/efficacy.md) measures them.
+    """
+
+    # --- budget and PGD -------------------------------------------------------
+    epsilon: float = 8 / 255
+    """L-inf budget on the 0-1 scale; checked on the final uint8 pixels."""
+    steps: int = 40
+    """PGD iterations per image in the transform."""
+    alpha: float | None = None
+    """PGD step size; ``None`` means epsilon / 8."""
+    random_start: bool = False
+    """Start PGD uniformly in the epsilon ball instead of at zero."""
+    objective: Objective = "unlearnable"
+    """``unlearnable``: min-min (error-minimising, surrogate co-trained in fit).
+    ``adversarial``: max (error-maximising) against a frozen surrogate."""
+
+    # --- timesteps (UDP vs EUDP) ---------------------------------------------
+    timesteps: TimestepSchedule = "eudp"
+    gamma: float = 1.0
+    """EUDP exponent: p(t) proportional to sqrt(alpha_bar_t) ** gamma."""
+    t_min: int = 0
+    t_max: int | None = None
+    """Inclusive bounds for ``timesteps='range'`` (``None`` = last timestep)."""
+    snr_clip: float = 5.0
+    """Upper clip of the SNR weight for ``timesteps='snr'``."""
+    timestep_mode: TimestepMode = "sample"
+    """``sample`` draws t from p(t); ``weight`` draws t uniformly and weights the loss by p(t)."""
+    noise_draws: int = 1
+    """(t, noise) draws averaged per PGD step (expectation over the forward process)."""
+
+    seed: int = 0
+
+    # --- surrogate ------------------------------------------------------------
+    surrogate: str | None = None
+    """Local directory or Hub id of a diffusers UNet2DModel (+ scheduler); ``None`` builds
+    the built-in architecture, which :meth:`Protector.fit` trains on the data."""
+    surrogate_revision: str | None = None
+    surrogate_arch: str = "tiny"
+    """Built-in architecture used when ``surrogate`` is ``None`` (see surrogate.ARCHITECTURES)."""
+    resolution: int = 32
+    """Side length the built-in surrogate works at; images are resized for its forward pass
+    only, the perturbation always lives at the image's own resolution."""
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    """Noise schedule of the built-in surrogate (diffusers DDPMScheduler names)."""
+
+    # --- fit (surrogate training) --------------------------------------------
+    fit_rounds: int = 10
+    fit_surrogate_steps: int = 40
+    """Optimizer steps on the surrogate per round."""
+    fit_pgd_steps: int = 10
+    """PGD steps on the fit subset's perturbations per round (unlearnable only)."""
+    fit_lr: float = 2e-4
+    fit_batch_size: int = 32
+    fit_max_samples: int = 10_000
+    fit_stop_loss: float = 0.0
+    """Stop co-training early once the surrogate loss on x+delta falls below this (0 = never)."""
+
+    # --- runtime (excluded from the hash) ------------------------------------
+    batch_size: int = 16
+    device: str = "auto"
+    dtype: Dtype = "float32"
+
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the field, the value and the fix."""
+        _choice("objective", self.objective, Objective)
+        _choice("timesteps", self.timesteps, TimestepSchedule)
+        _choice("timestep_mode", self.timestep_mode, TimestepMode)
+        _choice("dtype", self.dtype, Dtype)
+        if not isinstance(self.epsilon, (int, float)) or not math.isfinite(self.epsilon):
+            raise ConfigError(f"epsilon must be a finite number, got {self.epsilon!r}")
+        if not 0 < self.epsilon <= 1:
+            raise ConfigError(
+                f"epsilon={self.epsilon!r} is outside (0, 1]; it is a fraction of the pixel "
+                "range, e.g. 8/255 = 0.0314 (on the CLI write --epsilon 8/255)"
+            )
+        if self.budget_levels < 1:
+            raise ConfigError(
+                f"epsilon={self.epsilon:.5f} rounds to {self.budget_levels} grey levels: the "
+                "perturbation would vanish when saved as 8-bit; use at least 1/255"
+            )
+        for name in ("steps", "noise_draws", "num_train_timesteps", "fit_batch_size",
+                     "fit_max_samples", "batch_size", "resolution"):
+            _positive_int(name, getattr(self, name))
+        for name in ("fit_rounds", "fit_surrogate_steps", "fit_pgd_steps", "t_min", "seed"):
+            _non_negative_int(name, getattr(self, name))
+        if self.alpha is not None and not (0 < self.alpha <= 1):
+            raise ConfigError(f"alpha={self.alpha!r} must be in (0, 1] (a step on the 0-1 pixel scale)")
+        if self.gamma < 0:
+            raise ConfigError(f"gamma={self.gamma!r} must be >= 0 (0 gives plain uniform UDP)")
+        if self.snr_clip <= 0:
+            raise ConfigError(f"snr_clip={self.snr_clip!r} must be > 0")
+        if self.fit_lr <= 0:
+            raise ConfigError(f"fit_lr={self.fit_lr!r} must be > 0")
+        if self.t_max is not None:
+            _non_negative_int("t_max", self.t_max)
+            if self.t_max < self.t_min:
+                raise ConfigError(f"t_max={self.t_max} is below t_min={self.t_min}")
+            if self.t_max >= self.num_train_timesteps:
+                raise ConfigError(
+                    f"t_max={self.t_max} must be < num_train_timesteps={self.num_train_timesteps}")
+        if self.t_min >= self.num_train_timesteps:
+            raise ConfigError(
+                f"t_min={self.t_min} must be < num_train_timesteps={self.num_train_timesteps}")
+        if self.resolution % 4:
+            raise ConfigError(f"resolution={self.resolution} must be a multiple of 4 (UNet downsampling)")
+        if self.version != CONFIG_VERSION:
+            raise ConfigError(
+                f"config version {self.version} is not supported by this release "
+                f"(expects {CONFIG_VERSION})")
+
+    # --------------------------------------------------------------- derived
+    @property
+    def budget_levels(self) -> int:
+        """The budget in 8-bit grey levels that every output pixel is checked against."""
+        return int(round(self.epsilon * 255))
+
+    @property
+    def step_size(self) -> float:
+        return self.alpha if self.alpha is not None else self.epsilon / 8
+
+    # ---------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ProtectionConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+        data = dict(data)
+        if "epsilon" in data:
+            data["epsilon"] = parse_epsilon(data["epsilon"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ProtectionConfig":
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ProtectionConfig":
+        """Load JSON or YAML (by extension)."""
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "ProtectionConfig":
+        return dataclasses.replace(self, **changes)
+
+    def hash(self) -> str:
+        """Stable content hash of what the job computes (runtime fields excluded)."""
+        payload = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        canon = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _choice(name: str, value: Any, literal: Any) -> None:
+    options = get_args(literal)
+    if value not in options:
+        raise ConfigError(f"{name}={value!r} is not one of {list(options)}")
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name}={value!r} must be an integer >= 1")
+
+
+def _non_negative_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{name}={value!r} must be an integer >= 0")
+
+
+def config_fields() -> list[dataclasses.Field]:
+    """The public fields, in declaration order (the CLI builds one flag per field)."""
+    return [f for f in fields(ProtectionConfig) if f.name != "version"]
+

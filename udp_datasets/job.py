@@ -1,0 +1,166 @@
+"""The protect job: SRC dataset -> (fit) -> ``ds.map(protector)`` -> DST, with a summary.
+
+This is what ``udp-datasets protect`` runs; it is also callable from Python
+(:func:`protect_dataset`). Bad images are quarantined into ``errors.jsonl`` and
+left out; the output appears under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .config import ProtectionConfig
+from .protector import PROVENANCE_COLUMNS, ColumnError, Protector
+from .sinks import atomic_directory, save_dataset, save_imagefolder
+from .sources import open_source
+
+logger = logging.getLogger(__name__)
+
+SOURCE_PATH_COLUMN = "udp_source_path"
+
+
+@dataclass
+class JobSummary:
+    """What a protect run did; written to ``udp_summary.json`` beside the output."""
+
+    source: str
+    destination: str
+    count: int
+    errors: int
+    seconds: float
+    images_per_second: float
+    max_linf_levels: int
+    budget_levels: int
+    mean_psnr_db: float | None
+    config: dict[str, Any]
+    config_hash: str
+    surrogate: dict[str, Any] | None
+    fit: dict[str, Any] | None = None
+    errors_file: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def library_versions() -> dict[str, str]:
+    import datasets
+    import diffusers
+    import torch
+
+    from . import __version__
+
+    return {"udp_datasets": __version__, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "datasets": datasets.__version__}
+
+
+def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, *,
+                    split: str | None = None, image_column: str = "image",
+                    key_column: str | None = None, output_format: Literal["arrow", "imagefolder"] = "arrow",
+                    fit_output: str | os.PathLike | None = None, num_proc: int | None = None,
+                    overwrite: bool = False) -> JobSummary:
+    """Protect every image of SRC into DST (see module docstring)."""
+    import datasets
+
+    start = time.perf_counter()
+    ds = open_source(src, split=split)
+    if image_column not in ds.column_names:
+        raise ColumnError(f"{src} has no image column {image_column!r}; its columns are "
+                          f"{ds.column_names} (use --image-column)")
+    if not isinstance(ds.features[image_column], datasets.Image):
+        raise ColumnError(f"column {image_column!r} of {src} is {ds.features[image_column]}, not an Image "
+                          "column")
+    # raw bytes in: the source hash is of the original file, and nothing is decoded twice
+    ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    dst = Path(dst)
+    with atomic_directory(dst, overwrite=overwrite) as tmp:
+        errors_file = tmp / "errors.jsonl"
+        protector = Protector(config, image_column=image_column, key_column=key_column,
+                              errors="quarantine", errors_file=errors_file, provenance_columns=True)
+        fit_info = None
+        if config.surrogate is None:
+            logger.info("no surrogate given: fitting the built-in %s surrogate on %d images",
+                        config.surrogate_arch, min(len(ds), config.fit_max_samples))
+            fit_info = protector.fit(ds, output_dir=fit_output).to_dict()
+        if output_format == "imagefolder":
+            ds = ds.add_column(SOURCE_PATH_COLUMN, _relative_paths(ds[image_column], src))
+        out = ds.map(protector, batched=True, batch_size=max(config.batch_size, 1), with_indices=True,
+                     with_rank=num_proc is not None and num_proc > 1, num_proc=num_proc,
+                     desc="protect", load_from_cache_file=False)
+        manifest = out.select_columns([c for c in PROVENANCE_COLUMNS if c in out.column_names])
+        out = out.remove_columns(list(manifest.column_names))
+        manifest.to_parquet(str(tmp / "manifest.parquet"))
+        if output_format == "imagefolder":
+            save_imagefolder(out, tmp, image_column=image_column, path_column=SOURCE_PATH_COLUMN)
+        else:
+            save_dataset(out.cast_column(image_column, datasets.Image()), tmp / "data")
+        errors = _count_lines(errors_file)
+        if errors == 0:
+            errors_file.unlink(missing_ok=True)
+        linf = manifest["udp_linf"] if len(manifest) else []
+        psnrs = [p for p in (manifest["udp_psnr"] if len(manifest) else []) if p is not None]
+        seconds = time.perf_counter() - start
+        summary = JobSummary(
+            source=src, destination=str(dst), count=len(out), errors=errors, seconds=round(seconds, 3),
+            images_per_second=round(len(out) / seconds, 3) if seconds > 0 else 0.0,
+            max_linf_levels=max(linf, default=0), budget_levels=config.budget_levels,
+            mean_psnr_db=round(sum(psnrs) / len(psnrs), 3) if psnrs else None,
+            config=protector.config.to_dict(), config_hash=protector.config.hash(),
+            surrogate=protector.surrogate_ref.to_dict() if protector.surrogate_ref else None,
+            fit=fit_info, errors_file=str(dst / "errors.jsonl") if errors else None,
+            versions=library_versions())
+        if summary.max_linf_levels > config.budget_levels:  # defence in depth: never publish this
+            raise RuntimeError(f"internal error: max L-inf {summary.max_linf_levels} exceeds budget")
+        (tmp / "udp_summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+    logger.info("protected %d images (%d quarantined) into %s", summary.count, errors, dst)
+    return summary
+
+
+def load_protected(directory: str | os.PathLike):
+    """Open the Arrow output of :func:`protect_dataset` as a ``datasets.Dataset``."""
+    import datasets
+
+    return datasets.load_from_disk(str(Path(directory) / "data"))
+
+
+def _relative_paths(values: list[dict[str, Any]], src: str) -> list[str | None]:
+    root = Path(src).expanduser().resolve()
+    out: list[str | None] = []
+    for v in values:
+        p = v.get("path") if isinstance(v, dict) else None
+        if not p:
+            out.append(None)
+            continue
+        try:
+            out.append(str(Path(p).resolve().relative_to(root)))
+        except ValueError:
+            out.append(Path(p).name)
+    return out
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def format_summary(summary: JobSummary) -> str:
+    psnr = "n/a" if summary.mean_psnr_db is None else f"{summary.mean_psnr_db:.2f} dB"
+    lines = [
+        f"protected   {summary.count} images -> {summary.destination}",
+        f"quarantined {summary.errors}" + (f" (see {summary.errors_file})" if summary.errors else ""),
+        f"time        {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)",
+        f"L-inf       max {summary.max_linf_levels} levels (budget {summary.budget_levels})",
+        f"PSNR        mean {psnr}",
+    ]
+    if summary.mean_psnr_db is not None and not math.isfinite(summary.mean_psnr_db):
+        lines.append("warning: infinite PSNR means some images were unchanged")
+    return "\n".join(lines)

@@ -1,0 +1,400 @@
+"""Protector: the user-facing object, and a ``datasets`` batched map function.
+
+    protector = Protector(ProtectionConfig())
+    protector.fit(train_subset)                 # trains the surrogate, saves it
+    protected = ds.map(protector, batched=True, batch_size=32)
+
+It pickles *small*: only the config (whose ``surrogate`` points at the saved
+weights), the surrogate's weight hash and the options travel to worker
+processes, so datasets' fingerprint is the same in every process and a re-run
+hits the cache. The model is loaded lazily, once per worker, on the device its
+rank maps to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+import numpy as np
+import torch
+
+from .config import ProtectionConfig
+from .fit import FitResult, fit_surrogate
+from .images import DecodedImage, ImageError, encode_png, load_image
+from .objectives import DenoisingObjective
+from .pgd import BudgetError, check_budget, pgd, quantize_within_budget, random_start, sample_generator
+from .surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
+
+logger = logging.getLogger(__name__)
+
+PROVENANCE_COLUMNS = ("udp_key", "udp_source_sha256", "udp_sha256", "udp_linf", "udp_psnr")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ColumnError(KeyError):
+    """The batch lacks the image (or key) column; the message lists what it has."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0])
+
+
+@dataclass
+class ProtectedImage:
+    """One protected image: PNG bytes plus the numbers that go into provenance."""
+
+    key: str
+    png: bytes
+    source_sha256: str | None
+    sha256: str
+    linf: int
+    psnr: float
+    width: int
+    height: int
+
+
+@dataclass
+class FailedImage:
+    key: str
+    index: int
+    reason: str
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def default_surrogate_cache() -> Path:
+    base = os.environ.get("UDP_DATASETS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "udp_datasets")
+    return Path(base) / "surrogates"
+
+
+class Protector:
+    """Protects images with UDP / EUDP; callable as a datasets batched map function.
+
+    Args:
+        config: the protection recipe.
+        image_column: the column holding images (PIL, ``{"bytes", "path"}``, bytes or paths).
+        key_column: optional column of stable sample ids that seed per-sample randomness;
+            by default the hash of the decoded pixels is the key.
+        errors: ``"raise"`` (default) stops at the first bad image with its index and
+            reason; ``"quarantine"`` leaves bad rows out of the output and appends a JSON
+            line (key, index, reason) to ``errors_file``. Nothing unprotected is ever returned.
+        errors_file: where quarantined records go (required with ``errors="quarantine"``).
+        provenance_columns: add ``udp_*`` columns (key, source / output SHA-256, L-inf
+            levels, PSNR) that manifests are built from.
+        surrogate: an already loaded surrogate (kept in this process only; workers reload
+            it from ``config.surrogate``).
+    """
+
+    def __init__(self, config: ProtectionConfig | None = None, image_column: str = "image",
+                 key_column: str | None = None, errors: Literal["raise", "quarantine"] = "raise",
+                 errors_file: str | os.PathLike | None = None, provenance_columns: bool = False,
+                 max_pixels: int | None = None, progress: bool = True,
+                 surrogate: Surrogate | None = None):
+        if errors not in ("raise", "quarantine"):
+            raise ValueError(f"errors={errors!r} must be 'raise' or 'quarantine'")
+        if errors == "quarantine" and errors_file is None:
+            raise ValueError("errors='quarantine' needs errors_file= (a JSONL path for the records)")
+        self.config = config or ProtectionConfig()
+        self.image_column = image_column
+        self.key_column = key_column
+        self.errors = errors
+        self.errors_file = str(errors_file) if errors_file is not None else None
+        self.provenance_columns = provenance_columns
+        self.max_pixels = max_pixels
+        self.progress = progress
+        self._surrogate = surrogate
+        self._objective: DenoisingObjective | None = None
+        self._lock = threading.Lock()
+        self.surrogate_ref: SurrogateRef | None = surrogate.ref if surrogate is not None else None
+        if self.surrogate_ref is None and self.config.surrogate is not None:
+            self.surrogate_ref = self._peek_ref()
+        self.fit_result: FitResult | None = None
+
+    # ------------------------------------------------------------- pickling
+    def __getstate__(self) -> dict[str, Any]:
+        """Config + surrogate reference + options: never the weights (stable fingerprint)."""
+        state = {k: v for k, v in self.__dict__.items()
+                 if k not in ("_surrogate", "_objective", "_lock", "fit_result", "progress")}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._surrogate = None
+        self._objective = None
+        self._lock = threading.Lock()
+        self.fit_result = None
+        self.progress = False
+
+    def _peek_ref(self) -> SurrogateRef | None:
+        """Hash local weights up front so the fingerprint changes when they do."""
+        from .surrogate import weights_sha256
+
+        path = Path(self.config.surrogate).expanduser()
+        if path.is_dir():
+            try:
+                return SurrogateRef(kind="pixel", source=self.config.surrogate,
+                                    revision=self.config.surrogate_revision,
+                                    sha256=weights_sha256(path))
+            except SurrogateError:
+                return None  # reported precisely when the model is loaded
+        return SurrogateRef(kind="pixel", source=self.config.surrogate,
+                            revision=self.config.surrogate_revision)
+
+    # --------------------------------------------------------------- device
+    def device_for(self, rank: int | None) -> torch.device:
+        want = self.config.device
+        if want != "auto":
+            return torch.device(want)
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{(rank or 0) % torch.cuda.device_count()}")
+        return torch.device("cpu")
+
+    def surrogate(self, rank: int | None = None) -> Surrogate:
+        """The surrogate on this worker's device, loaded on first use."""
+        with self._lock:
+            if self._surrogate is None:
+                if self.config.surrogate is None:
+                    raise SurrogateError(
+                        "no surrogate to protect against: call Protector.fit(images) first (it "
+                        "trains the built-in surrogate on your data), or set "
+                        "ProtectionConfig(surrogate=PATH_OR_HUB_ID) to a pretrained one")
+                self._surrogate = load_surrogate(config=self.config)
+                self.surrogate_ref = self._surrogate.ref
+            device = self.device_for(rank)
+            dtype = _DTYPES[self.config.dtype]
+            if self._surrogate.device != device or next(self._surrogate.unet.parameters()).dtype != dtype:
+                self._surrogate.to(device, dtype)
+                self._objective = None
+            self._surrogate.freeze()
+            if self._objective is None:
+                self._objective = DenoisingObjective(self._surrogate, self.config)
+            return self._surrogate
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data: Any, output_dir: str | os.PathLike | None = None,
+            image_column: str | None = None) -> FitResult:
+        """Train the surrogate on (a subset of) the data and save it; returns the loss history.
+
+        ``data`` is a datasets ``Dataset`` (its ``image_column`` is read) or any iterable
+        of images. With ``unlearnable`` this is the min-min co-training; with
+        ``adversarial`` the surrogate is trained on the clean images. The fitted model is
+        saved as safetensors to ``output_dir`` (default: a cache folder keyed by config and
+        data), and ``self.config.surrogate`` then points at it, so workers and re-runs load
+        exactly these weights.
+        """
+        column = image_column or self.image_column
+        images, keys = self._fit_subset(data, column)
+        if self.config.surrogate is not None:
+            surrogate = load_surrogate(config=self.config)
+        else:
+            surrogate = load_surrogate(config=self.config.replace(surrogate=None))
+        surrogate.to(self.device_for(None))
+        result = fit_surrogate(surrogate, images, keys, self.config, progress=self.progress)
+        if output_dir is None:
+            data_hash = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
+            output_dir = default_surrogate_cache() / f"{self.config.hash()}-{data_hash}"
+        ref = surrogate.save(output_dir)
+        (Path(output_dir) / "udp_fit.json").write_text(json.dumps(
+            {"config": self.config.to_dict(), "fit": result.to_dict(), "weights_sha256": ref.sha256},
+            indent=2))
+        logger.info("fitted surrogate saved to %s", output_dir)
+        self.config = self.config.replace(surrogate=str(Path(output_dir).resolve()),
+                                          surrogate_revision=None)
+        self._surrogate = surrogate
+        self._objective = None
+        self.surrogate_ref = ref
+        self.fit_result = result
+        return result
+
+    def _fit_subset(self, data: Any, column: str) -> tuple[list[np.ndarray], list[str]]:
+        values: Sequence[Any]
+        if hasattr(data, "column_names") and hasattr(data, "select"):
+            if column not in data.column_names:
+                raise ColumnError(f"image column {column!r} not found; columns are {data.column_names}")
+            n = len(data)
+            idx = _subset_indices(n, self.config.fit_max_samples, self.config.seed)
+            values = data.select(idx)[column]
+        else:
+            values = list(data)
+            idx = _subset_indices(len(values), self.config.fit_max_samples, self.config.seed)
+            values = [values[i] for i in idx]
+        images, keys, bad = [], [], 0
+        for i, value in enumerate(values):
+            try:
+                decoded = load_image(value, key=str(i), **self._load_kwargs())
+            except ImageError as exc:
+                bad += 1
+                logger.warning("fit: skipping %s", exc)
+                continue
+            images.append(decoded.pixels)
+            keys.append(decoded.pixel_sha256())
+        if bad:
+            logger.warning("fit: %d of %d images could not be decoded and were skipped", bad, len(values))
+        if not images:
+            raise ImageError("fit: no decodable image in the data")
+        return images, keys
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
+
+    # -------------------------------------------------------------- protect
+    def protect_images(self, images: Sequence[Any], keys: Sequence[str] | None = None,
+                       rank: int | None = None, names: Sequence[str] | None = None,
+                       ) -> list[ProtectedImage | FailedImage]:
+        """Protect a list of images; failures come back as :class:`FailedImage` records.
+
+        ``keys`` seed each sample's randomness (default: its pixel hash); ``names`` only
+        label failures (default: the key, else the position).
+        """
+        decoded: list[DecodedImage | FailedImage] = []
+        for i, value in enumerate(images):
+            name = str(keys[i]) if keys is not None else (names[i] if names is not None else f"item {i}")
+            try:
+                decoded.append(load_image(value, key=name, **self._load_kwargs()))
+            except ImageError as exc:
+                decoded.append(FailedImage(key=name, index=i, reason=exc.reason))
+        final_keys = [
+            d.key if isinstance(d, FailedImage) else (str(keys[i]) if keys is not None else d.pixel_sha256())
+            for i, d in enumerate(decoded)
+        ]
+        results: list[ProtectedImage | FailedImage | None] = [
+            d if isinstance(d, FailedImage) else None for d in decoded]
+        buckets: dict[tuple[int, int, int], list[int]] = {}
+        for i, d in enumerate(decoded):
+            if isinstance(d, DecodedImage):
+                buckets.setdefault(d.shape, []).append(i)
+        if buckets:
+            surrogate = self.surrogate(rank)
+            for shape, members in buckets.items():
+                for start in range(0, len(members), self.config.batch_size):
+                    chunk = members[start:start + self.config.batch_size]
+                    self._protect_chunk([decoded[i] for i in chunk], [final_keys[i] for i in chunk],
+                                        chunk, surrogate, results)
+        return results  # type: ignore[return-value]
+
+    def _protect_chunk(self, items: list[DecodedImage], keys: list[str], indices: list[int],
+                       surrogate: Surrogate, results: list) -> None:
+        cfg = self.config
+        device = surrogate.device
+        clean = np.stack([d.pixels for d in items])  # (B, H, W, C) uint8
+        x = torch.from_numpy(clean).permute(0, 3, 1, 2).float().div(255).to(device)
+        gens = [sample_generator(cfg.seed, k) for k in keys]
+        eps = cfg.budget_levels / 255.0
+        init = random_start(x.shape[1:], gens, eps) if cfg.random_start else None
+        assert self._objective is not None
+        delta = pgd(x, self._objective.loss_fn(gens), epsilon=eps, alpha=cfg.step_size,
+                    steps=cfg.steps, maximize=self._objective.maximize, init=init)
+        perturbed = (x + delta).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        for item, key, index, clean_i, pert_i in zip(items, keys, indices, clean, perturbed):
+            try:
+                out = quantize_within_budget(clean_i, pert_i, cfg.budget_levels)
+                png = encode_png(out, item.alpha, item.icc_profile)
+                linf = check_budget(clean_i, out, cfg.budget_levels)
+            except BudgetError as exc:  # never let an over-budget image through
+                results[index] = FailedImage(key=key, index=index, reason=f"budget check failed: {exc}")
+                continue
+            if linf == 0:  # never pass an unchanged image off as protected
+                results[index] = FailedImage(key=key, index=index, reason=(
+                    "protection left every pixel unchanged after 8-bit rounding (e.g. a saturated "
+                    "or flat image); it cannot be published as protected"))
+                continue
+            results[index] = ProtectedImage(
+                key=key, png=png, source_sha256=item.source_sha256,
+                sha256=hashlib.sha256(png).hexdigest(), linf=linf, psnr=psnr_uint8(clean_i, out),
+                width=out.shape[1], height=out.shape[0])
+
+    # ----------------------------------------------------- datasets map API
+    def __call__(self, batch: dict[str, list[Any]], indices_or_rank: Any = None,
+                 rank: int | None = None) -> dict[str, list[Any]]:
+        """Batched map function: returns the batch with protected PNG images.
+
+        Use ``ds.map(protector, batched=True)``; ``with_rank=True`` picks the GPU per
+        worker and ``with_indices=True`` makes error messages name dataset rows.
+        Bad rows raise, or are dropped and recorded with ``errors="quarantine"``.
+        """
+        indices: list[int] | None = None
+        if isinstance(indices_or_rank, (list, tuple, range)):
+            indices = list(indices_or_rank)
+        elif indices_or_rank is not None:
+            rank = indices_or_rank
+        if self.image_column not in batch:
+            raise ColumnError(f"image column {self.image_column!r} not found; the batch has columns "
+                              f"{sorted(batch)} (pass image_column=...)")
+        keys = None
+        if self.key_column is not None:
+            if self.key_column not in batch:
+                raise ColumnError(f"key column {self.key_column!r} not found; the batch has columns "
+                                  f"{sorted(batch)}")
+            keys = [str(k) for k in batch[self.key_column]]
+        names = [_describe(v, i if indices is None else indices[i], indices is not None)
+                 for i, v in enumerate(batch[self.image_column])]
+        results = self.protect_images(batch[self.image_column], keys=keys, rank=rank, names=names)
+        failed = [r for r in results if isinstance(r, FailedImage)]
+        if failed and self.errors == "raise":
+            f = failed[0]
+            raise ImageError(f"{f.reason} (use errors='quarantine' to skip bad images and record "
+                             "them)", f.key)
+        if failed:
+            self._quarantine(failed)
+        keep = [i for i, r in enumerate(results) if isinstance(r, ProtectedImage)]
+        out = {name: [values[i] for i in keep] for name, values in batch.items()}
+        good: list[ProtectedImage] = [results[i] for i in keep]  # type: ignore[misc]
+        out[self.image_column] = [{"bytes": r.png, "path": None} for r in good]
+        if self.provenance_columns:
+            out["udp_key"] = [r.key for r in good]
+            out["udp_source_sha256"] = [r.source_sha256 for r in good]
+            out["udp_sha256"] = [r.sha256 for r in good]
+            out["udp_linf"] = [r.linf for r in good]
+            out["udp_psnr"] = [r.psnr if math.isfinite(r.psnr) else None for r in good]
+        return out
+
+    def _quarantine(self, failed: Iterable[FailedImage]) -> None:
+        assert self.errors_file is not None
+        Path(self.errors_file).parent.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps({"key": f.key, "index": f.index, "reason": f.reason}) + "\n"
+                        for f in failed)
+        # one O_APPEND write per batch: safe with several worker processes
+        fd = os.open(self.errors_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, lines.encode())
+        finally:
+            os.close(fd)
+        for f in failed:
+            logger.warning("quarantined sample %s: %s", f.key, f.reason)
+
+    def output_features(self, features: Any) -> Any:
+        """The features of mapped output, for ``IterableDataset.map(..., features=...)``."""
+        from datasets import Features, Image, Value
+
+        feats = Features(dict(features)) if features is not None else Features()
+        feats[self.image_column] = Image()
+        if self.provenance_columns:
+            feats.update({"udp_key": Value("string"), "udp_source_sha256": Value("string"),
+                          "udp_sha256": Value("string"), "udp_linf": Value("int32"),
+                          "udp_psnr": Value("float64")})
+        return feats
+
+
+def _describe(value: Any, index: int, global_index: bool) -> str:
+    """A human name for a sample in error messages: its file path if known, else its row."""
+    if isinstance(value, dict) and value.get("path"):
+        return str(value["path"])
+    return f"row {index}" if global_index else f"batch row {index}"
+
+
+def _subset_indices(n: int, limit: int, seed: int) -> list[int]:
+    if n <= limit:
+        return list(range(n))
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n, size=limit, replace=False).tolist())

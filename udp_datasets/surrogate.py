@@ -1,0 +1,304 @@
+"""Surrogate diffusion models that the perturbation is optimised against.
+
+A surrogate is a denoiser plus the scheduler it was trained with. It is loaded
+through diffusers' real ``from_pretrained`` path (a local directory or a Hub id,
+safetensors only), or built in code from a small built-in architecture that
+:meth:`udp_datasets.Protector.fit` trains on the data being protected.
+
+:class:`Surrogate` hides where the denoiser lives: ``to_model_space`` maps pixels
+in [0, 1] to what the denoiser sees (a resized [-1, 1] image for a pixel model).
+A latent surrogate (Stable Diffusion) is the seam for a VAE encoder here; it is
+not implemented yet and is refused with a clear error instead of a silent guess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+SURROGATE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.md"]
+
+
+class SurrogateError(RuntimeError):
+    """A surrogate that cannot be found, read or used, with the fix in the message."""
+
+
+# Built-in architectures: sized for CPU demos and tests (tiny) or a single GPU (small, base).
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        block_out_channels=(32, 64, 64),
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        norm_num_groups=8,
+    ),
+    "small": dict(
+        block_out_channels=(64, 128, 128, 256),
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        layers_per_block=2,
+        norm_num_groups=32,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class SurrogateRef:
+    """What a surrogate *is*, without its weights: small, picklable, hashable.
+
+    ``sha256`` covers the weight files, so a fingerprint or provenance record built
+    from the reference changes exactly when the weights do.
+    """
+
+    kind: str  # "pixel" (latent: issue #7)
+    source: str | None  # local directory or Hub id; None = built-in, untrained
+    revision: str | None = None
+    sha256: str | None = None
+    architecture: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Surrogate:
+    """A denoiser + scheduler pair with the few operations the objectives need."""
+
+    kind = "pixel"
+
+    def __init__(self, unet: torch.nn.Module, scheduler: Any, ref: SurrogateRef):
+        self.unet = unet
+        self.scheduler = scheduler
+        self.ref = ref
+        size = unet.config.sample_size
+        self.sample_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
+        self.in_channels: int = unet.config.in_channels
+        self.prediction_type: str = getattr(scheduler.config, "prediction_type", "epsilon")
+        self.alphas_cumprod: torch.Tensor = scheduler.alphas_cumprod.detach().float().cpu()
+        self._abar_device: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------- devices
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> "Surrogate":
+        self.unet.to(device)
+        if next(self.unet.parameters()).dtype != dtype:
+            self.unet.to(dtype)
+        self._abar_device = None
+        return self
+
+    def freeze(self) -> "Surrogate":
+        """No parameter gradients: PGD only differentiates w.r.t. the pixels."""
+        self.unet.eval()
+        self.unet.requires_grad_(False)
+        return self
+
+    @property
+    def model_shape(self) -> tuple[int, int, int]:
+        """Shape (C, H, W) of one sample in the denoiser's space (noise is drawn in it)."""
+        return (self.in_channels, *self.sample_size)
+
+    # ------------------------------------------------------------ the maths
+    def to_model_space(self, x01: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], (B, C, H, W) at any size -> the denoiser's x_0 in [-1, 1].
+
+        Differentiable (antialiased bilinear resize), so gradients reach the
+        full-resolution perturbation.
+        """
+        x = x01
+        if x.shape[1] != self.in_channels:
+            if x.shape[1] == 1:
+                x = x.expand(-1, self.in_channels, -1, -1)
+            else:
+                raise SurrogateError(
+                    f"images have {x.shape[1]} channels but the surrogate expects {self.in_channels}")
+        if tuple(x.shape[-2:]) != self.sample_size:
+            x = F.interpolate(x, size=self.sample_size, mode="bilinear", align_corners=False,
+                              antialias=True)
+        return x.to(next(self.unet.parameters()).dtype) * 2 - 1
+
+    def _abar(self, device: torch.device) -> torch.Tensor:
+        if self._abar_device is None or self._abar_device.device != device:
+            self._abar_device = self.alphas_cumprod.to(device)
+        return self._abar_device
+
+    def denoising_loss(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Per-sample || target - model(sqrt(abar) x0 + sqrt(1-abar) eps, t) ||^2 (mean over pixels)."""
+        abar = self._abar(x0.device)[t].to(x0.dtype).view(-1, 1, 1, 1)
+        x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+        pred = self.unet(x_t, t).sample
+        if self.prediction_type == "epsilon":
+            target = noise
+        elif self.prediction_type == "v_prediction":
+            target = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+        elif self.prediction_type == "sample":
+            target = x0
+        else:
+            raise SurrogateError(f"unsupported prediction_type {self.prediction_type!r}")
+        return (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+
+    # -------------------------------------------------------------- storage
+    def save(self, directory: str | Path) -> SurrogateRef:
+        """Save as a diffusers ``DDPMPipeline`` folder (safetensors), atomically.
+
+        The folder loads back with :func:`load_surrogate` and with
+        ``diffusers.DDPMPipeline.from_pretrained``.
+        """
+        from diffusers import DDPMPipeline
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            DDPMPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(
+                tmp, safe_serialization=True)
+            if directory.exists():
+                shutil.rmtree(directory)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.ref = SurrogateRef(kind=self.kind, source=str(directory.resolve()),
+                                sha256=weights_sha256(directory), architecture=self.ref.architecture)
+        return self.ref
+
+
+def build_unet(architecture: str, resolution: int, in_channels: int = 3, seed: int = 0):
+    """A randomly initialised ``UNet2DModel`` of a built-in architecture (seeded)."""
+    from diffusers import UNet2DModel
+
+    if architecture not in ARCHITECTURES:
+        raise SurrogateError(
+            f"unknown surrogate architecture {architecture!r}; built-in: {sorted(ARCHITECTURES)}")
+    spec = ARCHITECTURES[architecture]
+    factor = 2 ** (len(spec["block_out_channels"]) - 1)
+    if resolution % factor:
+        raise SurrogateError(
+            f"resolution {resolution} must be divisible by {factor} for architecture {architecture!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return UNet2DModel(sample_size=resolution, in_channels=in_channels,
+                           out_channels=in_channels, **spec)
+
+
+def build_surrogate(architecture: str = "tiny", resolution: int = 32, seed: int = 0,
+                    num_train_timesteps: int = 1000, beta_schedule: str = "linear",
+                    in_channels: int = 3) -> Surrogate:
+    from diffusers import DDPMScheduler
+
+    unet = build_unet(architecture, resolution, in_channels=in_channels, seed=seed)
+    scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
+    return Surrogate(unet, scheduler, SurrogateRef(kind="pixel", source=None, architecture=architecture))
+
+
+def load_surrogate(source: str | os.PathLike | None = None, revision: str | None = None, *,
+                   config: Any = None) -> Surrogate:
+    """Load a surrogate from a local folder or Hub id, or build the configured built-in one.
+
+    ``config`` is a :class:`~udp_datasets.ProtectionConfig`; its ``surrogate`` and
+    ``surrogate_revision`` are used when ``source`` is not given.
+    """
+    if source is None and config is not None:
+        source, revision = config.surrogate, config.surrogate_revision
+    if source is None:
+        if config is None:
+            return build_surrogate()
+        return build_surrogate(config.surrogate_arch, config.resolution, seed=config.seed,
+                               num_train_timesteps=config.num_train_timesteps,
+                               beta_schedule=config.beta_schedule)
+    folder = resolve_surrogate_folder(str(source), revision)
+    return _load_pixel_surrogate(folder, str(source), revision)
+
+
+def resolve_surrogate_folder(source: str, revision: str | None) -> Path:
+    """A local folder as is; otherwise a Hub id fetched (config + safetensors only)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise SurrogateError(f"surrogate {source!r} is a file; give the model folder instead")
+        return path
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+    if looks_like_path:
+        raise SurrogateError(f"surrogate folder {source!r} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(source, revision=revision, allow_patterns=SURROGATE_FILE_PATTERNS))
+    except LocalEntryNotFoundError as exc:
+        raise SurrogateError(
+            f"surrogate {source!r} is neither a local folder nor reachable on the Hub "
+            f"(offline?). Download it once with `huggingface-cli download {source}` and pass the "
+            "folder, or set HF_ENDPOINT to a reachable Hub.") from exc
+    except HfHubHTTPError as exc:
+        raise SurrogateError(f"surrogate {source!r} could not be fetched from the Hub: {exc}") from exc
+
+
+def _component_dir(folder: Path, name: str) -> Path:
+    sub = folder / name
+    return sub if (sub / "config.json").exists() or (sub / "scheduler_config.json").exists() else folder
+
+
+def _load_pixel_surrogate(folder: Path, source: str, revision: str | None) -> Surrogate:
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    index = folder / "model_index.json"
+    if index.exists():
+        components = json.loads(index.read_text())
+        if "vae" in components:
+            raise SurrogateError(
+                f"surrogate {source!r} is a latent diffusion pipeline (it has a VAE); latent "
+                "(Stable Diffusion) surrogates are not supported in this release yet: use a "
+                "pixel-space UNet2DModel or the built-in surrogate")
+    unet_dir = _component_dir(folder, "unet")
+    if not (unet_dir / "config.json").exists():
+        raise SurrogateError(
+            f"no UNet config found in {folder} (looked for unet/config.json and config.json); "
+            "a surrogate folder is what diffusers' save_pretrained writes for a UNet2DModel or a "
+            "DDPMPipeline")
+    if not list(unet_dir.glob("*.safetensors")):
+        raise SurrogateError(
+            f"{unet_dir} has no .safetensors weights; only safetensors are loaded (pickle files can "
+            "run code). If you trust the checkpoint, convert it once: "
+            "UNet2DModel.from_pretrained(path, use_safetensors=False).save_pretrained(path)")
+    sched_dir = _component_dir(folder, "scheduler")
+    if not (sched_dir / "scheduler_config.json").exists():
+        raise SurrogateError(f"no scheduler_config.json in {folder} or {folder}/scheduler")
+    try:
+        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
+        scheduler = DDPMScheduler.from_pretrained(sched_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SurrogateError(f"could not load surrogate from {folder}: {exc}") from exc
+    arch = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
+    ref = SurrogateRef(kind="pixel", source=source, revision=revision,
+                       sha256=weights_sha256(folder), architecture=arch)
+    logger.info("loaded surrogate %s (sha256 %s)", source, ref.sha256[:12])
+    return Surrogate(unet, scheduler, ref)
+
+
+def weights_sha256(folder: str | Path) -> str:
+    """SHA-256 over every safetensors file of a model folder (path-ordered)."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    files = sorted(folder.rglob("*.safetensors"))
+    if not files:
+        raise SurrogateError(f"no .safetensors weights under {folder}")
+    for f in files:
+        digest.update(str(f.relative_to(folder)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
