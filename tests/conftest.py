@@ -1,0 +1,68 @@
+"""Shared fixtures: real images that ship with scikit-image, tiny surrogates saved with
+diffusers' ``save_pretrained`` and loaded back through ``from_pretrained``.
+
+The environment is pinned offline *before* any Hugging Face library is imported, so no
+test can reach the network by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_SESSION_TMP = tempfile.mkdtemp(prefix="udp-tests-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HOME", os.path.join(_SESSION_TMP, "hf_home"))
+os.environ.setdefault("HF_DATASETS_CACHE", os.path.join(_SESSION_TMP, "hf_datasets"))
+os.environ.setdefault("UDP_DATASETS_CACHE", os.path.join(_SESSION_TMP, "udp_cache"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from udp_datasets import ProtectionConfig, Protector  # noqa: E402
+from udp_datasets.bundled import faces, photo_crops  # noqa: E402
+
+# Small but real: 16 px surrogate, a few rounds; enough to move the loss, seconds to fit.
+TINY = ProtectionConfig(resolution=16, fit_rounds=3, fit_surrogate_steps=15, fit_pgd_steps=3,
+                        fit_batch_size=16, steps=8, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def photos32() -> list[np.ndarray]:
+    """16 real RGB photo crops, 32x32."""
+    return photo_crops(32, per_photo=2)
+
+
+@pytest.fixture(scope="session")
+def grey_faces() -> list[np.ndarray]:
+    """8 real grey face crops, 25x25x1."""
+    return faces(8)
+
+
+def _fit(objective: str, images, directory) -> Protector:
+    protector = Protector(TINY.replace(objective=objective), progress=False)
+    protector.fit(images, output_dir=directory)
+    return protector
+
+
+@pytest.fixture(scope="session")
+def unlearnable_surrogate(tmp_path_factory, photos32) -> str:
+    """Folder of a tiny surrogate fitted with the min-min objective on real photos."""
+    directory = tmp_path_factory.mktemp("surrogates") / "unlearnable"
+    _fit("unlearnable", photos32, directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def adversarial_surrogate(tmp_path_factory, photos32) -> str:
+    """Folder of a tiny surrogate trained on the clean photos (for the max objective)."""
+    directory = tmp_path_factory.mktemp("surrogates") / "adversarial"
+    _fit("adversarial", photos32, directory)
+    return str(directory)
+
+
+@pytest.fixture()
+def tiny_config(unlearnable_surrogate) -> ProtectionConfig:
+    return TINY.replace(surrogate=unlearnable_surrogate)
