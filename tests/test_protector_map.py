@@ -69,6 +69,19 @@ def test_errors_raise_or_quarantine(tiny_config, photos32, tmp_path):
     assert record["key"] == "bad.png" and "not a readable image" in record["reason"]
 
 
+def test_protector_map_quarantines_corrupt_files_in_a_decoding_column(tiny_config, photos32, tmp_path):
+    good = io.BytesIO()
+    Image.fromarray(photos32[0]).save(good, format="JPEG")
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": good.getvalue(), "path": "ok.jpg"},
+                                               {"bytes": b"\xff\xd8 truncated", "path": "bad.jpg"}],
+                                     "n": [1, 2]}).cast_column("image", datasets.Image())
+    log = tmp_path / "e.jsonl"
+    out = Protector(tiny_config, errors="quarantine", errors_file=log, progress=False).map(ds)
+    assert out["n"] == [1] and isinstance(out.features["image"], datasets.Image)
+    assert out[0]["image"].format == "PNG"
+    assert json.loads(log.read_text())["key"] == "bad.jpg"
+
+
 def test_missing_columns_and_missing_surrogate(tiny_config):
     with pytest.raises(ColumnError, match="image column 'img' not found.*'image'"):
         Protector(tiny_config, image_column="img")({"image": [], "x": []})

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import ProtectionConfig
-from .protector import PROVENANCE_COLUMNS, ColumnError, Protector
+from .protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_column
 from .sinks import atomic_directory, save_dataset, save_imagefolder
 from .sources import open_source
 
@@ -78,7 +78,7 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
         raise ColumnError(f"column {image_column!r} of {src} is {ds.features[image_column]}, not an Image "
                           "column")
     # raw bytes in: the source hash is of the original file, and nothing is decoded twice
-    ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    ds = raw_image_column(ds, image_column)
     dst = Path(dst)
     with atomic_directory(dst, overwrite=overwrite) as tmp:
         errors_file = tmp / "errors.jsonl"

@@ -222,6 +222,7 @@ class Protector:
         if hasattr(data, "column_names") and hasattr(data, "select"):
             if column not in data.column_names:
                 raise ColumnError(f"image column {column!r} not found; columns are {data.column_names}")
+            data = raw_image_column(data, column)
             n = len(data)
             idx = _subset_indices(n, self.config.fit_max_samples, self.config.seed)
             values = data.select(idx)[column]
@@ -373,6 +374,26 @@ class Protector:
         for f in failed:
             logger.warning("quarantined sample %s: %s", f.key, f.reason)
 
+    def map(self, ds: Any, batch_size: int | None = None, num_proc: int | None = None, **map_kwargs: Any):
+        """``ds.map(self, ...)`` done robustly: images reach the protector as raw bytes.
+
+        Plain ``ds.map(protector)`` works too, but with a decoding ``Image()`` column a
+        corrupt file fails inside datasets' decoder before the protector can quarantine
+        it, and the source hash is of re-encoded pixels rather than the original file.
+        This casts the column to ``Image(decode=False)`` first and back afterwards.
+        """
+        import datasets
+
+        raw = raw_image_column(ds, self.image_column)
+        kwargs: dict[str, Any] = dict(batched=True, batch_size=batch_size or self.config.batch_size,
+                                      with_indices=True, **map_kwargs)
+        if isinstance(ds, datasets.IterableDataset):
+            kwargs.setdefault("features", self.output_features(raw.features))
+        else:
+            kwargs.update(num_proc=num_proc, with_rank=bool(num_proc and num_proc > 1))
+        out = raw.map(self, **kwargs)
+        return out.cast_column(self.image_column, datasets.Image())
+
     def output_features(self, features: Any) -> Any:
         """The features of mapped output, for ``IterableDataset.map(..., features=...)``."""
         from datasets import Features, Image, Value
@@ -384,6 +405,17 @@ class Protector:
                           "udp_sha256": Value("string"), "udp_linf": Value("int32"),
                           "udp_psnr": Value("float64")})
         return feats
+
+
+def raw_image_column(ds: Any, column: str) -> Any:
+    """``ds`` with ``column`` as undecoded ``{"bytes", "path"}`` (when it is an Image column)."""
+    import datasets
+
+    features = getattr(ds, "features", None) or {}
+    feature = features.get(column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return ds.cast_column(column, datasets.Image(decode=False))
+    return ds
 
 
 def _describe(value: Any, index: int, global_index: bool) -> str:
