@@ -46,7 +46,8 @@ def test_protect_folder_quarantines_bad_files(image_folder, tmp_path, capsys):
     assert summary["count"] == 6 and summary["errors"] == 2 and 0 < summary["max_linf_levels"] <= 8
     assert summary["surrogate"]["sha256"] and summary["fit"]["num_samples"] == 6
     manifest = datasets.Dataset.from_parquet(str(dst / "manifest.parquet"))
-    assert len(manifest) == 6 and all(len(h) == 64 for h in manifest["udp_source_sha256"])
+    assert len(manifest) == 6 and all(len(h) == 64 for h in manifest["source_sha256"])
+    assert sorted(manifest["width"]) == [25, 25, 32, 32, 32, 32] and max(manifest["linf"]) <= 8
     assert not list(tmp_path.glob(".out.tmp-*"))  # no temporary left behind
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import ProtectionConfig
+from .provenance import MANIFEST_SCHEMA, write_manifest
 from .protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_column
 from .sinks import atomic_directory, save_dataset, save_imagefolder
 from .sources import open_source
@@ -89,17 +90,19 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
             logger.info("no surrogate given: fitting the built-in %s surrogate on %d images",
                         config.surrogate_arch, min(len(ds), config.fit_max_samples))
             fit_info = protector.fit(ds, output_dir=fit_output).to_dict()
-        if output_format == "imagefolder":
-            ds = ds.add_column(SOURCE_PATH_COLUMN, _relative_paths(ds[image_column], src))
+        ds = ds.add_column(SOURCE_PATH_COLUMN, _relative_paths(ds[image_column], src))
         out = ds.map(protector, batched=True, batch_size=max(config.batch_size, 1), with_indices=True,
                      with_rank=num_proc is not None and num_proc > 1, num_proc=num_proc,
                      desc="protect", load_from_cache_file=False)
         manifest = out.select_columns([c for c in PROVENANCE_COLUMNS if c in out.column_names])
+        sources = [s if s is not None else src for s in out[SOURCE_PATH_COLUMN]]
         out = out.remove_columns(list(manifest.column_names))
-        manifest.to_parquet(str(tmp / "manifest.parquet"))
+        write_manifest([_manifest_from_columns(manifest, sources, protector.config.hash())],
+                       tmp / "manifest.parquet")
         if output_format == "imagefolder":
             save_imagefolder(out, tmp, image_column=image_column, path_column=SOURCE_PATH_COLUMN)
         else:
+            out = out.remove_columns([SOURCE_PATH_COLUMN])
             save_dataset(out.cast_column(image_column, datasets.Image()), tmp / "data")
         errors = _count_lines(errors_file)
         if errors == 0:
@@ -128,6 +131,17 @@ def load_protected(directory: str | os.PathLike):
     import datasets
 
     return datasets.load_from_disk(str(Path(directory) / "data"))
+
+
+def _manifest_from_columns(columns: Any, sources: list[Any], config_hash: str):
+    import pyarrow as pa
+
+    return pa.table({
+        "key": columns["udp_key"], "source": [str(s) if s is not None else None for s in sources],
+        "source_sha256": columns["udp_source_sha256"], "sha256": columns["udp_sha256"],
+        "width": columns["udp_width"], "height": columns["udp_height"], "linf": columns["udp_linf"],
+        "psnr": columns["udp_psnr"], "config_hash": [config_hash] * len(columns),
+    }, schema=MANIFEST_SCHEMA)
 
 
 def _relative_paths(values: list[dict[str, Any]], src: str) -> list[str | None]:

@@ -35,7 +35,8 @@ from .surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 
 logger = logging.getLogger(__name__)
 
-PROVENANCE_COLUMNS = ("udp_key", "udp_source_sha256", "udp_sha256", "udp_linf", "udp_psnr")
+PROVENANCE_COLUMNS = ("udp_key", "udp_source_sha256", "udp_sha256", "udp_width", "udp_height", "udp_linf",
+                      "udp_psnr")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -356,6 +357,8 @@ class Protector:
             out["udp_key"] = [r.key for r in good]
             out["udp_source_sha256"] = [r.source_sha256 for r in good]
             out["udp_sha256"] = [r.sha256 for r in good]
+            out["udp_width"] = [r.width for r in good]
+            out["udp_height"] = [r.height for r in good]
             out["udp_linf"] = [r.linf for r in good]
             out["udp_psnr"] = [r.psnr if math.isfinite(r.psnr) else None for r in good]
         return out
@@ -402,7 +405,8 @@ class Protector:
         feats[self.image_column] = Image()
         if self.provenance_columns:
             feats.update({"udp_key": Value("string"), "udp_source_sha256": Value("string"),
-                          "udp_sha256": Value("string"), "udp_linf": Value("int32"),
+                          "udp_sha256": Value("string"), "udp_width": Value("int32"),
+                          "udp_height": Value("int32"), "udp_linf": Value("int32"),
                           "udp_psnr": Value("float64")})
         return feats
 
