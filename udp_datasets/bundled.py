@@ -56,3 +56,23 @@ def faces_rgb(size: int = 32, count: int = 200) -> list[np.ndarray]:
         img = Image.fromarray(a[:, :, 0]).resize((size, size), Image.Resampling.BICUBIC).convert("RGB")
         out.append(np.asarray(img, dtype=np.uint8))
     return out
+
+
+def photo_patches(size: int = 16, count: int = 2000, seed: int = 0,
+                  names: tuple[str, ...] = PHOTOS) -> list[np.ndarray]:
+    """Random square patches of the photographs at random scales, resized to ``size``.
+
+    A few thousand varied natural-image patches: the evaluation's default data, large
+    enough for stable Fréchet distances at small resolution on a CPU.
+    """
+    rng = np.random.default_rng(seed)
+    sources = [photo(n) for n in names]
+    out: list[np.ndarray] = []
+    for i in range(count):
+        arr = sources[i % len(sources)]
+        h, w = arr.shape[:2]
+        side = int(rng.integers(size * 2, max(size * 2 + 1, min(h, w) // 3)))
+        y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+        img = Image.fromarray(arr[y:y + side, x:x + side]).resize((size, size), Image.Resampling.BOX)
+        out.append(np.asarray(img, dtype=np.uint8))
+    return out

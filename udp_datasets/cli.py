@@ -1,4 +1,4 @@
-"""``udp-datasets``: protect | fit | demo | config.
+"""``udp-datasets``: protect | fit | evaluate | demo | config.
 
 Every :class:`ProtectionConfig` field is also a flag (``--epsilon 8/255``,
 ``--objective adversarial``, ``--random-start``...); flags override
@@ -101,6 +101,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate.attacks import ATTACKS
+    from .evaluate.experiment import EvalSettings
+    from .evaluate.pipeline import evaluate_bundled, evaluate_pair, load_images
+    from .evaluate.report import verdict
+    from .evaluate.victim import VictimConfig
+
+    attacks = () if args.attacks in ("", "none") else tuple(a.strip() for a in args.attacks.split(","))
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ConfigError(f"unknown attack(s) {unknown}; choose from {sorted(ATTACKS)} or 'none'")
+    victim = VictimConfig(architecture=args.victim_arch, resolution=args.victim_resolution,
+                          train_steps=args.victim_steps, batch_size=args.victim_batch_size,
+                          learning_rate=args.victim_lr, ema_decay=None if args.no_ema else 0.999,
+                          seed=args.victim_seed, sample_steps=args.sample_steps)
+    feature_kwargs = {"weights_path": args.inception_weights} if args.feature == "inception" else {}
+    settings = EvalSettings(victim=victim, num_samples=args.num_samples, feature=args.feature,
+                            feature_kwargs=feature_kwargs, attacks=attacks, seed=args.victim_seed)
+    if (args.clean is None) != (args.protected is None):
+        raise ConfigError("give both --clean and --protected, or neither (bundled data)")
+    if args.clean is not None:
+        clean = load_images(args.clean, args.image_column, args.limit)
+        protected = load_images(args.protected, args.image_column, args.limit)
+        report = evaluate_pair(clean, protected, args.out, settings, args.holdout_fraction)
+    else:
+        report = evaluate_bundled(config_from_args(args), args.out, settings, count=args.bundled_count,
+                                  size=args.victim_resolution, holdout_fraction=args.holdout_fraction)
+    print(verdict(report["victims"]))
+    print(f"report: {Path(args.out) / 'report.md'} ({report['seconds']:.0f} s)")
+    return EXIT_OK
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     print(config.to_json())
@@ -142,6 +174,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller budget, for smoke tests")
     p.set_defaults(func=cmd_demo)
 
+    p = sub.add_parser("evaluate", help="train victims on clean vs protected data and compare them")
+    p.add_argument("--clean", help="clean dataset (folder, save_to_disk, Hub id); omit for bundled data")
+    p.add_argument("--protected", help="its protected copy, same order (e.g. the DST of `protect`)")
+    p.add_argument("--out", default="udp-report", help="report folder (default: ./udp-report)")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--limit", type=int, help="use only the first N images of each dataset")
+    p.add_argument("--holdout-fraction", type=float, default=0.25,
+                   help="share of clean images held out as the reference (never trained on)")
+    p.add_argument("--bundled-count", type=int, default=2000, help="bundled photo patches to use")
+    p.add_argument("--victim-arch", default="victim-tiny")
+    p.add_argument("--victim-resolution", type=int, default=16)
+    p.add_argument("--victim-steps", type=int, default=1500)
+    p.add_argument("--victim-batch-size", type=int, default=32)
+    p.add_argument("--victim-lr", type=float, default=1e-3)
+    p.add_argument("--victim-seed", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true", help="sample from the raw weights, not the EMA")
+    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--num-samples", type=int, default=500)
+    p.add_argument("--attacks", default="jpeg75,jpeg90,resize50,blur0.5",
+                   help="comma list of jpeg75, jpeg90, resize50, blur0.5, or 'none'")
+    p.add_argument("--feature", choices=["fitted", "inception"], default="fitted")
+    p.add_argument("--inception-weights", help="local Inception weights file (nothing is downloaded)")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("config", help="print the resolved config as JSON")
     add_config_arguments(p)
     p.set_defaults(func=cmd_config)
@@ -153,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from .evaluate.features import FeatureExtractorUnavailable
     from .images import ImageError
     from .protector import ColumnError
     from .sinks.atomic import OutputExistsError
@@ -161,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, ColumnError, SourceError, SurrogateError, ImageError, OutputExistsError) as exc:
+    except (ConfigError, ColumnError, SourceError, SurrogateError, ImageError, OutputExistsError,
+            FeatureExtractorUnavailable) as exc:
         print(f"udp-datasets {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

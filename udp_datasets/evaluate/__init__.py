@@ -1,0 +1,1 @@
+"""Efficacy evaluation: victim training, sampling, metrics and reports."""

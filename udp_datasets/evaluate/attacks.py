@@ -1,0 +1,56 @@
+"""What an attacker tries first on protected images before training on them.
+
+Each attack maps (H, W, C) uint8 -> (H, W, C) uint8 and is deterministic, so the
+robustness columns of a report can be reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+Attack = Callable[[np.ndarray], np.ndarray]
+
+
+def _pil(arr: np.ndarray) -> Image.Image:
+    return Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+
+
+def _arr(img: Image.Image) -> np.ndarray:
+    a = np.asarray(img, dtype=np.uint8)
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def jpeg(quality: int) -> Attack:
+    def attack(arr: np.ndarray) -> np.ndarray:
+        buf = io.BytesIO()
+        _pil(arr).save(buf, format="JPEG", quality=quality)
+        return _arr(Image.open(io.BytesIO(buf.getvalue())).convert("L" if arr.shape[2] == 1 else "RGB"))
+    return attack
+
+
+def resize(factor: float = 0.5) -> Attack:
+    """Downscale by ``factor`` then back up (bicubic), as a cheap purification."""
+    def attack(arr: np.ndarray) -> np.ndarray:
+        img = _pil(arr)
+        w, h = img.size
+        small = img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BICUBIC)
+        return _arr(small.resize((w, h), Image.Resampling.BICUBIC))
+    return attack
+
+
+def blur(radius: float = 0.5) -> Attack:
+    def attack(arr: np.ndarray) -> np.ndarray:
+        return _arr(_pil(arr).filter(ImageFilter.GaussianBlur(radius)))
+    return attack
+
+
+ATTACKS: dict[str, Attack] = {
+    "jpeg75": jpeg(75),
+    "jpeg90": jpeg(90),
+    "resize50": resize(0.5),
+    "blur0.5": blur(0.5),
+}

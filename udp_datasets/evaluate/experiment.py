@@ -1,0 +1,142 @@
+"""Clean vs protected victims, scored against held-out clean images.
+
+The same victim recipe (architecture, seed, steps) is trained once on the clean
+training images and once per protected variant (and per attack on it); each
+victim's DDIM samples are compared with a held-out clean split. Protection is
+real only when the protected victim's distance grows by a large factor while the
+perturbation itself stays small (its PSNR / SSIM / L-inf are reported too).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import metrics
+from .attacks import ATTACKS
+from .features import get_feature_extractor
+from .victim import VictimConfig, sample_victim, train_victim
+
+logger = logging.getLogger(__name__)
+
+Images = Sequence[np.ndarray]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    victim: VictimConfig = field(default_factory=VictimConfig)
+    num_samples: int = 500
+    feature: str = "fitted"
+    feature_kwargs: dict[str, Any] = field(default_factory=dict)
+    attacks: tuple[str, ...] = tuple(ATTACKS)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["victim"] = self.victim.to_dict()
+        return d
+
+
+def to_nchw(images: Images) -> np.ndarray:
+    """(H, W, C) uint8 arrays of one size -> (N, C, H, W) float32 in [0, 1]."""
+    return np.stack([np.asarray(a, dtype=np.float32) / 255.0 for a in images]).transpose(0, 3, 1, 2)
+
+
+def resize_all(images: Images, size: int) -> list[np.ndarray]:
+    from PIL import Image
+
+    out = []
+    for a in images:
+        if a.shape[:2] == (size, size):
+            out.append(a)
+            continue
+        img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).resize((size, size), Image.Resampling.BOX)
+        arr = np.asarray(img, dtype=np.uint8)
+        out.append(arr[:, :, None] if arr.ndim == 2 else arr)
+    return out
+
+
+def perturbation_cost(clean: Images, protected: Images) -> dict[str, float]:
+    """PSNR / SSIM / max L-inf of protected vs clean, paired by position."""
+    if len(clean) != len(protected):
+        raise ValueError(f"clean and protected sets differ in size ({len(clean)} vs {len(protected)})")
+    a, b = to_nchw(clean), to_nchw(protected)
+    return {"psnr_db": float(metrics.psnr(a, b)), "ssim": float(metrics.ssim(a, b)),
+            "linf_levels": int(metrics.linf_levels(a, b))}
+
+
+class Scorer:
+    """Scores sample sets against the held-out split with one fitted feature extractor."""
+
+    def __init__(self, train: Images, holdout: Images, settings: EvalSettings):
+        self.extractor = get_feature_extractor(settings.feature, **settings.feature_kwargs)
+        if hasattr(self.extractor, "fit"):
+            self.extractor.fit(to_nchw(train), seed=settings.seed)  # clean TRAINING images only
+        self.holdout = to_nchw(holdout)
+        self.holdout_features = self.extractor(self.holdout)
+
+    def score(self, samples: Images) -> dict[str, float]:
+        x = to_nchw(samples)
+        feats = self.extractor(x)
+        precision, recall = metrics.precision_recall(self.holdout_features, feats, k=3)
+        return {
+            "fd": float(metrics.frechet_distance_from_features(self.holdout_features, feats)),
+            "precision": float(precision), "recall": float(recall),
+            "artifact_ratio": float(metrics.artifact_ratio(x, self.holdout)),
+            "colour_noise_ratio": float(metrics.colour_noise_ratio(x, self.holdout)),
+        }
+
+
+def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Images, out_dir: str | Path,
+                settings: EvalSettings, progress: bool = True) -> dict[str, Any]:
+    """Train, sample and score one victim per training set; ``clean`` must be among them."""
+    if "clean" not in train_sets:
+        raise ValueError("train_sets must contain the 'clean' baseline")
+    out_dir = Path(out_dir)
+    size = settings.victim.resolution
+    holdout = resize_all(holdout, size)
+    scorer = Scorer(resize_all(clean_train, size), holdout, settings)
+    results: dict[str, Any] = {"reference": {
+        "clean_train_vs_holdout": scorer.score(resize_all(clean_train, size)[: len(holdout)])}}
+    samples: dict[str, np.ndarray] = {}
+    losses: dict[str, list[float]] = {}
+    for name, images in train_sets.items():
+        start = time.perf_counter()
+        victim = train_victim(resize_all(images, size), settings.victim, out_dir / "victims" / _slug(name),
+                              desc=name, progress=progress)
+        samples[name] = sample_victim(victim.pipeline_dir, settings.num_samples, seed=settings.seed,
+                                      steps=settings.victim.sample_steps, device=settings.victim.device,
+                                      progress=progress)
+        scores = scorer.score(list(samples[name]))
+        scores["final_train_loss"] = victim.final_loss()
+        scores["seconds"] = round(time.perf_counter() - start, 1)
+        results[name] = scores
+        losses[name] = victim.loss_history
+        logger.info("victim %-24s FD %.3f precision %.3f recall %.3f", name, scores["fd"],
+                    scores["precision"], scores["recall"])
+    base = results["clean"]["fd"]
+    for name in train_sets:
+        results[name]["fd_ratio_vs_clean"] = results[name]["fd"] / base if base > 0 else math.inf
+    return {"victims": results, "samples": samples, "losses": losses}
+
+
+def with_attacks(protected: dict[str, Images], attacks: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """Each protected set, plus each attack applied to it (``name+attack``)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for name, images in protected.items():
+        out[name] = list(images)
+        for attack in attacks:
+            if attack not in ATTACKS:
+                raise ValueError(f"unknown attack {attack!r}; choose from {sorted(ATTACKS)}")
+            out[f"{name}+{attack}"] = [ATTACKS[attack](a) for a in images]
+    return out
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,0 +1,148 @@
+"""Reports a person can read: report.json, report.md, sample grids, loss curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLUMNS = [("fd", "FD", "{:.3f}"), ("fd_ratio_vs_clean", "FD / clean", "{:.2f}x"),
+           ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+           ("artifact_ratio", "HF energy ratio", "{:.2f}"), ("colour_noise_ratio", "colour noise ratio", "{:.2f}"),
+           ("final_train_loss", "victim loss", "{:.4f}")]
+
+
+def sample_grid(images: np.ndarray, rows: int = 4, cols: int = 4, cell: int = 48) -> Image.Image:
+    """A rows x cols grid of (N, H, W, C) uint8 images, upscaled (nearest) to ``cell``."""
+    tiles = []
+    for i in range(rows * cols):
+        a = images[i] if i < len(images) else np.zeros_like(images[0])
+        img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).convert("RGB")
+        tiles.append(np.asarray(img.resize((cell, cell), Image.Resampling.NEAREST)))
+    grid = np.concatenate([np.concatenate(tiles[r * cols:(r + 1) * cols], axis=1) for r in range(rows)], axis=0)
+    return Image.fromarray(grid)
+
+
+def side_by_side_grids(panels: dict[str, np.ndarray], path: Path, rows: int = 4, cols: int = 4,
+                       cell: int = 48) -> Path:
+    """One labelled grid per set, left to right (e.g. held-out real | clean victim | protected victim)."""
+    grids = [(name, sample_grid(imgs, rows, cols, cell)) for name, imgs in panels.items()]
+    gap, header = 8, 16
+    width = sum(g.width for _, g in grids) + gap * (len(grids) - 1)
+    canvas = Image.new("RGB", (width, grids[0][1].height + header), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for name, grid in grids:
+        canvas.paste(grid, (x, header))
+        draw.text((x + 2, 2), name[: grid.width // 6], fill="black")
+        x += grid.width + gap
+    canvas.save(path)
+    return path
+
+
+def loss_plot(losses: dict[str, Sequence[float]], path: Path, window: int = 50) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in losses.items():
+        v = np.asarray(values, dtype=float)
+        if len(v) >= window:
+            v = np.convolve(v, np.ones(window) / window, mode="valid")
+        ax.plot(v, label=name, linewidth=1.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"denoising loss (moving average {window})")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.set_title("victim training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fmt(value: Any, pattern: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return pattern.format(value)
+
+
+def results_table(victims: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of victim metrics, one row per training set."""
+    head = "| training set | " + " | ".join(label for _, label, _ in COLUMNS) + " |"
+    sep = "|---" * (len(COLUMNS) + 1) + "|"
+    rows = [f"| {name} | " + " | ".join(fmt(scores.get(key), pat) for key, _, pat in COLUMNS) + " |"
+            for name, scores in victims.items()]
+    return "\n".join([head, sep, *rows])
+
+
+def write_report(report: dict[str, Any], samples: dict[str, np.ndarray], losses: dict[str, Sequence[float]],
+                 holdout: np.ndarray, out_dir: str | Path) -> dict[str, str]:
+    """Write report.json, report.md, samples.png and loss_curves.png into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"),
+             "samples": str(out_dir / "samples.png"), "loss_curves": str(out_dir / "loss_curves.png")}
+    panels = {"held-out real": holdout, **{f"victim: {k}": v for k, v in samples.items()}}
+    side_by_side_grids(panels, Path(files["samples"]))
+    loss_plot(losses, Path(files["loss_curves"]))
+    report = {**report, "files": files}
+    Path(files["json"]).write_text(json.dumps(report, indent=2, default=_json_default))
+    Path(files["markdown"]).write_text(render_markdown(report))
+    return files
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    victims = report["victims"]
+    cost = report.get("perturbation", {})
+    ref = victims.get("reference", {}).get("clean_train_vs_holdout", {})
+    lines = ["# Protection efficacy report", ""]
+    lines += [f"Victims: `{report['settings']['victim']['architecture']}` trained "
+              f"{report['settings']['victim']['train_steps']} steps at "
+              f"{report['settings']['victim']['resolution']} px, seed {report['settings']['victim']['seed']}; "
+              f"{report['settings']['num_samples']} DDIM samples each, scored against "
+              f"{report['data']['holdout']} held-out clean images with the "
+              f"`{report['settings']['feature']}` feature extractor.", ""]
+    if report['settings']['feature'] == "fitted":
+        lines += ["FD uses a feature extractor fitted on the clean training images only: it is not FID, "
+                  "and numbers compare only within this report.", ""]
+    lines += ["## Victims", "", results_table({k: v for k, v in victims.items() if k != "reference"}), ""]
+    if ref:
+        lines += [f"Reference: the clean training images themselves score FD {fmt(ref.get('fd'), '{:.3f}')} "
+                  "against the held-out split (the floor a perfect victim could reach).", ""]
+    for name, c in cost.items():
+        lines.append(f"- perturbation `{name}`: PSNR {fmt(c.get('psnr_db'), '{:.2f}')} dB, "
+                     f"SSIM {fmt(c.get('ssim'), '{:.4f}')}, max L-inf {c.get('linf_levels')} levels")
+    lines += ["", "## Verdict", "", verdict(victims), "",
+              "![samples](samples.png)", "", "![loss curves](loss_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def verdict(victims: dict[str, dict[str, Any]], goal: float = 3.0) -> str:
+    """Plain words on whether any protected victim is clearly worse than the clean one."""
+    rows = {k: v for k, v in victims.items() if k not in ("reference", "clean")}
+    if not rows:
+        return "No protected set was evaluated."
+    best = max(rows, key=lambda k: rows[k].get("fd_ratio_vs_clean", 0))
+    ratio = rows[best].get("fd_ratio_vs_clean", float("nan"))
+    if ratio >= goal:
+        return (f"`{best}` raises the victim's FD {ratio:.2f}x over the clean-trained victim "
+                f"(goal: {goal:.0f}x): protection measured as effective on this setup.")
+    return (f"No protected set reaches the {goal:.0f}x goal: the strongest, `{best}`, raises the victim's FD "
+            f"{ratio:.2f}x over the clean-trained victim. On this setup the protection is not shown to work.")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
