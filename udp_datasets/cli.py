@@ -126,7 +126,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         protected = load_images(args.protected, args.image_column, args.limit)
         report = evaluate_pair(clean, protected, args.out, settings, args.holdout_fraction)
     else:
-        report = evaluate_bundled(config_from_args(args), args.out, settings, count=args.bundled_count,
+        config = config_from_args(args)
+        if not hasattr(args, "resolution"):  # the surrogate works at the data's own resolution
+            config = config.replace(resolution=args.victim_resolution)
+        report = evaluate_bundled(config, args.out, settings, count=args.bundled_count,
                                   size=args.victim_resolution, holdout_fraction=args.holdout_fraction)
     print(verdict(report["victims"]))
     print(f"report: {Path(args.out) / 'report.md'} ({report['seconds']:.0f} s)")

@@ -84,7 +84,8 @@ class Scorer:
     def score(self, samples: Images) -> dict[str, float]:
         x = to_nchw(samples)
         feats = self.extractor(x)
-        precision, recall = metrics.precision_recall(self.holdout_features, feats, k=3)
+        k = max(1, min(3, len(feats) - 1, len(self.holdout_features) - 1))  # tiny sets: smaller k
+        precision, recall = metrics.precision_recall(self.holdout_features, feats, k=k)
         return {
             "fd": float(metrics.frechet_distance_from_features(self.holdout_features, feats)),
             "precision": float(precision), "recall": float(recall),
