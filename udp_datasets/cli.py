@@ -1,4 +1,4 @@
-"""``udp-datasets``: protect | fit | evaluate | demo | config.
+"""``udp-datasets``: protect | fit | evaluate | publish | verify | demo | config.
 
 Every :class:`ProtectionConfig` field is also a flag (``--epsilon 8/255``,
 ``--objective adversarial``, ``--random-start``...); flags override
@@ -65,8 +65,11 @@ def config_from_args(args: argparse.Namespace) -> ProtectionConfig:
 # ------------------------------------------------------------------ commands
 def cmd_protect(args: argparse.Namespace) -> int:
     from .job import format_summary, protect_dataset
+    from .runner import run_cli, wants_runner
 
     config = config_from_args(args)
+    if wants_runner(args):  # shards, --format parquet, --num-processes, accelerate launch
+        return run_cli(args, config)
     summary = protect_dataset(args.src, args.dst, config, split=args.split, image_column=args.image_column,
                               key_column=args.key_column, output_format=args.format,
                               fit_output=args.fit_output, num_proc=args.num_proc,
@@ -136,6 +139,74 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from .evaluate.ablation import run_ablation
+    from .evaluate.experiment import EvalSettings
+    from .evaluate.report import verdict
+    from .evaluate.victim import VictimConfig
+
+    victim = VictimConfig(resolution=args.size, train_steps=args.victim_steps, batch_size=args.victim_batch_size)
+    settings = EvalSettings(victim=victim, num_samples=args.num_samples, attacks=())
+    result = run_ablation(args.out, settings, count=args.count, size=args.size, sweep=not args.no_sweep)
+    print(verdict(result["victims"]))
+    print(f"tables: {Path(args.out) / 'ablation_table.md'} ({result['seconds']:.0f} s)")
+    return EXIT_OK
+
+
+def _hub_error_exit(command: str, exc: Exception) -> int:
+    """Hub errors: not found / not allowed -> usage (2), anything else -> failure (1)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    print(f"udp-datasets {command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return EXIT_USAGE if status in (401, 403, 404) else EXIT_FAILED
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import PublishError, PublishRefused, publish
+    from .verify import VerifyError
+
+    try:
+        result = publish(args.dir, args.repo_id, private=args.private, revision=args.revision,
+                         commit_message=args.commit_message, create_pr=args.create_pr, source=args.source,
+                         source_split=args.source_split, license=args.license, pretty_name=args.pretty_name,
+                         eval_report=args.eval_report, max_shard_size=args.max_shard_size,
+                         staging_dir=args.staging_dir)
+    except PublishRefused as exc:
+        print(exc.report.format(args.max_listed))
+        print(f"udp-datasets publish: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (PublishError, VerifyError, OSError, ValueError) as exc:
+        print(f"udp-datasets publish: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HfHubHTTPError as exc:
+        return _hub_error_exit("publish", exc)
+    print(f"published   {result.report.verified} verified images -> {result.url}")
+    print(f"revision    {result.revision or 'main'} (commit {result.commit})")
+    if result.pr_url:
+        print(f"pull request {result.pr_url}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import PublishError, verify
+
+    try:
+        report = verify(args.target, source=args.source, source_split=args.source_split,
+                        image_column=args.image_column)
+    except PublishError as exc:
+        print(f"udp-datasets verify: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HfHubHTTPError as exc:
+        return _hub_error_exit("verify", exc)
+    print(report.format(args.max_listed))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     print(config.to_json())
@@ -149,15 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("protect", help="protect every image of a dataset")
-    p.add_argument("src", help="image folder, save_to_disk folder, or Hub dataset id")
+    p.add_argument("src", help="image folder, save_to_disk folder, Hub dataset id, or shards: a .tar / "
+                   ".parquet file, brace pattern ('data-{000000..000099}.tar'), URL or folder of them")
     p.add_argument("dst", help="output folder (created; must not exist unless --overwrite)")
     p.add_argument("--split", help="split to protect when SRC has several")
     p.add_argument("--image-column", default="image")
     p.add_argument("--key-column", help="column of stable ids that seed per-sample randomness")
-    p.add_argument("--format", choices=["arrow", "imagefolder"], default="arrow",
+    p.add_argument("--format", choices=["arrow", "imagefolder", "parquet"], default="arrow",
                    help="arrow: save_to_disk folder in DST/data; imagefolder: PNG files + metadata.jsonl")
     p.add_argument("--fit-output", help="where the fitted surrogate is saved (default: cache folder)")
     p.add_argument("--num-proc", type=int, help="worker processes for datasets.map (one per GPU)")
+    p.add_argument("--num-processes", type=int, help="shard runner: re-launch on N processes with accelerate")
+    p.add_argument("--image-ext", help="shard runner: tar member extensions that are images (comma list)")
+    p.add_argument("--rows-per-shard", type=int, help="shard runner: rows per output shard for a datasets SRC")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument("--allow-errors", action="store_true",
                    help=f"exit 0 even when images were quarantined (default exit {EXIT_QUARANTINED})")
@@ -202,6 +277,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("ablation", help="the committed ablation and budget sweep (docs/efficacy.md)")
+    p.add_argument("--out", default="udp-ablation")
+    p.add_argument("--count", type=int, default=1200)
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--victim-steps", type=int, default=1500)
+    p.add_argument("--victim-batch-size", type=int, default=32)
+    p.add_argument("--num-samples", type=int, default=500)
+    p.add_argument("--no-sweep", action="store_true")
+    p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("publish", help="verify a protected folder and push it to the Hugging Face Hub")
+    p.add_argument("dir", help="output folder of `protect` (Arrow, image folder, tar or Parquet shards)")
+    p.add_argument("repo_id", help="dataset repo, namespace/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private (refused if it is public)")
+    p.add_argument("--revision", help="branch to commit to (created from main if missing)")
+    p.add_argument("--commit-message")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    p.add_argument("--source", help="the clean source: also check each image's L-inf against it")
+    p.add_argument("--source-split")
+    p.add_argument("--license", help="card license (default: the source card's, when known)")
+    p.add_argument("--pretty-name")
+    p.add_argument("--eval-report", help="report.json of `udp-datasets evaluate` to show in the card")
+    p.add_argument("--max-shard-size", default="500MB", help="Parquet shard size for Arrow folders")
+    p.add_argument("--staging-dir", help="where the upload is staged (default: the temp folder)")
+    p.add_argument("--max-listed", type=int, default=20, help="samples listed per category on failure")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("verify", help="re-hash a protected folder or Hub dataset against its manifest")
+    p.add_argument("target", help="folder, or Hub dataset REPO_ID[@revision]")
+    p.add_argument("--source", help="the clean source: measure each image's L-inf against it")
+    p.add_argument("--source-split")
+    p.add_argument("--image-column", help="image column of a local folder (default: from the job record)")
+    p.add_argument("--json", help="also write the full report as JSON to this file")
+    p.add_argument("--max-listed", type=int, default=20, help="samples listed per category")
+    p.set_defaults(func=cmd_verify)
+
     p = sub.add_parser("config", help="print the resolved config as JSON")
     add_config_arguments(p)
     p.set_defaults(func=cmd_config)
@@ -211,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # --num-processes re-launches with these
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     from .evaluate.features import FeatureExtractorUnavailable

@@ -9,6 +9,8 @@ perturbation itself stays small (its PSNR / SSIM / L-inf are reported too).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -109,16 +111,28 @@ def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Ima
     losses: dict[str, list[float]] = {}
     for name, images in train_sets.items():
         start = time.perf_counter()
-        victim = train_victim(resize_all(images, size), settings.victim, out_dir / "victims" / _slug(name),
-                              desc=name, progress=progress)
-        samples[name] = sample_victim(victim.pipeline_dir, settings.num_samples, seed=settings.seed,
-                                      steps=settings.victim.sample_steps, device=settings.victim.device,
-                                      progress=progress)
+        images = resize_all(images, size)
+        victim_dir = out_dir / "victims" / _slug(name)
+        key = {"victim": settings.victim.to_dict(), "data": data_hash(images), "samples": settings.num_samples,
+               "seed": settings.seed}
+        cached = _load_cached(victim_dir, key)
+        if cached is not None:  # same recipe, same data: reuse (resumable ablations)
+            losses_i, samples[name] = cached
+            logger.info("victim %s: reusing %s", name, victim_dir)
+        else:
+            victim = train_victim(images, settings.victim, victim_dir, desc=name, progress=progress)
+            samples[name] = sample_victim(victim.pipeline_dir, settings.num_samples, seed=settings.seed,
+                                          steps=settings.victim.sample_steps, device=settings.victim.device,
+                                          progress=progress)
+            losses_i = victim.loss_history
+            np.savez_compressed(victim_dir / "samples.npz", samples=samples[name])
+            (victim_dir / "cache_key.json").write_text(json.dumps(key, sort_keys=True))
         scores = scorer.score(list(samples[name]))
-        scores["final_train_loss"] = victim.final_loss()
+        tail = losses_i[-100:]
+        scores["final_train_loss"] = float(np.mean(tail)) if tail else math.nan
         scores["seconds"] = round(time.perf_counter() - start, 1)
         results[name] = scores
-        losses[name] = victim.loss_history
+        losses[name] = losses_i
         logger.info("victim %-24s FD %.3f precision %.3f recall %.3f", name, scores["fd"],
                     scores["precision"], scores["recall"])
     base = results["clean"]["fd"]
@@ -137,6 +151,25 @@ def with_attacks(protected: dict[str, Images], attacks: Sequence[str]) -> dict[s
                 raise ValueError(f"unknown attack {attack!r}; choose from {sorted(ATTACKS)}")
             out[f"{name}+{attack}"] = [ATTACKS[attack](a) for a in images]
     return out
+
+
+def data_hash(images: Images) -> str:
+    """Content hash of a training set (order-sensitive)."""
+    h = hashlib.sha256()
+    for a in images:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_cached(victim_dir: Path, key: dict[str, Any]) -> tuple[list[float], np.ndarray] | None:
+    key_file, samples_file = victim_dir / "cache_key.json", victim_dir / "samples.npz"
+    log_file = victim_dir / "victim_training.json"
+    if not (key_file.exists() and samples_file.exists() and log_file.exists()):
+        return None
+    if json.loads(key_file.read_text()) != json.loads(json.dumps(key, sort_keys=True)):
+        return None
+    return json.loads(log_file.read_text())["loss_history"], np.load(samples_file)["samples"]
 
 
 def _slug(name: str) -> str:

@@ -126,7 +126,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def verdict(victims: dict[str, dict[str, Any]], goal: float = 3.0) -> str:
     """Plain words on whether any protected victim is clearly worse than the clean one."""
-    rows = {k: v for k, v in victims.items() if k not in ("reference", "clean")}
+    rows = {k: v for k, v in victims.items() if k != "reference" and not k.startswith("clean")}
     if not rows:
         return "No protected set was evaluated."
     best = max(rows, key=lambda k: rows[k].get("fd_ratio_vs_clean", 0))

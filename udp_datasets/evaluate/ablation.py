@@ -1,0 +1,160 @@
+"""The committed ablation: which objective / timestep sampler protects, and at what budget.
+
+    udp-datasets ablation --out docs/efficacy
+
+Phase 1 (epsilon 8/255): clean; random uniform noise of the same budget;
+adversarial and unlearnable, each with uniform (UDP) and EUDP timesteps. All
+victims share one recipe and seed, and one clean baseline. Phase 2: the variant
+with the largest victim FD ratio at 4, 8, 16 and 32 /255, drawn as victim FD
+against epsilon with the perturbation's PSNR on a second axis.
+
+Results are cached per victim (by training-set hash), so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import ProtectionConfig
+from .experiment import EvalSettings, perturbation_cost, run_victims
+from .pipeline import protect_arrays, split_holdout
+from .report import fmt, results_table, side_by_side_grids
+
+logger = logging.getLogger(__name__)
+
+# CPU-sized: fit on 256 images, 40 PGD steps per published image (see docs/efficacy.md)
+BASE = ProtectionConfig(resolution=16, steps=40, fit_rounds=8, fit_surrogate_steps=40, fit_pgd_steps=5,
+                        fit_max_samples=256, batch_size=256)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "adversarial+uniform": {"objective": "adversarial", "timesteps": "uniform"},
+    "adversarial+eudp": {"objective": "adversarial", "timesteps": "eudp"},
+    "unlearnable+uniform": {"objective": "unlearnable", "timesteps": "uniform"},
+    "unlearnable+eudp": {"objective": "unlearnable", "timesteps": "eudp"},
+}
+SWEEP_LEVELS = (4, 8, 16, 32)
+
+
+def random_noise(images: list[np.ndarray], levels: int, seed: int = 0) -> list[np.ndarray]:
+    """Uniform integer noise in [-levels, levels]: the 'no optimisation' control of equal budget."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(a.astype(np.int16) + rng.integers(-levels, levels + 1, a.shape), 0, 255).astype(np.uint8)
+            for a in images]
+
+
+def _cached_protect(name: str, images: list[np.ndarray], config: ProtectionConfig, out: Path) -> list[np.ndarray]:
+    cache = out / "protected" / f"{name.replace('/', '_')}-{config.hash()}.npz"
+    if cache.exists():
+        return list(np.load(cache)["images"])
+    start = time.perf_counter()
+    protected = protect_arrays(images, config, out / "surrogates" / config.hash(), progress=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache, images=np.stack(protected))
+    logger.info("protected %s in %.0f s", name, time.perf_counter() - start)
+    return protected
+
+
+def run_ablation(out: str | Path, settings: EvalSettings, count: int = 1200, size: int = 16,
+                 base: ProtectionConfig = BASE, sweep: bool = True) -> dict[str, Any]:
+    from ..bundled import photo_patches
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    clean = photo_patches(size, count, seed=0)
+    train_idx, hold_idx = split_holdout(len(clean), 0.25, settings.seed)
+    holdout = [clean[i] for i in hold_idx]
+    train = [clean[i] for i in train_idx]
+    levels = base.budget_levels
+
+    protected: dict[str, list[np.ndarray]] = {"random-noise": random_noise(train, levels)}
+    for name, changes in VARIANTS.items():
+        full = _cached_protect(name, clean, base.replace(**changes), out)
+        protected[name] = [full[i] for i in train_idx]
+    cost = {name: perturbation_cost(train, imgs) for name, imgs in protected.items()}
+    # the same clean images in another order: how much victims differ by training noise alone
+    reshuffled = [train[i] for i in np.random.default_rng(1).permutation(len(train))]
+    phase1 = run_victims({"clean": train, "clean (reshuffled)": reshuffled, **protected}, holdout, train, out,
+                         settings)
+    victims = phase1["victims"]
+    best = max(VARIANTS, key=lambda n: victims[n]["fd_ratio_vs_clean"])
+
+    sweep_rows: dict[str, dict[str, Any]] = {}
+    if sweep:
+        sets = {"clean": train}
+        for lv in SWEEP_LEVELS:
+            if lv == levels:
+                continue
+            cfg = base.replace(epsilon=lv / 255, **VARIANTS[best])
+            full = _cached_protect(f"{best}@{lv}", clean, cfg, out)
+            sets[f"{best}@{lv}/255"] = [full[i] for i in train_idx]
+            sets[f"random-noise@{lv}/255"] = random_noise(train, lv)
+        phase2 = run_victims(sets, holdout, train, out, settings)
+        for lv in SWEEP_LEVELS:
+            key = f"{best}@{lv}/255"
+            row = victims[best] if lv == levels else phase2["victims"][key]
+            imgs = protected[best] if lv == levels else sets[key]
+            noise_row = victims["random-noise"] if lv == levels else phase2["victims"][f"random-noise@{lv}/255"]
+            sweep_rows[str(lv)] = {**row, **perturbation_cost(train, imgs),
+                                   "random_noise_fd_ratio": noise_row["fd_ratio_vs_clean"]}
+        _sweep_plot(sweep_rows, out / "budget_sweep.png", best)
+
+    side_by_side_grids({"held-out real": np.stack(holdout), **{f"victim: {k}": v for k, v in phase1["samples"].items()}},
+                       out / "ablation_samples.png", rows=4, cols=4, cell=32)
+    result = {"settings": settings.to_dict(), "base_config": base.to_dict(), "variants": VARIANTS,
+              "data": {"source": f"bundled photo patches {count} x {size}px", "train": len(train),
+                       "holdout": len(holdout)},
+              "victims": victims, "perturbation": cost, "best_variant": best, "budget_sweep": sweep_rows,
+              "seconds": round(time.perf_counter() - start, 1)}
+    (out / "ablation.json").write_text(json.dumps(result, indent=2))
+    (out / "ablation_table.md").write_text(render_tables(result))
+    return result
+
+
+def render_tables(result: dict[str, Any]) -> str:
+    victims = {k: v for k, v in result["victims"].items() if k != "reference"}
+    lines = [results_table(victims), "", "| perturbation | PSNR (dB) | SSIM | max L-inf |", "|---|---|---|---|"]
+    for name, c in result["perturbation"].items():
+        lines.append(f"| {name} | {c['psnr_db']:.2f} | {c['ssim']:.4f} | {c['linf_levels']} |")
+    if result["budget_sweep"]:
+        lines += ["", f"Budget sweep of `{result['best_variant']}`:", "",
+                  "| epsilon | victim FD / clean | random noise FD / clean | PSNR (dB) | precision | recall |",
+                  "|---|---|---|---|---|---|"]
+        for lv, row in result["budget_sweep"].items():
+            lines.append(f"| {lv}/255 | {fmt(row['fd_ratio_vs_clean'], '{:.2f}x')} | "
+                         f"{fmt(row['random_noise_fd_ratio'], '{:.2f}x')} | {row['psnr_db']:.2f} | "
+                         f"{row['precision']:.3f} | {row['recall']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _sweep_plot(rows: dict[str, dict[str, Any]], path: Path, name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    eps = [int(k) for k in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(eps, [rows[str(e)]["fd_ratio_vs_clean"] for e in eps], "o-", label=f"{name}: victim FD / clean")
+    ax.plot(eps, [rows[str(e)]["random_noise_fd_ratio"] for e in eps], "s--", label="random noise: FD / clean")
+    ax.axhline(3.0, color="grey", linestyle=":", label="goal 3x")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(eps, [f"{e}/255" for e in eps])
+    ax.set_xlabel("epsilon (L-inf budget)")
+    ax.set_ylabel("victim FD / clean-trained victim FD")
+    ax2 = ax.twinx()
+    ax2.plot(eps, [rows[str(e)]["psnr_db"] for e in eps], "^:", color="tab:red", label="PSNR (dB)")
+    ax2.set_ylabel("perturbation PSNR (dB)", color="tab:red")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
