@@ -42,7 +42,7 @@ def test_protect_folder_quarantines_bad_files(image_folder, tmp_path, capsys):
     assert len(ds) == 6 and "label" in ds.column_names
     raw = ds.cast_column("image", datasets.Image(decode=False))["image"]
     assert all(v["bytes"].startswith(b"\x89PNG") for v in raw)
-    summary = json.loads((dst / "udp_summary.json").read_text())
+    summary = json.loads((dst / "udp_protection.json").read_text())
     assert summary["count"] == 6 and summary["errors"] == 2 and 0 < summary["max_linf_levels"] <= 8
     assert summary["surrogate"]["sha256"] and summary["fit"]["num_samples"] == 6
     manifest = datasets.Dataset.from_parquet(str(dst / "manifest.parquet"))
@@ -88,7 +88,7 @@ def test_fit_then_protect_with_saved_surrogate(image_folder, tmp_path):
     code = main(["protect", str(image_folder), str(dst), "--surrogate", str(surrogate), "--objective",
                  "adversarial", "--timesteps", "uniform", "--random-start", "--allow-errors", *FLAGS])
     assert code == 0
-    summary = json.loads((dst / "udp_summary.json").read_text())
+    summary = json.loads((dst / "udp_protection.json").read_text())
     assert summary["fit"] is None and summary["config"]["random_start"] is True
     assert summary["config"]["surrogate"] == str(surrogate)
 

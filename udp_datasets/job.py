@@ -1,8 +1,14 @@
-"""The protect job: SRC dataset -> (fit) -> ``ds.map(protector)`` -> DST, with a summary.
+"""The protect job: SRC dataset -> (fit) -> ``ds.map(protector)`` -> DST, with a record.
 
 This is what ``udp-datasets protect`` runs; it is also callable from Python
 (:func:`protect_dataset`). Bad images are quarantined into ``errors.jsonl`` and
 left out; the output appears under its final name only when complete.
+
+Beside the data, DST gets ``manifest.parquet`` (one row per image, see
+:mod:`udp_datasets.provenance`) and ``udp_protection.json``: the :class:`JobSummary`
+(full config and hash, surrogate reference with revision and weights SHA-256, library
+versions, start/end times, counts, the quarantined samples, the source's id, revision
+and license). ``udp-datasets verify`` and ``publish`` read both.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from .sources import open_source
 logger = logging.getLogger(__name__)
 
 SOURCE_PATH_COLUMN = "udp_source_path"
+RECORD_FILE = "udp_protection.json"
+RECORD_FORMAT_VERSION = 1
+MAX_ERROR_RECORDS = 1000  # quarantined samples listed in the record (all are in errors.jsonl)
 
 
 @dataclass
 class JobSummary:
-    """What a protect run did; written to ``udp_summary.json`` beside the output."""
+    """What a protect run did; written to ``udp_protection.json`` beside the output."""
 
     source: str
     destination: str
@@ -46,6 +55,15 @@ class JobSummary:
     fit: dict[str, Any] | None = None
     errors_file: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    started_at: str | None = None  # ISO 8601, UTC
+    finished_at: str | None = None
+    source_info: dict[str, Any] | None = None  # id, type, revision, license (card.describe_source)
+    output_format: str | None = None
+    image_column: str | None = None
+    split: str | None = None
+    error_records: list[dict[str, Any]] = field(default_factory=list)  # key (relative), index, reason
+    format: str = "udp-protection"
+    format_version: int = RECORD_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +88,10 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
     """Protect every image of SRC into DST (see module docstring)."""
     import datasets
 
+    from .card import describe_source
+
     start = time.perf_counter()
+    started_at = _utc_now()
     ds = open_source(src, split=split)
     if image_column not in ds.column_names:
         raise ColumnError(f"{src} has no image column {image_column!r}; its columns are "
@@ -95,7 +116,7 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
                      with_rank=num_proc is not None and num_proc > 1, num_proc=num_proc,
                      desc="protect", load_from_cache_file=False)
         manifest = out.select_columns([c for c in PROVENANCE_COLUMNS if c in out.column_names])
-        sources = [s if s is not None else src for s in out[SOURCE_PATH_COLUMN]]
+        sources = [s if s is not None else _source_label(src) for s in out[SOURCE_PATH_COLUMN]]
         out = out.remove_columns(list(manifest.column_names))
         write_manifest([_manifest_from_columns(manifest, sources, protector.config.hash())],
                        tmp / "manifest.parquet")
@@ -118,10 +139,12 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
             config=protector.config.to_dict(), config_hash=protector.config.hash(),
             surrogate=protector.surrogate_ref.to_dict() if protector.surrogate_ref else None,
             fit=fit_info, errors_file=str(dst / "errors.jsonl") if errors else None,
-            versions=library_versions())
+            versions=library_versions(), started_at=started_at, finished_at=_utc_now(),
+            source_info=describe_source(src), output_format=output_format, image_column=image_column,
+            split=split, error_records=_error_records(errors_file, src))
         if summary.max_linf_levels > config.budget_levels:  # defence in depth: never publish this
             raise RuntimeError(f"internal error: max L-inf {summary.max_linf_levels} exceeds budget")
-        (tmp / "udp_summary.json").write_text(json.dumps(summary.to_dict(), indent=2))
+        (tmp / RECORD_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
     logger.info("protected %d images (%d quarantined) into %s", summary.count, errors, dst)
     return summary
 
@@ -157,6 +180,37 @@ def _relative_paths(values: list[dict[str, Any]], src: str) -> list[str | None]:
         except ValueError:
             out.append(Path(p).name)
     return out
+
+
+def _utc_now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _source_label(src: str) -> str:
+    """How the manifest names a source without per-image paths: a Hub id as is, a local
+    folder by its name only (an absolute local path means nothing to readers of the data)."""
+    path = Path(src).expanduser()
+    return path.resolve().name if path.exists() else src
+
+
+def _error_records(errors_file: Path, src: str) -> list[dict[str, Any]]:
+    """The first quarantined samples, keys made relative to SRC (no local paths published)."""
+    if not errors_file.exists():
+        return []
+    records = []
+    with open(errors_file, encoding="utf-8") as fh:
+        for line in fh:
+            if len(records) >= MAX_ERROR_RECORDS:
+                break
+            if line.strip():
+                record = json.loads(line)
+                key = record.get("key")
+                if isinstance(key, str) and os.path.isabs(key):
+                    record["key"] = _relative_paths([{"path": key}], src)[0]
+                records.append(record)
+    return records
 
 
 def _count_lines(path: Path) -> int:

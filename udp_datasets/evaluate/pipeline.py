@@ -28,10 +28,7 @@ def load_images(src: str, image_column: str = "image", limit: int | None = None)
     from ..protector import raw_image_column
     from ..sources import open_source
 
-    path = Path(src)
-    if (path / "data").is_dir() and (path / "udp_summary.json").exists():
-        src = str(path / "data")  # the output folder of `udp-datasets protect`
-    ds = open_source(src)
+    ds = open_source(src)  # also understands the output folder of `udp-datasets protect`
     ds = raw_image_column(ds, image_column)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
@@ -99,7 +96,7 @@ def evaluate_pair(clean: Sequence[np.ndarray], protected: Sequence[np.ndarray], 
 
 
 def evaluate_bundled(config: ProtectionConfig, out_dir: str | Path, settings: EvalSettings,
-                     count: int = 2000, size: int = 16, holdout_fraction: float = 0.25,
+                     count: int = 1200, size: int = 16, holdout_fraction: float = 0.25,
                      progress: bool = True) -> dict[str, Any]:
     """Protect the bundled photo patches with ``config`` and evaluate them."""
     from ..bundled import photo_patches
