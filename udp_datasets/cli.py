@@ -56,8 +56,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
                                metavar=None if choices else f.name.upper())
 
 
-def config_from_args(args: argparse.Namespace) -> ProtectionConfig:
-    base = ProtectionConfig.from_file(args.config_file) if getattr(args, "config_file", None) else ProtectionConfig()
+def config_from_args(args: argparse.Namespace, base: ProtectionConfig | None = None) -> ProtectionConfig:
+    """Defaults (or ``base``) < ``--config-file`` < flags."""
+    if getattr(args, "config_file", None):
+        base = ProtectionConfig.from_file(args.config_file)
+    base = base or ProtectionConfig()
     overrides = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
     return base.replace(**overrides)
 
@@ -129,7 +132,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         protected = load_images(args.protected, args.image_column, args.limit)
         report = evaluate_pair(clean, protected, args.out, settings, args.holdout_fraction)
     else:
-        config = config_from_args(args)
+        from .evaluate.ablation import BASE
+
+        # bundled mode protects with the ablation's CPU-sized recipe unless told otherwise
+        config = config_from_args(args, base=None if args.config_file else BASE)
         if not hasattr(args, "resolution"):  # the surrogate works at the data's own resolution
             config = config.replace(resolution=args.victim_resolution)
         report = evaluate_bundled(config, args.out, settings, count=args.bundled_count,
@@ -260,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N images of each dataset")
     p.add_argument("--holdout-fraction", type=float, default=0.25,
                    help="share of clean images held out as the reference (never trained on)")
-    p.add_argument("--bundled-count", type=int, default=2000, help="bundled photo patches to use")
+    p.add_argument("--bundled-count", type=int, default=1200, help="bundled photo patches to use")
     p.add_argument("--victim-arch", default="victim-tiny")
     p.add_argument("--victim-resolution", type=int, default=16)
     p.add_argument("--victim-steps", type=int, default=1500)
