@@ -128,6 +128,8 @@ def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Ima
             np.savez_compressed(victim_dir / "samples.npz", samples=samples[name])
             (victim_dir / "cache_key.json").write_text(json.dumps(key, sort_keys=True))
         scores = scorer.score(list(samples[name]))
+        # the training images themselves, as many as samples: what a perfect victim would score
+        scores["training_data_fd"] = scorer.score(images[: settings.num_samples])["fd"]
         tail = losses_i[-100:]
         scores["final_train_loss"] = float(np.mean(tail)) if tail else math.nan
         scores["seconds"] = round(time.perf_counter() - start, 1)

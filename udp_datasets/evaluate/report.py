@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 COLUMNS = [("fd", "FD", "{:.3f}"), ("fd_ratio_vs_clean", "FD / clean", "{:.2f}x"),
            ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
            ("artifact_ratio", "HF energy ratio", "{:.2f}"), ("colour_noise_ratio", "colour noise ratio", "{:.2f}"),
-           ("final_train_loss", "victim loss", "{:.4f}")]
+           ("final_train_loss", "victim loss", "{:.4f}"),
+           ("training_data_fd", "FD of its training images", "{:.3f}")]
 
 
 def sample_grid(images: np.ndarray, rows: int = 4, cols: int = 4, cell: int = 48) -> Image.Image:
