@@ -121,7 +121,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     victim = VictimConfig(architecture=args.victim_arch, resolution=args.victim_resolution,
                           train_steps=args.victim_steps, batch_size=args.victim_batch_size,
                           learning_rate=args.victim_lr, ema_decay=None if args.no_ema else 0.999,
-                          seed=args.victim_seed, sample_steps=args.sample_steps)
+                          seed=args.victim_seed, sample_steps=args.sample_steps, sample_eta=args.sample_eta)
     feature_kwargs = {"weights_path": args.inception_weights} if args.feature == "inception" else {}
     settings = EvalSettings(victim=victim, num_samples=args.num_samples, feature=args.feature,
                             feature_kwargs=feature_kwargs, attacks=attacks, seed=args.victim_seed)
@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--victim-lr", type=float, default=1e-3)
     p.add_argument("--victim-seed", type=int, default=0)
     p.add_argument("--no-ema", action="store_true", help="sample from the raw weights, not the EMA")
-    p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("--sample-steps", type=int, default=100, help="DDIM steps")
+    p.add_argument("--sample-eta", type=float, default=1.0, help="DDIM eta (1 = ancestral sampling)")
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--attacks", default="jpeg75,jpeg90,resize50,blur0.5",
                    help="comma list of jpeg75, jpeg90, resize50, blur0.5, or 'none'")

@@ -115,18 +115,20 @@ def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Ima
         victim_dir = out_dir / "victims" / _slug(name)
         key = {"victim": settings.victim.to_dict(), "data": data_hash(images), "samples": settings.num_samples,
                "seed": settings.seed}
-        cached = _load_cached(victim_dir, key)
-        if cached is not None:  # same recipe, same data: reuse (resumable ablations)
-            losses_i, samples[name] = cached
-            logger.info("victim %s: reusing %s", name, victim_dir)
-        else:
-            victim = train_victim(images, settings.victim, victim_dir, desc=name, progress=progress)
-            samples[name] = sample_victim(victim.pipeline_dir, settings.num_samples, seed=settings.seed,
+        losses_i, cached_samples = _load_cached(victim_dir, key)
+        if losses_i is None:
+            losses_i = train_victim(images, settings.victim, victim_dir, desc=name,
+                                    progress=progress).loss_history
+        else:  # same recipe, same data: reuse the trained victim (resumable ablations)
+            logger.info("victim %s: reusing the trained victim in %s", name, victim_dir)
+        if cached_samples is None:
+            samples[name] = sample_victim(victim_dir, settings.num_samples, seed=settings.seed,
                                           steps=settings.victim.sample_steps, device=settings.victim.device,
-                                          progress=progress)
-            losses_i = victim.loss_history
+                                          progress=progress, eta=settings.victim.sample_eta)
             np.savez_compressed(victim_dir / "samples.npz", samples=samples[name])
             (victim_dir / "cache_key.json").write_text(json.dumps(key, sort_keys=True))
+        else:
+            samples[name] = cached_samples
         scores = scorer.score(list(samples[name]))
         # the training images themselves, as many as samples: what a perfect victim would score
         scores["training_data_fd"] = scorer.score(images[: settings.num_samples])["fd"]
@@ -164,14 +166,26 @@ def data_hash(images: Images) -> str:
     return h.hexdigest()[:16]
 
 
-def _load_cached(victim_dir: Path, key: dict[str, Any]) -> tuple[list[float], np.ndarray] | None:
+SAMPLING_FIELDS = ("sample_steps", "sample_eta")
+
+
+def _load_cached(victim_dir: Path, key: dict[str, Any]) -> tuple[list[float] | None, np.ndarray | None]:
+    """(loss history if the trained victim can be reused, samples if they can be too)."""
     key_file, samples_file = victim_dir / "cache_key.json", victim_dir / "samples.npz"
     log_file = victim_dir / "victim_training.json"
-    if not (key_file.exists() and samples_file.exists() and log_file.exists()):
-        return None
-    if json.loads(key_file.read_text()) != json.loads(json.dumps(key, sort_keys=True)):
-        return None
-    return json.loads(log_file.read_text())["loss_history"], np.load(samples_file)["samples"]
+    if not (key_file.exists() and log_file.exists() and (victim_dir / "unet").is_dir()):
+        return None, None
+    stored = json.loads(key_file.read_text())
+    key = json.loads(json.dumps(key, sort_keys=True))
+
+    def training(k: dict[str, Any]) -> dict[str, Any]:
+        return {f: v for f, v in k["victim"].items() if f not in SAMPLING_FIELDS}
+
+    if stored.get("data") != key["data"] or training(stored) != training(key):
+        return None, None
+    losses = json.loads(log_file.read_text())["loss_history"]
+    same_sampling = stored == key and samples_file.exists()
+    return losses, (np.load(samples_file)["samples"] if same_sampling else None)
 
 
 def _slug(name: str) -> str:

@@ -53,8 +53,12 @@ class VictimConfig:
     random_flip: bool = True
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
-    sample_steps: int = 50
+    sample_steps: int = 100
     """DDIM steps when sampling."""
+    sample_eta: float = 1.0
+    """DDIM eta: 1.0 is ancestral (DDPM-like) sampling. Deterministic eta=0 sampling turned the
+    eps errors of small CPU-trained victims into high-frequency noise (measured, see
+    docs/efficacy.md), which would hide any effect of the data behind sampler artefacts."""
     seed: int = 0
     device: str = "auto"
 
@@ -161,9 +165,14 @@ def train_victim(images: Sequence[np.ndarray], config: VictimConfig, output_dir:
 
 
 @torch.no_grad()
-def sample_victim(pipeline_dir: str | Path, num_images: int, seed: int = 0, steps: int = 50,
-                  batch_size: int = 64, device: str = "auto", progress: bool = True) -> np.ndarray:
-    """DDIM samples with fixed seeds, (N, H, W, C) uint8; loads via ``from_pretrained``."""
+def sample_victim(pipeline_dir: str | Path, num_images: int, seed: int = 0, steps: int = 100,
+                  batch_size: int = 64, device: str = "auto", progress: bool = True,
+                  eta: float = 1.0) -> np.ndarray:
+    """DDIM samples with fixed seeds, (N, H, W, C) uint8; loads via ``from_pretrained``.
+
+    The noise of each batch (initial and, with ``eta`` > 0, per step) comes from a CPU
+    generator seeded by (seed, batch start), so samples do not depend on the device.
+    """
     from diffusers import DDIMScheduler, UNet2DModel
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -179,7 +188,7 @@ def sample_victim(pipeline_dir: str | Path, num_images: int, seed: int = 0, step
         x = torch.randn((n, unet.config.in_channels, size, size), generator=gen).to(dev)
         for t in scheduler.timesteps:
             eps = unet(x, t).sample
-            x = scheduler.step(eps, t, x, eta=0.0).prev_sample
+            x = scheduler.step(eps, t, x, eta=eta, generator=gen).prev_sample
         img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         out.append(img)
     return np.concatenate(out)
