@@ -64,5 +64,16 @@ def adversarial_surrogate(tmp_path_factory, photos32) -> str:
 
 
 @pytest.fixture()
+def one_torch_thread():
+    """2 shared cores: one intra-op thread is several times faster than two under load."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
 def tiny_config(unlearnable_surrogate) -> ProtectionConfig:
     return TINY.replace(surrogate=unlearnable_surrogate)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from udp_datasets import ProtectionConfig
@@ -27,14 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--resolution", "16", "--batch-size", "4"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread is several times faster than two under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _jpeg(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()

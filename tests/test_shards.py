@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from udp_datasets import Protector
@@ -35,14 +34,7 @@ from udp_datasets.sources.shards import discover_shards, looks_like_shards, spli
 FLAGS = ["--resolution", "16", "--steps", "4", "--batch-size", "4"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread is several times faster than two under load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture()
 def cfg(tiny_config):

@@ -131,7 +131,21 @@ class Chunk:
     rows: list[int] | None = None  # table rows: index within the unit, for error records
 
 
-class _TarCodec:
+class _CodecBase:
+    """What every shard codec shares: closing or aborting its (temporary-file) writer."""
+
+    writer: Any = None
+
+    def close(self) -> None:
+        assert self.writer is not None
+        self.writer.close()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+class _TarCodec(_CodecBase):
     """WebDataset tar shards: samples grouped by key, members copied or re-encoded."""
 
     def __init__(self, unit: WorkUnit, batch_size: int, image_extensions: frozenset[str]):
@@ -200,16 +214,8 @@ class _TarCodec:
                 else:
                     self.writer.add(member.info, member.data)
 
-    def close(self) -> None:
-        assert self.writer is not None
-        self.writer.close()
 
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-
-
-class _TableCodec:
+class _TableCodec(_CodecBase):
     """Arrow tables (Parquet files, ``datasets`` slices): one row = one record."""
 
     def __init__(self, unit: WorkUnit, batch_size: int, image_column: str | None, key_column: str | None,
@@ -272,14 +278,6 @@ class _TableCodec:
         kept = [p for p, good in zip(pngs, ok) if good]
         table = replace_image_column(chunk.data, self.image_column, ok, kept)  # type: ignore[arg-type]
         self.writer.write(table, chunk.group)
-
-    def close(self) -> None:
-        assert self.writer is not None
-        self.writer.close()
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
 
 
 def _check_image_type(schema: Any, column: str, source: str) -> None:
