@@ -14,7 +14,19 @@ from .surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``udp_datasets.publish`` without importing the Hub client at start-up.
+
+    (Remote verification is ``udp_datasets.hub.verify``: ``udp_datasets.verify`` is the module.)
+    """
+    if name == "publish":
+        from . import hub
+
+        return getattr(hub, name)
+    raise AttributeError(f"module 'udp_datasets' has no attribute {name!r}")
+
 __all__ = [
     "BudgetError", "ColumnError", "ConfigError", "ImageError", "ProtectionConfig", "Protector",
-    "Surrogate", "SurrogateError", "SurrogateRef", "load_surrogate", "parse_epsilon", "__version__",
+    "Surrogate", "SurrogateError", "SurrogateRef", "load_surrogate", "parse_epsilon", "publish", "__version__",
 ]
