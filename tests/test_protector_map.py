@@ -112,8 +112,10 @@ def test_iterable_dataset_map(tiny_config, photos32, grey_faces):
 
 
 CACHE_SCRIPT = textwrap.dedent("""
-    import json, sys, time, datasets
+    import json, sys, time, datasets, multiprocess
     from udp_datasets import ProtectionConfig, Protector
+    if int(sys.argv[3]) > 1:
+        multiprocess.set_start_method("spawn")  # the convention for CUDA workers: nothing inherited
     cfg = ProtectionConfig.from_json(sys.argv[2])
     ds = datasets.load_from_disk(sys.argv[1])
     p = Protector(cfg, progress=False)
