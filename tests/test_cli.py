@@ -12,19 +12,15 @@ from PIL import Image
 from udp_datasets.cli import EXIT_QUARANTINED, EXIT_USAGE, main
 from udp_datasets.job import load_protected
 
+from test_verify import make_source
+
 FLAGS = ["--resolution", "16", "--fit-rounds", "2", "--fit-surrogate-steps", "5", "--fit-pgd-steps", "1",
          "--steps", "3", "--batch-size", "4"]
 
 
 @pytest.fixture()
 def image_folder(tmp_path, photos32, grey_faces):
-    root = tmp_path / "pictures"
-    (root / "cats").mkdir(parents=True)
-    (root / "faces").mkdir()
-    for i, arr in enumerate(photos32[:4]):
-        Image.fromarray(arr).save(root / "cats" / f"photo{i}.jpg", quality=95)
-    for i, arr in enumerate(grey_faces[:2]):
-        Image.fromarray(arr[:, :, 0], "L").save(root / "faces" / f"face{i}.png")
+    root = make_source(tmp_path / "pictures", photos32, grey_faces)
     (root / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     (root / "faces" / "empty.png").write_bytes(b"")
     return root

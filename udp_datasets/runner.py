@@ -529,8 +529,6 @@ class ShardRunner:
 
     # -------------------------------------------------------------------- run
     def run(self) -> ShardJobSummary:
-        from accelerate.utils import broadcast_object_list
-
         start = time.perf_counter()
         state = self.state if self.state is not None else make_state()
         rank, world = state.process_index, state.num_processes
@@ -539,18 +537,7 @@ class ShardRunner:
         self._check_paths(units)
 
         # 1. main process: prepare DST, fit the surrogate if needed; everyone gets the outcome
-        prepared: list[Any] = [None]
-        if state.is_main_process:
-            try:
-                prepared[0] = ("ok", self._prepare(units))
-            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-                logger.debug("prepare failed", exc_info=True)
-                prepared[0] = ("error", _portable_error(exc))
-        broadcast_object_list(prepared)
-        status, value = prepared[0]
-        if status == "error":
-            raise value
-        config_dict, fit_info = value
+        config_dict, fit_info = _main_then_broadcast(state, lambda: self._prepare(units), "prepare")
         config = ProtectionConfig.from_dict(config_dict)
         if config.device == "auto" and world > 1:
             config = config.replace(device=str(state.device))
@@ -563,17 +550,7 @@ class ShardRunner:
                          key_column=self.key_column, image_extensions=self.image_extensions)
 
         # 3. main scans the markers; everyone works on the same pending list
-        scan: list[Any] = [None]
-        if state.is_main_process:
-            try:
-                scan[0] = ("ok", self._scan(units, jhash))
-            except Exception as exc:  # noqa: BLE001
-                scan[0] = ("error", _portable_error(exc))
-        broadcast_object_list(scan)
-        status, value = scan[0]
-        if status == "error":
-            raise value
-        pending, skipped = value
+        pending, skipped = _main_then_broadcast(state, lambda: self._scan(units, jhash), "scan")
         mine = pending[rank::world]
         logger.info("rank %d/%d: %d of %d pending shards (%d complete already)", rank, world, len(mine),
                     len(pending), len(skipped))
@@ -897,6 +874,28 @@ def _file_sha256(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
+
+
+def _main_then_broadcast(state: Any, compute: Callable[[], Any], what: str) -> Any:
+    """Run ``compute`` on the main process only and give every rank its result.
+
+    An exception on the main process is sent instead and re-raised on every rank, so no
+    rank waits forever at the next collective.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    box: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            box[0] = ("ok", compute())
+        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+            logger.debug("%s failed", what, exc_info=True)
+            box[0] = ("error", _portable_error(exc))
+    broadcast_object_list(box)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
 
 def _portable_error(exc: Exception) -> Exception:
     """An exception that survives pickling to the other ranks with its message."""
