@@ -37,12 +37,12 @@ def test_refuses_pickle_weights(tmp_path):
         load_surrogate(str(tmp_path / "p"))
 
 
-def test_missing_folder_and_latent_pipeline(tmp_path):
+def test_missing_folder_and_incomplete_latent_pipeline(tmp_path):
     with pytest.raises(SurrogateError, match="does not exist"):
         load_surrogate("./no/such/folder")
     (tmp_path / "sd").mkdir()
     (tmp_path / "sd" / "model_index.json").write_text(json.dumps({"vae": ["diffusers", "AutoencoderKL"]}))
-    with pytest.raises(SurrogateError, match="latent"):
+    with pytest.raises(SurrogateError, match="latent surrogate .*no vae/config.json"):
         load_surrogate(str(tmp_path / "sd"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(SurrogateError, match="no UNet config"):

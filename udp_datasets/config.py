@@ -21,7 +21,8 @@ from typing import Any, Literal, get_args
 
 CONFIG_VERSION = 1
 
-Objective = Literal["unlearnable", "adversarial"]
+Objective = Literal["unlearnable", "adversarial", "encoder"]
+EncoderTarget = Literal["away", "pattern"]
 TimestepSchedule = Literal["uniform", "eudp", "snr", "range"]
 TimestepMode = Literal["sample", "weight"]
 Dtype = Literal["float32", "float16", "bfloat16"]
@@ -29,7 +30,7 @@ Dtype = Literal["float32", "float16", "bfloat16"]
 # Fields that change where or how fast a job runs but not what it computes (up to
 # floating-point rounding on another device). They are left out of the hash so a
 # job moved from a laptop to a GPU box keeps its identity.
-RUNTIME_FIELDS = frozenset({"device", "batch_size"})
+RUNTIME_FIELDS = frozenset({"device", "batch_size", "gradient_checkpointing"})
 
 
 class ConfigError(ValueError):
@@ -75,10 +76,31 @@ class ProtectionConfig:
     alpha: float | None = None
     """PGD step size; ``None`` means epsilon / 8."""
     random_start: bool = False
-    """Start PGD uniformly in the epsilon ball instead of at zero."""
+    """Start PGD uniformly in the epsilon ball instead of at zero (always on for
+    ``objective='encoder'`` with ``encoder_target='away'``, whose gradient vanishes at zero)."""
     objective: Objective = "unlearnable"
     """``unlearnable``: min-min (error-minimising, surrogate co-trained in fit).
-    ``adversarial``: max (error-maximising) against a frozen surrogate."""
+    ``adversarial``: max (error-maximising) against a frozen surrogate.
+    ``encoder``: latent surrogates only; no denoiser, only the VAE-encoder term below."""
+
+    # --- latent surrogates (Stable Diffusion, AutoencoderKL + UNet) ----------
+    encoder_weight: float = 0.0
+    """Weight of the encoder term added to a denoising objective (latent surrogates only):
+    it pushes E(x + delta) away from E(x) (or toward a pattern's latent, see
+    ``encoder_target``), as PhotoGuard / Mist do. ``objective='encoder'`` uses it alone."""
+    encoder_target: EncoderTarget = "away"
+    """``away``: maximise ||E(x+delta) - E(x)||; ``pattern``: minimise ||E(x+delta) - E(target)||."""
+    target_image: str | None = None
+    """Image file whose latent is the target of ``encoder_target='pattern'``; ``None`` uses a
+    built-in high-contrast pattern (see udp_datasets.latent.target_pattern)."""
+    prompt: str | None = None
+    """Text condition for a text-conditioned surrogate (Stable Diffusion), e.g. "a photo of sks
+    person"; ``{caption}`` is replaced by the sample's ``caption_column`` value."""
+    caption_column: str | None = None
+    """Column holding per-image captions for a text-conditioned surrogate."""
+    fit_lora_rank: int = 0
+    """``unlearnable`` fit of a latent surrogate: 0 fine-tunes the whole UNet, r > 0 trains
+    LoRA adapters of rank r (peft) on its attention projections and merges them on save."""
 
     # --- timesteps (UDP vs EUDP) ---------------------------------------------
     timesteps: TimestepSchedule = "eudp"
@@ -126,6 +148,9 @@ class ProtectionConfig:
     batch_size: int = 16
     device: str = "auto"
     dtype: Dtype = "float32"
+    """Precision of the frozen surrogate in the transform (float16 / bfloat16 on GPUs)."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory in the surrogate's UNet / VAE (large Stable Diffusion images)."""
 
     version: int = CONFIG_VERSION
 
@@ -139,6 +164,10 @@ class ProtectionConfig:
         _choice("timesteps", self.timesteps, TimestepSchedule)
         _choice("timestep_mode", self.timestep_mode, TimestepMode)
         _choice("dtype", self.dtype, Dtype)
+        _choice("encoder_target", self.encoder_target, EncoderTarget)
+        if not isinstance(self.encoder_weight, (int, float)) or not math.isfinite(self.encoder_weight) \
+                or self.encoder_weight < 0:
+            raise ConfigError(f"encoder_weight={self.encoder_weight!r} must be a finite number >= 0")
         if not isinstance(self.epsilon, (int, float)) or not math.isfinite(self.epsilon):
             raise ConfigError(f"epsilon must be a finite number, got {self.epsilon!r}")
         if not 0 < self.epsilon <= 1:
@@ -154,7 +183,7 @@ class ProtectionConfig:
         for name in ("steps", "noise_draws", "num_train_timesteps", "fit_batch_size",
                      "fit_max_samples", "batch_size", "resolution"):
             _positive_int(name, getattr(self, name))
-        for name in ("fit_rounds", "fit_surrogate_steps", "fit_pgd_steps", "t_min", "seed"):
+        for name in ("fit_rounds", "fit_surrogate_steps", "fit_pgd_steps", "t_min", "seed", "fit_lora_rank"):
             _non_negative_int(name, getattr(self, name))
         if self.alpha is not None and not (0 < self.alpha <= 1):
             raise ConfigError(f"alpha={self.alpha!r} must be in (0, 1] (a step on the 0-1 pixel scale)")

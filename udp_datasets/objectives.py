@@ -1,9 +1,12 @@
-"""Losses that PGD optimises: the surrogate's denoising loss, minimised or maximised.
+"""Losses that PGD optimises: the surrogate's denoising loss and, for latent surrogates, the encoder term.
 
 ``unlearnable`` (min-min) makes the perturbation a shortcut that lowers the
-denoising loss; ``adversarial`` (max) raises it against a frozen surrogate. Both
-draw their randomness (t, noise) from per-sample generators so that a sample's
-protection does not depend on which batch it landed in.
+denoising loss; ``adversarial`` (max) raises it against a frozen surrogate;
+``encoder`` (latent surrogates only) moves the VAE latent itself: away from the
+clean image's latent, or toward a target pattern's (PhotoGuard / Mist). The
+encoder term can also be added to either denoising objective with
+``encoder_weight``. All randomness (t, noise) comes from per-sample generators, so
+a sample's protection does not depend on which batch it landed in.
 """
 
 from __future__ import annotations
@@ -14,19 +17,39 @@ import torch
 
 from .config import ProtectionConfig
 from .pgd import LossFn
-from .surrogate import Surrogate
+from .surrogate import Surrogate, SurrogateError
 from .timesteps import TimestepSampler
 
 
-class DenoisingObjective:
-    """E_{t ~ p(t), eps} || eps - eps_theta(x_t, t) ||^2 on the surrogate, per sample."""
+class ProtectionObjective:
+    """Per-sample loss of perturbed images, with the direction PGD should move it (``maximize``).
+
+    The combined loss is ``d + w * g`` (adversarial, maximised), ``d - w * g``
+    (unlearnable, minimised) or ``g`` (encoder, maximised), where ``d`` is the
+    weighted denoising loss E_t,eps ||eps - eps_theta(x_t, t, c)||^2 and ``g`` the
+    encoder gain: ||z - z_clean||^2 (``away``) or -||z - z_target||^2 (``pattern``),
+    both means over latent elements.
+    """
 
     def __init__(self, surrogate: Surrogate, config: ProtectionConfig):
         self.surrogate = surrogate
+        self.config = config
+        self.uses_denoiser = config.objective != "encoder"
+        self.encoder_weight = 1.0 if config.objective == "encoder" else float(config.encoder_weight)
+        self.uses_encoder = self.encoder_weight > 0
+        if self.uses_encoder and surrogate.kind != "latent":
+            raise SurrogateError(
+                f"objective={config.objective!r} with encoder_weight={config.encoder_weight} needs a latent "
+                "surrogate (a VAE to attack): pass a Stable Diffusion folder or an AutoencoderKL + UNet pair "
+                "as --surrogate, or set encoder_weight=0")
+        self.maximize = config.objective in ("adversarial", "encoder")
+        # ||E(x + d) - E(x)||^2 has zero gradient at d = 0: PGD must start inside the ball
+        self.needs_random_start = config.objective == "encoder" and config.encoder_target == "away"
         self.sampler = TimestepSampler(surrogate.alphas_cumprod, config)
-        self.maximize = config.objective == "adversarial"
         self.draws = config.noise_draws
+        self._target: torch.Tensor | None = None
 
+    # ------------------------------------------------------------ randomness
     def draw(self, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step's randomness: timesteps (B*K,), loss weights (B*K,), noise (B*K, C, h, w)."""
         ts, ws, noises = [], [], []
@@ -37,33 +60,81 @@ class DenoisingObjective:
             noises.append(torch.randn((self.draws, *self.surrogate.model_shape), generator=g))
         return torch.cat(ts), torch.cat(ws), torch.cat(noises)
 
-    def loss(self, x01: torch.Tensor, t: torch.Tensor, weights: torch.Tensor,
-             noise: torch.Tensor) -> torch.Tensor:
-        """Per-sample weighted denoising loss of images ``x01`` in [0, 1]."""
-        device = x01.device
-        x0 = self.surrogate.to_model_space(x01)
-        if self.draws > 1:
-            x0 = x0.repeat_interleave(self.draws, dim=0)
-        per = self.surrogate.denoising_loss(x0, noise.to(device=device, dtype=x0.dtype),
-                                            t.to(device))
-        per = per * weights.to(device)
-        return per.view(x01.shape[0], self.draws).mean(1)
+    # ------------------------------------------------------------ conditions
+    def prompts(self, n: int, captions: Sequence[str | None] | None = None) -> list[str] | None:
+        """One prompt per image for a text-conditioned surrogate, else ``None``."""
+        if not self.surrogate.conditional:
+            return None
+        from .latent import prompts_for
 
-    def loss_fn(self, generators: Sequence[torch.Generator]) -> LossFn:
-        """The closure PGD calls each step; it advances every sample's own generator."""
+        return prompts_for(self.config.prompt, captions, n)
+
+    def condition(self, n: int, captions: Sequence[str | None] | None = None) -> torch.Tensor | None:
+        """Text condition (CLIP hidden states) for a conditional surrogate, else ``None``."""
+        prompts = self.prompts(n, captions)
+        return None if prompts is None else self.surrogate.encode_text(prompts)
+
+    @torch.no_grad()
+    def reference(self, clean: torch.Tensor | None) -> torch.Tensor | None:
+        """What the encoder gain measures from: E(clean) (``away``) or E(target) (``pattern``)."""
+        if not self.uses_encoder:
+            return None
+        if self.config.encoder_target == "pattern":
+            if self._target is None:
+                from .latent import load_target
+
+                h, w = self.surrogate.image_size
+                target = load_target(self.config.target_image, h, w, self.surrogate.image_channels)
+                self._target = self.surrogate.encode(target.to(self.surrogate.device))
+            return self._target
+        if clean is None:
+            raise ValueError("the encoder objective (encoder_target='away') needs the clean images")
+        return self.surrogate.encode(clean)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, x01: torch.Tensor, t: torch.Tensor, weights: torch.Tensor, noise: torch.Tensor,
+             cond: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample combined loss of images ``x01`` in [0, 1] (see the class docstring)."""
+        device = x01.device
+        z = self.surrogate.to_model_space(x01)
+        total = torch.zeros(x01.shape[0], device=device)
+        if self.uses_denoiser:
+            z0, c = z, cond
+            if self.draws > 1:
+                z0 = z.repeat_interleave(self.draws, dim=0)
+                c = None if cond is None else cond.repeat_interleave(self.draws, dim=0)
+            per = self.surrogate.denoising_loss(z0, noise.to(device=device, dtype=z.dtype), t.to(device), c)
+            total = total + (per * weights.to(device)).view(x01.shape[0], self.draws).mean(1)
+        if self.uses_encoder:
+            assert reference is not None
+            dist = (z.float() - reference.float()).pow(2).flatten(1).mean(1)
+            gain = -dist if self.config.encoder_target == "pattern" else dist
+            if not self.uses_denoiser:
+                total = total + gain
+            else:
+                total = total + (1 if self.maximize else -1) * self.encoder_weight * gain
+        return total
+
+    def loss_fn(self, generators: Sequence[torch.Generator], clean: torch.Tensor | None = None,
+                captions: Sequence[str | None] | None = None) -> LossFn:
+        """The closure PGD calls each step; it advances every sample's own generator.
+
+        ``clean`` (the unperturbed batch) is needed by the ``away`` encoder term; ``captions``
+        fill the prompt template of a text-conditioned surrogate.
+        """
+        cond = self.condition(len(generators), captions)
+        reference = self.reference(clean)
 
         def fn(x_adv: torch.Tensor, step: int) -> torch.Tensor:
             t, w, noise = self.draw(generators)
-            return self.loss(x_adv, t, w, noise)
+            return self.loss(x_adv, t, w, noise, cond, reference)
 
         return fn
 
     @torch.no_grad()
-    def evaluate(self, x01: torch.Tensor, generators: Sequence[torch.Generator],
-                 repeats: int = 4) -> torch.Tensor:
+    def evaluate(self, x01: torch.Tensor, generators: Sequence[torch.Generator], repeats: int = 4,
+                 clean: torch.Tensor | None = None, captions: Sequence[str | None] | None = None) -> torch.Tensor:
         """Average per-sample loss over ``repeats`` draws (used by checks and reports)."""
-        total = torch.zeros(x01.shape[0])
-        for _ in range(repeats):
-            t, w, noise = self.draw(generators)
-            total += self.loss(x01, t, w, noise).float().cpu()
-        return total / repeats
+        fn = self.loss_fn(generators, clean if clean is not None else x01, captions)
+        return sum(fn(x01, i).float().cpu() for i in range(repeats)) / repeats
+

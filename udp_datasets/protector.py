@@ -29,7 +29,7 @@ import torch
 from .config import ProtectionConfig
 from .fit import FitResult, fit_surrogate
 from .images import DecodedImage, ImageError, encode_png, load_image
-from .objectives import DenoisingObjective
+from .objectives import ProtectionObjective
 from .pgd import BudgetError, check_budget, pgd, quantize_within_budget, random_start, sample_generator
 from .surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 
@@ -115,7 +115,7 @@ class Protector:
         self.max_pixels = max_pixels
         self.progress = progress
         self._surrogate = surrogate
-        self._objective: DenoisingObjective | None = None
+        self._objective: ProtectionObjective | None = None
         self._lock = threading.Lock()
         self.surrogate_ref: SurrogateRef | None = surrogate.ref if surrogate is not None else None
         if self.surrogate_ref is None and self.config.surrogate is not None:
@@ -139,12 +139,13 @@ class Protector:
 
     def _peek_ref(self) -> SurrogateRef | None:
         """Hash local weights up front so the fingerprint changes when they do."""
-        from .surrogate import weights_sha256
+        from .surrogate import is_latent_folder, weights_sha256
 
         path = Path(self.config.surrogate).expanduser()
         if path.is_dir():
             try:
-                return SurrogateRef(kind="pixel", source=self.config.surrogate,
+                return SurrogateRef(kind="latent" if is_latent_folder(path) else "pixel",
+                                    source=self.config.surrogate,
                                     revision=self.config.surrogate_revision,
                                     sha256=weights_sha256(path))
             except SurrogateError:
@@ -177,9 +178,11 @@ class Protector:
             if self._surrogate.device != device or next(self._surrogate.unet.parameters()).dtype != dtype:
                 self._surrogate.to(device, dtype)
                 self._objective = None
+                if self.config.gradient_checkpointing and hasattr(self._surrogate, "enable_memory_savers"):
+                    self._surrogate.enable_memory_savers()
             self._surrogate.freeze()
             if self._objective is None:
-                self._objective = DenoisingObjective(self._surrogate, self.config)
+                self._objective = ProtectionObjective(self._surrogate, self.config)
             return self._surrogate
 
     # ------------------------------------------------------------------ fit
@@ -195,13 +198,13 @@ class Protector:
         exactly these weights.
         """
         column = image_column or self.image_column
-        images, keys = self._fit_subset(data, column)
+        images, keys, captions = self._fit_subset(data, column)
         if self.config.surrogate is not None:
             surrogate = load_surrogate(config=self.config)
         else:
             surrogate = load_surrogate(config=self.config.replace(surrogate=None))
         surrogate.to(self.device_for(None))
-        result = fit_surrogate(surrogate, images, keys, self.config, progress=self.progress)
+        result = fit_surrogate(surrogate, images, keys, self.config, progress=self.progress, captions=captions)
         if output_dir is None:
             data_hash = hashlib.sha256("".join(keys).encode()).hexdigest()[:16]
             output_dir = default_surrogate_cache() / f"{self.config.hash()}-{data_hash}"
@@ -218,20 +221,29 @@ class Protector:
         self.fit_result = result
         return result
 
-    def _fit_subset(self, data: Any, column: str) -> tuple[list[np.ndarray], list[str]]:
+    def _fit_subset(self, data: Any, column: str) -> tuple[list[np.ndarray], list[str], list[Any] | None]:
         values: Sequence[Any]
+        all_captions: Sequence[Any] | None = None
+        caption_column = self.config.caption_column
         if hasattr(data, "column_names") and hasattr(data, "select"):
-            if column not in data.column_names:
-                raise ColumnError(f"image column {column!r} not found; columns are {data.column_names}")
+            for name in (column, caption_column):
+                if name is not None and name not in data.column_names:
+                    raise ColumnError(f"column {name!r} not found; columns are {data.column_names}")
             data = raw_image_column(data, column)
             n = len(data)
             idx = _subset_indices(n, self.config.fit_max_samples, self.config.seed)
-            values = data.select(idx)[column]
+            subset = data.select(idx)
+            values = subset[column]
+            if caption_column is not None:
+                all_captions = subset[caption_column]
         else:
+            if caption_column is not None:
+                raise ColumnError(f"caption_column={caption_column!r} needs a datasets.Dataset with that column; "
+                                  "a plain list of images has no captions (use prompt= instead)")
             values = list(data)
             idx = _subset_indices(len(values), self.config.fit_max_samples, self.config.seed)
             values = [values[i] for i in idx]
-        images, keys, bad = [], [], 0
+        images, keys, captions, bad = [], [], [], 0
         for i, value in enumerate(values):
             try:
                 decoded = load_image(value, key=str(i), **self._load_kwargs())
@@ -241,11 +253,12 @@ class Protector:
                 continue
             images.append(decoded.pixels)
             keys.append(decoded.pixel_sha256())
+            captions.append(None if all_captions is None else all_captions[i])
         if bad:
             logger.warning("fit: %d of %d images could not be decoded and were skipped", bad, len(values))
         if not images:
             raise ImageError("fit: no decodable image in the data")
-        return images, keys
+        return images, keys, (captions if all_captions is not None else None)
 
     def _load_kwargs(self) -> dict[str, Any]:
         return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
@@ -253,12 +266,16 @@ class Protector:
     # -------------------------------------------------------------- protect
     def protect_images(self, images: Sequence[Any], keys: Sequence[str] | None = None,
                        rank: int | None = None, names: Sequence[str] | None = None,
+                       captions: Sequence[str | None] | None = None,
                        ) -> list[ProtectedImage | FailedImage]:
         """Protect a list of images; failures come back as :class:`FailedImage` records.
 
         ``keys`` seed each sample's randomness (default: its pixel hash); ``names`` only
-        label failures (default: the key, else the position).
+        label failures (default: the key, else the position); ``captions`` fill the
+        ``{caption}`` of the prompt template for a text-conditioned surrogate.
         """
+        if captions is not None and len(captions) != len(images):
+            raise ValueError(f"{len(captions)} captions for {len(images)} images")
         decoded: list[DecodedImage | FailedImage] = []
         for i, value in enumerate(images):
             name = str(keys[i]) if keys is not None else (names[i] if names is not None else f"item {i}")
@@ -282,20 +299,22 @@ class Protector:
                 for start in range(0, len(members), self.config.batch_size):
                     chunk = members[start:start + self.config.batch_size]
                     self._protect_chunk([decoded[i] for i in chunk], [final_keys[i] for i in chunk],
-                                        chunk, surrogate, results)
+                                        chunk, surrogate, results,
+                                        None if captions is None else [captions[i] for i in chunk])
         return results  # type: ignore[return-value]
 
     def _protect_chunk(self, items: list[DecodedImage], keys: list[str], indices: list[int],
-                       surrogate: Surrogate, results: list) -> None:
+                       surrogate: Surrogate, results: list, captions: list[Any] | None = None) -> None:
         cfg = self.config
         device = surrogate.device
         clean = np.stack([d.pixels for d in items])  # (B, H, W, C) uint8
         x = torch.from_numpy(clean).permute(0, 3, 1, 2).float().div(255).to(device)
         gens = [sample_generator(cfg.seed, k) for k in keys]
         eps = cfg.budget_levels / 255.0
-        init = random_start(x.shape[1:], gens, eps) if cfg.random_start else None
         assert self._objective is not None
-        delta = pgd(x, self._objective.loss_fn(gens), epsilon=eps, alpha=cfg.step_size,
+        init = random_start(x.shape[1:], gens, eps) if cfg.random_start or self._objective.needs_random_start \
+            else None
+        delta = pgd(x, self._objective.loss_fn(gens, x, captions), epsilon=eps, alpha=cfg.step_size,
                     steps=cfg.steps, maximize=self._objective.maximize, init=init)
         perturbed = (x + delta).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         for item, key, index, clean_i, pert_i in zip(items, keys, indices, clean, perturbed):
@@ -339,9 +358,16 @@ class Protector:
                 raise ColumnError(f"key column {self.key_column!r} not found; the batch has columns "
                                   f"{sorted(batch)}")
             keys = [str(k) for k in batch[self.key_column]]
+        captions = None
+        if self.config.caption_column is not None:
+            if self.config.caption_column not in batch:
+                raise ColumnError(f"caption column {self.config.caption_column!r} not found; the batch has "
+                                  f"columns {sorted(batch)}")
+            captions = list(batch[self.config.caption_column])
         names = [_describe(v, i if indices is None else indices[i], indices is not None)
                  for i, v in enumerate(batch[self.image_column])]
-        results = self.protect_images(batch[self.image_column], keys=keys, rank=rank, names=names)
+        results = self.protect_images(batch[self.image_column], keys=keys, rank=rank, names=names,
+                                      captions=captions)
         failed = [r for r in results if isinstance(r, FailedImage)]
         if failed and self.errors == "raise":
             f = failed[0]

@@ -496,6 +496,11 @@ class ShardRunner:
                  image_column: str | None = None, key_column: str | None = None, overwrite: bool = False,
                  image_extensions: Iterable[str] = IMAGE_EXTENSIONS, rows_per_shard: int = 10_000,
                  split: str | None = None, prefetch: int = 2, progress: bool = True, state: Any = None):
+        if config.caption_column is not None:
+            raise ValueError(
+                f"caption_column={config.caption_column!r}: per-sample captions are read by the datasets path "
+                "(`udp-datasets protect` on a dataset or image folder, `ds.map(protector)`), not yet by shard "
+                "jobs; use a fixed --prompt template here")
         self.src = src
         self.dst = Path(dst).expanduser()
         self.config = config

@@ -6,9 +6,10 @@ safetensors only), or built in code from a small built-in architecture that
 :meth:`udp_datasets.Protector.fit` trains on the data being protected.
 
 :class:`Surrogate` hides where the denoiser lives: ``to_model_space`` maps pixels
-in [0, 1] to what the denoiser sees (a resized [-1, 1] image for a pixel model).
-A latent surrogate (Stable Diffusion) is the seam for a VAE encoder here; it is
-not implemented yet and is refused with a clear error instead of a silent guess.
+in [0, 1] to what the denoiser sees: a resized [-1, 1] image for a pixel model,
+``scaling_factor * E(x)`` for a latent one (:class:`udp_datasets.latent.LatentSurrogate`,
+Stable Diffusion or a bare AutoencoderKL + UNet2DModel pair), with gradients
+flowing through the VAE encoder back to the pixels.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class SurrogateRef:
     from the reference changes exactly when the weights do.
     """
 
-    kind: str  # "pixel" (latent: issue #7)
+    kind: str  # "pixel" or "latent"
     source: str | None  # local directory or Hub id; None = built-in, untrained
     revision: str | None = None
     sha256: str | None = None
@@ -84,6 +85,9 @@ class Surrogate:
         size = unet.config.sample_size
         self.sample_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
         self.in_channels: int = unet.config.in_channels
+        # what the pixels are resized to and how many channels they need (a latent model differs)
+        self.image_size: tuple[int, int] = self.sample_size
+        self.image_channels: int = self.in_channels
         self.prediction_type: str = getattr(scheduler.config, "prediction_type", "epsilon")
         self.alphas_cumprod: torch.Tensor = scheduler.alphas_cumprod.detach().float().cpu()
         self._abar_device: torch.Tensor | None = None
@@ -135,11 +139,18 @@ class Surrogate:
             self._abar_device = self.alphas_cumprod.to(device)
         return self._abar_device
 
-    def denoising_loss(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    conditional = False
+    """Whether the denoiser needs a text condition (``denoising_loss(..., cond=)``)."""
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unet(x_t, t).sample
+
+    def denoising_loss(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                       cond: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample || target - model(sqrt(abar) x0 + sqrt(1-abar) eps, t) ||^2 (mean over pixels)."""
         abar = self._abar(x0.device)[t].to(x0.dtype).view(-1, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        pred = self.unet(x_t, t).sample
+        pred = self.predict(x_t, t, cond)
         if self.prediction_type == "epsilon":
             target = noise
         elif self.prediction_type == "v_prediction":
@@ -220,7 +231,24 @@ def load_surrogate(source: str | os.PathLike | None = None, revision: str | None
                                num_train_timesteps=config.num_train_timesteps,
                                beta_schedule=config.beta_schedule)
     folder = resolve_surrogate_folder(str(source), revision)
+    if is_latent_folder(folder):
+        from .latent import load_latent_surrogate
+
+        return load_latent_surrogate(folder, str(source), revision)
     return _load_pixel_surrogate(folder, str(source), revision)
+
+
+def is_latent_folder(folder: str | Path) -> bool:
+    """A Stable Diffusion folder or a latent pair: it has a VAE."""
+    folder = Path(folder)
+    index = folder / "model_index.json"
+    if index.exists():
+        try:
+            if "vae" in json.loads(index.read_text()):
+                return True
+        except json.JSONDecodeError:
+            pass
+    return (folder / "vae" / "config.json").exists()
 
 
 def resolve_surrogate_folder(source: str, revision: str | None) -> Path:
@@ -247,7 +275,7 @@ def resolve_surrogate_folder(source: str, revision: str | None) -> Path:
         raise SurrogateError(f"surrogate {source!r} could not be fetched from the Hub: {exc}") from exc
 
 
-def _component_dir(folder: Path, name: str) -> Path:
+def component_dir(folder: Path, name: str) -> Path:
     sub = folder / name
     return sub if (sub / "config.json").exists() or (sub / "scheduler_config.json").exists() else folder
 
@@ -255,26 +283,14 @@ def _component_dir(folder: Path, name: str) -> Path:
 def _load_pixel_surrogate(folder: Path, source: str, revision: str | None) -> Surrogate:
     from diffusers import DDPMScheduler, UNet2DModel
 
-    index = folder / "model_index.json"
-    if index.exists():
-        components = json.loads(index.read_text())
-        if "vae" in components:
-            raise SurrogateError(
-                f"surrogate {source!r} is a latent diffusion pipeline (it has a VAE); latent "
-                "(Stable Diffusion) surrogates are not supported in this release yet: use a "
-                "pixel-space UNet2DModel or the built-in surrogate")
-    unet_dir = _component_dir(folder, "unet")
+    unet_dir = component_dir(folder, "unet")
     if not (unet_dir / "config.json").exists():
         raise SurrogateError(
             f"no UNet config found in {folder} (looked for unet/config.json and config.json); "
             "a surrogate folder is what diffusers' save_pretrained writes for a UNet2DModel or a "
             "DDPMPipeline")
-    if not list(unet_dir.glob("*.safetensors")):
-        raise SurrogateError(
-            f"{unet_dir} has no .safetensors weights; only safetensors are loaded (pickle files can "
-            "run code). If you trust the checkpoint, convert it once: "
-            "UNet2DModel.from_pretrained(path, use_safetensors=False).save_pretrained(path)")
-    sched_dir = _component_dir(folder, "scheduler")
+    require_safetensors(unet_dir, "UNet2DModel")
+    sched_dir = component_dir(folder, "scheduler")
     if not (sched_dir / "scheduler_config.json").exists():
         raise SurrogateError(f"no scheduler_config.json in {folder} or {folder}/scheduler")
     try:
@@ -287,6 +303,14 @@ def _load_pixel_surrogate(folder: Path, source: str, revision: str | None) -> Su
                        sha256=weights_sha256(folder), architecture=arch)
     logger.info("loaded surrogate %s (sha256 %s)", source, ref.sha256[:12])
     return Surrogate(unet, scheduler, ref)
+
+
+def require_safetensors(directory: Path, cls_name: str) -> None:
+    if not list(directory.glob("*.safetensors")):
+        raise SurrogateError(
+            f"{directory} has no .safetensors weights; only safetensors are loaded (pickle files can "
+            "run code). If you trust the checkpoint, convert it once: "
+            f"{cls_name}.from_pretrained(path, use_safetensors=False).save_pretrained(path)")
 
 
 def weights_sha256(folder: str | Path) -> str:
