@@ -21,7 +21,7 @@ from typing import Any, Literal, get_args
 
 CONFIG_VERSION = 1
 
-Objective = Literal["unlearnable", "adversarial", "encoder"]
+Objective = Literal["unlearnable", "adversarial", "encoder", "matching"]
 EncoderTarget = Literal["away", "pattern"]
 TimestepSchedule = Literal["uniform", "eudp", "snr", "range"]
 TimestepMode = Literal["sample", "weight"]
@@ -81,7 +81,9 @@ class ProtectionConfig:
     objective: Objective = "unlearnable"
     """``unlearnable``: min-min (error-minimising, surrogate co-trained in fit).
     ``adversarial``: max (error-maximising) against a frozen surrogate.
-    ``encoder``: latent surrogates only; no denoiser, only the VAE-encoder term below."""
+    ``encoder``: latent surrogates only; no denoiser, only the VAE-encoder term below.
+    ``matching``: gradient matching (Witches' Brew-style): delta such that a training step on
+    x + delta moves the surrogate *up* the clean-data loss (see objectives.py)."""
 
     # --- latent surrogates (Stable Diffusion, AutoencoderKL + UNet) ----------
     encoder_weight: float = 0.0
@@ -143,6 +145,15 @@ class ProtectionConfig:
     fit_max_samples: int = 10_000
     fit_stop_loss: float = 0.0
     """Stop co-training early once the surrogate loss on x+delta falls below this (0 = never)."""
+    fit_pool: int = 1
+    """Surrogates at this many training stages (evenly spaced over the fit rounds, the last is
+    the final one); PGD cycles through them so the effect holds along a victim's whole
+    training run (MetaCloak-style pool). 1 = the final surrogate only."""
+    clusters: int = 0
+    """``unlearnable`` only: k-means the fit images into this many clusters and co-train one
+    perturbation *shared* per cluster (a shortcut simple enough for a victim to learn first,
+    like class-wise unlearnable noise); the transform starts each image from its cluster's
+    perturbation and refines it with ``steps`` PGD steps. 0 = sample-wise only."""
 
     # --- runtime (excluded from the hash) ------------------------------------
     batch_size: int = 16
@@ -180,11 +191,18 @@ class ProtectionConfig:
                 f"epsilon={self.epsilon:.5f} rounds to {self.budget_levels} grey levels: the "
                 "perturbation would vanish when saved as 8-bit; use at least 1/255"
             )
-        for name in ("steps", "noise_draws", "num_train_timesteps", "fit_batch_size",
+        for name in ("steps", "noise_draws", "fit_pool", "num_train_timesteps", "fit_batch_size",
                      "fit_max_samples", "batch_size", "resolution"):
             _positive_int(name, getattr(self, name))
-        for name in ("fit_rounds", "fit_surrogate_steps", "fit_pgd_steps", "t_min", "seed", "fit_lora_rank"):
+        for name in ("fit_rounds", "fit_surrogate_steps", "fit_pgd_steps", "t_min", "seed", "fit_lora_rank",
+                     "clusters"):
             _non_negative_int(name, getattr(self, name))
+        if self.clusters and self.objective != "unlearnable":
+            raise ConfigError(f"clusters={self.clusters} shares error-minimising noise: it needs "
+                              f"objective='unlearnable' (got {self.objective!r})")
+        if self.fit_lora_rank and (self.fit_pool > 1 or self.objective == "matching"):
+            raise ConfigError("fit_pool > 1 and objective='matching' keep full-weight snapshots; use "
+                              "fit_lora_rank=0 with them")
         if self.alpha is not None and not (0 < self.alpha <= 1):
             raise ConfigError(f"alpha={self.alpha!r} must be in (0, 1] (a step on the 0-1 pixel scale)")
         if self.gamma < 0:

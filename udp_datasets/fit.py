@@ -96,12 +96,49 @@ def trainable_parameters(surrogate: Surrogate, config: ProtectionConfig) -> list
     return list(surrogate.unet.parameters())
 
 
+def clean_direction(surrogate: Surrogate, data: torch.Tensor, gen: torch.Generator, batches: int,
+                    batch_size: int, prompts: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Unit-norm gradient of the surrogate's clean denoising loss (uniform t, as a victim trains).
+
+    ``objective='matching'`` steers delta against this direction (see objectives.py).
+    """
+    unet = surrogate.unet
+    params = dict(unet.named_parameters())
+    for p in params.values():
+        p.requires_grad_(True)
+        p.grad = None
+    device = surrogate.device
+    num_t = surrogate.alphas_cumprod.numel()
+    for _ in range(batches):
+        idx = torch.randperm(data.shape[0], generator=gen)[:batch_size]
+        with torch.no_grad():
+            x0 = surrogate.to_model_space(data[idx].to(device))
+        noise = torch.randn(x0.shape, generator=gen).to(device=device, dtype=x0.dtype)
+        t = torch.randint(0, num_t, (x0.shape[0],), generator=gen).to(device)
+        cond = None if prompts is None else surrogate.encode_text([prompts[i] for i in idx.tolist()])
+        (surrogate.denoising_loss(x0, noise, t, cond).mean() / batches).backward()
+    grads = {k: p.grad.detach().float().cpu() for k, p in params.items() if p.grad is not None}
+    norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
+    if not torch.isfinite(norm) or norm == 0:
+        raise RuntimeError("the clean-loss gradient is zero or not finite; cannot build a matching direction")
+    for p in params.values():
+        p.grad = None
+    surrogate.freeze()
+    return {k: g / norm for k, g in grads.items()}
+
+
+def _stage_rounds(rounds: int, pool: int) -> list[int]:
+    """Rounds after which the earlier pool stages are snapshotted (evenly spaced, last excluded)."""
+    return sorted({max(0, round((k + 1) * rounds / pool) - 1) for k in range(pool - 1)})
+
+
 def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequence[str],
                   config: ProtectionConfig, progress: bool = True,
                   captions: Sequence[str | None] | None = None) -> FitResult:
     """Train ``surrogate`` in place for ``config.objective``; returns the loss history.
 
     ``captions`` fill the prompt template of a text-conditioned (Stable Diffusion) surrogate.
+    Pool stages, matching directions and cluster perturbations go to ``surrogate.extras``.
     """
     if len(images) == 0:
         raise ValueError("fit needs at least one image")
@@ -113,38 +150,112 @@ def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequ
     gen = torch.Generator().manual_seed(config.seed)
     params = trainable_parameters(surrogate, config)
     optimizer = torch.optim.AdamW(params, lr=config.fit_lr, weight_decay=0.0)
-    objective = ProtectionObjective(surrogate, config.replace(objective="unlearnable"))
+    surrogate.extras = {}  # a refit starts from the weights only
+    objective = ProtectionObjective(surrogate, config.replace(objective="unlearnable", fit_pool=1, clusters=0))
     prompts = objective.prompts(len(images), captions)
-    delta = torch.zeros_like(data)
     eps = config.budget_levels / 255.0
+    train_clean = config.objective in ("adversarial", "matching")
+    shared = _Clusters(data, config) if config.clusters else None
+    delta = torch.zeros_like(data)
+    stage_rounds = _stage_rounds(config.fit_rounds, config.fit_pool)
     result = FitResult(num_samples=len(images))
     bar = tqdm(range(config.fit_rounds), desc=f"fit ({config.objective})", disable=not progress)
     for rnd in bar:
-        if config.objective == "adversarial":
+        if train_clean:
             train_loss = _train_steps(surrogate, optimizer, params, data, config.fit_surrogate_steps,
                                       config.fit_batch_size, gen, prompts)
             record = {"round": rnd, "train_loss": train_loss}
         else:
+            if shared is not None:
+                delta = shared.expand()
             train_loss = _train_steps(surrogate, optimizer, params, (data + delta).clamp(0, 1),
                                       config.fit_surrogate_steps, config.fit_batch_size, gen, prompts)
-            delta_losses = []
-            for start in range(0, data.shape[0], config.batch_size):
-                chunk = slice(start, start + config.batch_size)
-                gens = [sample_generator(config.seed, f"fit:{rnd}:{k}") for k in keys[chunk]]
-                x = data[chunk].to(device)
-                chunk_captions = None if captions is None else list(captions[chunk])
-                d = pgd(x, objective.loss_fn(gens, x, chunk_captions), epsilon=eps, alpha=config.step_size,
-                        steps=config.fit_pgd_steps, maximize=False, init=delta[chunk])
-                delta[chunk] = d.cpu()
-                delta_losses.append(objective.evaluate((x + d).clamp(0, 1), gens, repeats=1, clean=x,
-                                                       captions=chunk_captions))
-            perturbed_loss = float(torch.cat(delta_losses).mean())
+            if shared is not None:
+                perturbed_loss = shared.descend(objective, config, rnd, keys, device, eps)
+            else:
+                perturbed_loss = _descend_samplewise(objective, config, rnd, data, delta, keys, captions,
+                                                     device, eps)
             record = {"round": rnd, "train_loss": train_loss, "perturbed_loss": perturbed_loss}
         result.history.append(record)
         bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "round"})
         logger.info("fit round %d: %s", rnd, record)
+        if rnd in stage_rounds:
+            _snapshot(surrogate, stage_rounds.index(rnd), data, gen, config, prompts)
         if config.fit_stop_loss > 0 and record.get("perturbed_loss", record["train_loss"]) < config.fit_stop_loss:
             logger.info("fit stopped early: loss below fit_stop_loss=%g", config.fit_stop_loss)
             break
+    if config.objective == "matching":
+        surrogate.extras.update({f"direction-1.{k}": v for k, v in clean_direction(
+            surrogate, data, gen, 8, config.fit_batch_size, prompts).items()})
+    if shared is not None:
+        surrogate.extras.update(shared.extras())
     surrogate.freeze()
     return result
+
+
+def _descend_samplewise(objective: ProtectionObjective, config: ProtectionConfig, rnd: int, data: torch.Tensor,
+                        delta: torch.Tensor, keys: Sequence[str], captions: Sequence[str | None] | None,
+                        device: torch.device, eps: float) -> float:
+    """One round of min-min PGD on every fit image's own delta (updated in place)."""
+    losses = []
+    for start in range(0, data.shape[0], config.batch_size):
+        chunk = slice(start, start + config.batch_size)
+        gens = [sample_generator(config.seed, f"fit:{rnd}:{k}") for k in keys[chunk]]
+        x = data[chunk].to(device)
+        chunk_captions = None if captions is None else list(captions[chunk])
+        d = pgd(x, objective.loss_fn(gens, x, chunk_captions), epsilon=eps, alpha=config.step_size,
+                steps=config.fit_pgd_steps, maximize=False, init=delta[chunk])
+        delta[chunk] = d.cpu()
+        losses.append(objective.evaluate((x + d).clamp(0, 1), gens, repeats=1, clean=x, captions=chunk_captions))
+    return float(torch.cat(losses).mean())
+
+
+def _snapshot(surrogate: Surrogate, stage: int, data: torch.Tensor, gen: torch.Generator,
+              config: ProtectionConfig, prompts: Sequence[str] | None) -> None:
+    """Keep this training stage for the pool (and its clean direction, for matching)."""
+    surrogate.extras.update({f"stage{stage}.{k}": p.detach().cpu().clone()
+                             for k, p in surrogate.unet.named_parameters()})
+    if config.objective == "matching":
+        surrogate.extras.update({f"direction{stage}.{k}": v for k, v in clean_direction(
+            surrogate, data, gen, 8, config.fit_batch_size, prompts).items()})
+
+
+class _Clusters:
+    """Shared deltas, one per k-means cluster of the fit images, descended jointly."""
+
+    def __init__(self, data: torch.Tensor, config: ProtectionConfig):
+        from .clusters import cluster_features, kmeans
+
+        self.data = data
+        self.centroids, self.assign = kmeans(cluster_features(data), config.clusters, config.seed)
+        self.deltas = torch.zeros((config.clusters, *data.shape[1:]))
+        sizes = torch.bincount(self.assign, minlength=config.clusters).tolist()
+        logger.info("fit: %d clusters of sizes %s", config.clusters, sizes)
+
+    def expand(self) -> torch.Tensor:
+        return self.deltas[self.assign]
+
+    def descend(self, objective: ProtectionObjective, config: ProtectionConfig, rnd: int, keys: Sequence[str],
+                device: torch.device, eps: float) -> float:
+        """``fit_pgd_steps`` sign steps on each shared delta, its gradient summed over members."""
+        shared = self.deltas.to(device)
+        gens = [sample_generator(config.seed, f"fit:{rnd}:{k}") for k in keys]
+        for step in range(config.fit_pgd_steps):
+            grad = torch.zeros_like(shared)
+            for start in range(0, self.data.shape[0], config.batch_size):
+                chunk = slice(start, start + config.batch_size)
+                x = self.data[chunk].to(device)
+                d = shared.detach().requires_grad_(True)
+                loss = objective.loss_fn(gens[chunk], x)(((x + d[self.assign[chunk]]).clamp(0, 1)), step)
+                grad += torch.autograd.grad(loss.sum(), d)[0]
+            shared = (shared - config.step_size * grad.sign()).clamp(-eps, eps)
+        self.deltas = shared.detach().cpu()
+        with torch.no_grad():
+            x = (self.data + self.expand()).clamp(0, 1)
+            losses = [objective.evaluate(x[s:s + config.batch_size].to(device),
+                                         gens[s:s + config.batch_size], repeats=1)
+                      for s in range(0, x.shape[0], config.batch_size)]
+        return float(torch.cat(losses).mean())
+
+    def extras(self) -> dict[str, torch.Tensor]:
+        return {"clusters.centroids": self.centroids, "clusters.deltas": self.deltas}

@@ -131,13 +131,12 @@ class LatentSurrogate(Surrogate):
             out.append(self._text_cache[key])
         return torch.cat(out)
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.conditional:
-            return self.unet(x_t, t).sample
-        if cond is None:
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if self.conditional and cond is None:
             raise SurrogateError("a text-conditioned surrogate needs a prompt: set ProtectionConfig.prompt "
                                  "(--prompt) or caption_column (--caption-column)")
-        return self.unet(x_t, t, encoder_hidden_states=cond).sample
+        return super().predict(x_t, t, cond if self.conditional else None, params)
 
     # ------------------------------------------------------------ training
     def add_lora(self, rank: int) -> list[torch.nn.Parameter]:
@@ -193,6 +192,7 @@ class LatentSurrogate(Surrogate):
                     requires_safety_checker=False).save_pretrained(tmp, safe_serialization=True)
             else:
                 save_latent_pair(tmp, self.vae, self.unet, self.scheduler)
+            self.save_extras(tmp)
             if directory.exists():
                 shutil.rmtree(directory)
             os.replace(tmp, directory)
@@ -239,7 +239,9 @@ def load_latent_surrogate(folder: Path, source: str, revision: str | None) -> La
     ref = SurrogateRef(kind="latent", source=source, revision=revision, sha256=weights_sha256(folder),
                        architecture=cls_name)
     logger.info("loaded latent surrogate %s (%s, sha256 %s)", source, cls_name, ref.sha256[:12])
-    return LatentSurrogate(unet, scheduler, ref, vae, text_encoder, tokenizer)
+    surrogate = LatentSurrogate(unet, scheduler, ref, vae, text_encoder, tokenizer)
+    surrogate.load_extras(folder)
+    return surrogate
 
 
 def _load_text_encoder(folder: Path, source: str):

@@ -7,6 +7,16 @@ clean image's latent, or toward a target pattern's (PhotoGuard / Mist). The
 encoder term can also be added to either denoising objective with
 ``encoder_weight``. All randomness (t, noise) comes from per-sample generators, so
 a sample's protection does not depend on which batch it landed in.
+
+Two METHOD.md leads live here too. A surrogate *pool* (``fit_pool``): PGD step k
+uses training stage k mod n, so delta must work along the victim's whole run.
+``matching`` targets the training trajectory instead of a frozen model: a victim's
+SGD step on x_i + d_i changes the clean loss by about -lr * g . grad l_i(x_i + d_i),
+where g is the gradient of the surrogate's loss on clean data (saved by fit). PGD
+therefore *minimises* the directional derivative of l_i along g, computed per
+sample as a central difference [l_i(theta + h g) - l_i(theta - h g)] / 2h with the
+weights swapped in by ``torch.func.functional_call``: two forward passes, no
+double backprop, and samples stay independent (unlike batch-level Witches' Brew).
 """
 
 from __future__ import annotations
@@ -43,11 +53,52 @@ class ProtectionObjective:
                 "surrogate (a VAE to attack): pass a Stable Diffusion folder or an AutoencoderKL + UNet pair "
                 "as --surrogate, or set encoder_weight=0")
         self.maximize = config.objective in ("adversarial", "encoder")
+        self.matching = config.objective == "matching"
+        self._members = self._pool_members()
         # ||E(x + d) - E(x)||^2 has zero gradient at d = 0: PGD must start inside the ball
         self.needs_random_start = config.objective == "encoder" and config.encoder_target == "away"
         self.sampler = TimestepSampler(surrogate.alphas_cumprod, config)
         self.draws = config.noise_draws
         self._target: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------- pool
+    def _pool_members(self) -> list[tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]]:
+        """(weights, clean-loss direction) per pool member; weights ``None`` = the loaded ones."""
+        s = self.surrogate
+        stages = [s.extras_group(f"stage{k}") for k in range(s.num_stages())] + [None]
+        members = []
+        for k, weights in enumerate(stages):
+            direction = None
+            if self.matching:
+                direction = s.extras_group(f"direction{k if weights is not None else -1}")
+                if not direction:
+                    raise SurrogateError(
+                        "objective='matching' needs the clean-loss gradient direction that "
+                        "`Protector.fit` / `udp-datasets fit` saves with the surrogate "
+                        f"({'stage ' + str(k) if weights is not None else 'final weights'} has none); fit "
+                        "the surrogate with objective='matching' first")
+            members.append((weights, direction))
+        return members
+
+    def _member_params(self, step: int) -> dict[str, torch.Tensor] | None | tuple:
+        """Weights for PGD step ``step``: a pool stage, or (theta + h g, theta - h g, h) for matching."""
+        weights, direction = self._members[step % len(self._members)]
+        if weights is not None or direction is not None:
+            params = dict(self.surrogate.unet.named_parameters())
+            device = next(iter(params.values())).device
+            if weights is not None:
+                params = {k: weights[k].to(device=device, dtype=v.dtype) if k in weights else v
+                          for k, v in params.items()}
+            if direction is None:
+                return params
+            norm = torch.sqrt(sum(v.float().pow(2).sum() for v in params.values()))
+            h = float(1e-3 * norm)
+            plus = {k: v + h * direction[k].to(device=device, dtype=v.dtype) if k in direction else v
+                    for k, v in params.items()}
+            minus = {k: v - h * direction[k].to(device=device, dtype=v.dtype) if k in direction else v
+                     for k, v in params.items()}
+            return plus, minus, h
+        return None
 
     # ------------------------------------------------------------ randomness
     def draw(self, generators: Sequence[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,7 +144,8 @@ class ProtectionObjective:
 
     # ------------------------------------------------------------------ loss
     def loss(self, x01: torch.Tensor, t: torch.Tensor, weights: torch.Tensor, noise: torch.Tensor,
-             cond: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> torch.Tensor:
+             cond: torch.Tensor | None = None, reference: torch.Tensor | None = None,
+             step: int = 0) -> torch.Tensor:
         """Per-sample combined loss of images ``x01`` in [0, 1] (see the class docstring)."""
         device = x01.device
         z = self.surrogate.to_model_space(x01)
@@ -103,7 +155,14 @@ class ProtectionObjective:
             if self.draws > 1:
                 z0 = z.repeat_interleave(self.draws, dim=0)
                 c = None if cond is None else cond.repeat_interleave(self.draws, dim=0)
-            per = self.surrogate.denoising_loss(z0, noise.to(device=device, dtype=z.dtype), t.to(device), c)
+            noise, t = noise.to(device=device, dtype=z.dtype), t.to(device)
+            params = self._member_params(step)
+            if isinstance(params, tuple):  # matching: directional derivative along the clean gradient
+                plus, minus, h = params
+                per = (self.surrogate.denoising_loss(z0, noise, t, c, plus)
+                       - self.surrogate.denoising_loss(z0, noise, t, c, minus)) / (2 * h)
+            else:
+                per = self.surrogate.denoising_loss(z0, noise, t, c, params)
             total = total + (per * weights.to(device)).view(x01.shape[0], self.draws).mean(1)
         if self.uses_encoder:
             assert reference is not None
@@ -127,7 +186,7 @@ class ProtectionObjective:
 
         def fn(x_adv: torch.Tensor, step: int) -> torch.Tensor:
             t, w, noise = self.draw(generators)
-            return self.loss(x_adv, t, w, noise, cond, reference)
+            return self.loss(x_adv, t, w, noise, cond, reference, step)
 
         return fn
 

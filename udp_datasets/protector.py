@@ -314,6 +314,11 @@ class Protector:
         assert self._objective is not None
         init = random_start(x.shape[1:], gens, eps) if cfg.random_start or self._objective.needs_random_start \
             else None
+        if "clusters.centroids" in surrogate.extras:  # start from the cluster's shared shortcut
+            from .clusters import cluster_init
+
+            shared = cluster_init(x, surrogate.extras["clusters.centroids"], surrogate.extras["clusters.deltas"], eps)
+            init = shared if init is None else (shared + init).clamp(-eps, eps)
         delta = pgd(x, self._objective.loss_fn(gens, x, captions), epsilon=eps, alpha=cfg.step_size,
                     steps=cfg.steps, maximize=self._objective.maximize, init=init)
         perturbed = (x + delta).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()

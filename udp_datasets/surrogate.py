@@ -91,6 +91,10 @@ class Surrogate:
         self.prediction_type: str = getattr(scheduler.config, "prediction_type", "epsilon")
         self.alphas_cumprod: torch.Tensor = scheduler.alphas_cumprod.detach().float().cpu()
         self._abar_device: torch.Tensor | None = None
+        self.extras: dict[str, torch.Tensor] = {}
+        """What fit learned besides the weights (``EXTRAS_FILE``): earlier training stages
+        (``stage{k}.<param>``), unit clean-loss gradient directions (``direction{k}.<param>``,
+        k = -1 for the final weights) and cluster centroids / shared perturbations."""
 
     # ---------------------------------------------------------------- devices
     @property
@@ -142,15 +146,21 @@ class Surrogate:
     conditional = False
     """Whether the denoiser needs a text condition (``denoising_loss(..., cond=)``)."""
 
-    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        return self.unet(x_t, t).sample
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The denoiser's output; ``params`` swaps in other weights (a pool stage, theta +- h*g)."""
+        kwargs = {} if cond is None else {"encoder_hidden_states": cond}
+        if params is None:
+            return self.unet(x_t, t, **kwargs).sample
+        return torch.func.functional_call(self.unet, params, (x_t, t), kwargs, strict=False).sample
 
     def denoising_loss(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                       cond: torch.Tensor | None = None) -> torch.Tensor:
+                       cond: torch.Tensor | None = None,
+                       params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Per-sample || target - model(sqrt(abar) x0 + sqrt(1-abar) eps, t) ||^2 (mean over pixels)."""
         abar = self._abar(x0.device)[t].to(x0.dtype).view(-1, 1, 1, 1)
         x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-        pred = self.predict(x_t, t, cond)
+        pred = self.predict(x_t, t, cond, params)
         if self.prediction_type == "epsilon":
             target = noise
         elif self.prediction_type == "v_prediction":
@@ -176,6 +186,7 @@ class Surrogate:
         try:
             DDPMPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(
                 tmp, safe_serialization=True)
+            self.save_extras(tmp)
             if directory.exists():
                 shutil.rmtree(directory)
             os.replace(tmp, directory)
@@ -185,6 +196,33 @@ class Surrogate:
         self.ref = SurrogateRef(kind=self.kind, source=str(directory.resolve()),
                                 sha256=weights_sha256(directory), architecture=self.ref.architecture)
         return self.ref
+
+
+    def save_extras(self, directory: Path) -> None:
+        if self.extras:
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.extras.items()},
+                      str(Path(directory) / EXTRAS_FILE))
+
+    def load_extras(self, directory: Path) -> None:
+        path = Path(directory) / EXTRAS_FILE
+        if path.exists():
+            from safetensors.torch import load_file
+
+            self.extras = load_file(str(path))
+
+    def extras_group(self, prefix: str) -> dict[str, torch.Tensor]:
+        """``{name: tensor}`` of the extras stored under ``prefix.`` (e.g. a pool stage)."""
+        n = len(prefix) + 1
+        return {k[n:]: v for k, v in self.extras.items() if k.startswith(prefix + ".")}
+
+    def num_stages(self) -> int:
+        """Earlier training stages kept by fit (``fit_pool`` - 1), besides the final weights."""
+        return len({k.split(".", 1)[0] for k in self.extras if k.startswith("stage")})
+
+
+EXTRAS_FILE = "udp_extras.safetensors"
 
 
 def build_unet(architecture: str, resolution: int, in_channels: int = 3, seed: int = 0):
@@ -302,7 +340,9 @@ def _load_pixel_surrogate(folder: Path, source: str, revision: str | None) -> Su
     ref = SurrogateRef(kind="pixel", source=source, revision=revision,
                        sha256=weights_sha256(folder), architecture=arch)
     logger.info("loaded surrogate %s (sha256 %s)", source, ref.sha256[:12])
-    return Surrogate(unet, scheduler, ref)
+    surrogate = Surrogate(unet, scheduler, ref)
+    surrogate.load_extras(folder)
+    return surrogate
 
 
 def require_safetensors(directory: Path, cls_name: str) -> None:
