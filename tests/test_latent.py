@@ -184,3 +184,9 @@ def test_cli_fit_and_protect_with_a_stable_diffusion_folder(tiny_sd, photos32, t
     assert summary["config"]["prompt"] == "a painting in the style of sks"
     assert summary["surrogate"]["kind"] == "latent"
     assert main(["verify", str(dst), "--source", str(src)]) == 0
+    from udp_datasets.card import render_card
+    from udp_datasets.verify import load_manifest, read_record
+
+    card = str(render_card(read_record(dst), load_manifest(dst), repo_id="me/art", layout="arrow",
+                           data_files=["data/*.arrow"]))
+    assert "latent-space, UNet2DConditionModel" in card and "a painting in the style of sks" in card

@@ -224,9 +224,14 @@ def _body(record: dict, stats: dict, protection: dict, *, repo_id: str, layout: 
         f"`{record.get('protection_config_hash') or protection['config_hash']}` (the full config is in the "
         "YAML header and in "
         f"`{protection['record'][0]}`).",
-        f"- Surrogate: {_display(surrogate.get('source'))}"
+        f"- Surrogate ({surrogate.get('kind') or 'pixel'}-space"
+        + (f", {surrogate['architecture']}" if surrogate.get("architecture") else "") + "): "
+        + _display(surrogate.get('source'))
         + (f" revision `{surrogate['revision']}`" if surrogate.get("revision") else "")
-        + f", weights SHA-256 `{surrogate.get('sha256')}`.",
+        + f", weights SHA-256 `{surrogate.get('sha256')}`"
+        + (f"; text condition `{config['prompt']}`" if config.get("prompt") else "")
+        + (f"; encoder term weight {config.get('encoder_weight')} ({config.get('encoder_target')})"
+           if config.get("encoder_weight") or config.get("objective") == "encoder" else "") + ".",
         f"- {stats['count']} images protected"
         + (f", {protection['quarantined']} quarantined (undecodable or unprotectable, left out)"
            if protection.get("quarantined") else "")
