@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -175,33 +172,22 @@ class LatentSurrogate(Surrogate):
 
     # -------------------------------------------------------------- storage
     def save(self, directory: str | Path) -> SurrogateRef:
-        """Save in the layout it was loaded from (SD pipeline or latent pair), atomically."""
-        from .tiny_models import save_latent_pair
-
+        """Save in the layout it was loaded from (SD pipeline or latent pair), adapters merged."""
         self.merge_lora()
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
-            if self.conditional:
-                from diffusers import StableDiffusionPipeline
+        return super().save(directory)
 
-                StableDiffusionPipeline(
-                    vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-                    scheduler=self.scheduler, safety_checker=None, feature_extractor=None,
-                    requires_safety_checker=False).save_pretrained(tmp, safe_serialization=True)
-            else:
-                save_latent_pair(tmp, self.vae, self.unet, self.scheduler)
-            self.save_extras(tmp)
-            if directory.exists():
-                shutil.rmtree(directory)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        self.ref = SurrogateRef(kind=self.kind, source=str(directory.resolve()),
-                                sha256=weights_sha256(directory), architecture=self.ref.architecture)
-        return self.ref
+    def _write(self, directory: Path) -> None:
+        if self.conditional:
+            from diffusers import StableDiffusionPipeline
+
+            StableDiffusionPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+                scheduler=self.scheduler, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False).save_pretrained(directory, safe_serialization=True)
+        else:
+            from .tiny_models import save_latent_pair
+
+            save_latent_pair(directory, self.vae, self.unet, self.scheduler)
 
 
 def load_latent_surrogate(folder: Path, source: str, revision: str | None) -> LatentSurrogate:

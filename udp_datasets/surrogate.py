@@ -178,14 +178,11 @@ class Surrogate:
         The folder loads back with :func:`load_surrogate` and with
         ``diffusers.DDPMPipeline.from_pretrained``.
         """
-        from diffusers import DDPMPipeline
-
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
         try:
-            DDPMPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(
-                tmp, safe_serialization=True)
+            self._write(tmp)
             self.save_extras(tmp)
             if directory.exists():
                 shutil.rmtree(directory)
@@ -197,6 +194,12 @@ class Surrogate:
                                 sha256=weights_sha256(directory), architecture=self.ref.architecture)
         return self.ref
 
+
+    def _write(self, directory: Path) -> None:
+        """The model files of :meth:`save` (a latent surrogate writes its own layout)."""
+        from diffusers import DDPMPipeline
+
+        DDPMPipeline(unet=self.unet, scheduler=self.scheduler).save_pretrained(directory, safe_serialization=True)
 
     def save_extras(self, directory: Path) -> None:
         if self.extras:
