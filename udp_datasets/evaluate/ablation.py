@@ -18,12 +18,12 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..config import ProtectionConfig
-from .experiment import EvalSettings, perturbation_cost, run_victims
+from .experiment import EvalSettings, Images, VictimRecipe, perturbation_cost, run_victims
 from .pipeline import protect_arrays, split_holdout
 from .report import fmt, results_table, side_by_side_grids
 
@@ -48,8 +48,10 @@ def random_noise(images: list[np.ndarray], levels: int, seed: int = 0) -> list[n
             for a in images]
 
 
-def _cached_protect(name: str, images: list[np.ndarray], config: ProtectionConfig, out: Path) -> list[np.ndarray]:
-    cache = out / "protected" / f"{name.replace('/', '_')}-{config.hash()}.npz"
+def _cached_protect(name: str, images: list[np.ndarray], config: ProtectionConfig, out: Path,
+                    salt: str = "") -> list[np.ndarray]:
+    """Protect (and fit, if the recipe needs it) once; ``salt`` ties the cache to e.g. surrogate weights."""
+    cache = out / "protected" / f"{name.replace('/', '_')}-{config.hash()}{'-' + salt if salt else ''}.npz"
     if cache.exists():
         return list(np.load(cache)["images"])
     start = time.perf_counter()
@@ -87,23 +89,13 @@ def run_ablation(out: str | Path, settings: EvalSettings, count: int = 1200, siz
 
     sweep_rows: dict[str, dict[str, Any]] = {}
     if sweep:
-        sets = {"clean": train}
-        for lv in SWEEP_LEVELS:
-            if lv == levels:
-                continue
-            cfg = base.replace(epsilon=lv / 255, **VARIANTS[best])
-            full = _cached_protect(f"{best}@{lv}", clean, cfg, out)
-            sets[f"{best}@{lv}/255"] = [full[i] for i in train_idx]
-            sets[f"random-noise@{lv}/255"] = random_noise(train, lv)
-        phase2 = run_victims(sets, holdout, train, out, settings)
-        for lv in SWEEP_LEVELS:
-            key = f"{best}@{lv}/255"
-            row = victims[best] if lv == levels else phase2["victims"][key]
-            imgs = protected[best] if lv == levels else sets[key]
-            noise_row = victims["random-noise"] if lv == levels else phase2["victims"][f"random-noise@{lv}/255"]
-            sweep_rows[str(lv)] = {**row, **perturbation_cost(train, imgs),
-                                   "random_noise_fd_ratio": noise_row["fd_ratio_vs_clean"]}
-        _sweep_plot(sweep_rows, out / "budget_sweep.png", best)
+        def protect(name: str, cfg: ProtectionConfig) -> list[np.ndarray]:
+            full = _cached_protect(name, clean, cfg, out)
+            return [full[i] for i in train_idx]
+
+        sweep_rows = budget_sweep(best, base.replace(**VARIANTS[best]), protect, train, holdout, out, settings,
+                                  phase1["victims"], protected)
+        sweep_plot(sweep_rows, out / "budget_sweep.png", best)
 
     side_by_side_grids({"held-out real": np.stack(holdout), **{f"victim: {k}": v for k, v in phase1["samples"].items()}},
                        out / "ablation_samples.png", rows=4, cols=4, cell=32)
@@ -115,6 +107,39 @@ def run_ablation(out: str | Path, settings: EvalSettings, count: int = 1200, siz
     (out / "ablation.json").write_text(json.dumps(result, indent=2))
     (out / "ablation_table.md").write_text(render_tables(result))
     return result
+
+
+def budget_sweep(best: str, config: ProtectionConfig, protect: Callable[[str, ProtectionConfig], list[np.ndarray]],
+                 train: Images, holdout: Images, out: Path, settings: EvalSettings, victims: dict[str, Any],
+                 protected: dict[str, list[np.ndarray]], recipe: VictimRecipe | None = None,
+                 levels: tuple[int, ...] = SWEEP_LEVELS,
+                 measure: Callable[[list[np.ndarray]], dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """``best`` (protected by ``config``) at each budget beside random noise of that budget.
+
+    The base budget's row reuses phase 1 (``victims``, ``protected``); ``measure`` adds
+    per-set numbers (e.g. the latent amplification) to each row.
+    """
+    base_levels = config.budget_levels
+    sets: dict[str, Images] = {"clean": train}
+    for lv in levels:
+        if lv == base_levels:
+            continue
+        sets[f"{best}@{lv}/255"] = protect(f"{best}@{lv}", config.replace(epsilon=lv / 255))
+        sets[f"random-noise@{lv}/255"] = random_noise(list(train), lv)
+    phase2 = run_victims(sets, holdout, train, out, settings, recipe=recipe)["victims"]
+    rows: dict[str, dict[str, Any]] = {}
+    for lv in levels:
+        key = f"{best}@{lv}/255"
+        row = victims[best] if lv == base_levels else phase2[key]
+        imgs = protected[best] if lv == base_levels else sets[key]
+        noise_row = victims["random-noise"] if lv == base_levels else phase2[f"random-noise@{lv}/255"]
+        rows[str(lv)] = {**row, **perturbation_cost(train, imgs), **(measure(list(imgs)) if measure else {}),
+                         "victim_name": best if lv == base_levels else key,
+                         "random_noise_victim_name": "random-noise" if lv == base_levels else f"random-noise@{lv}/255",
+                         "random_noise_fd_ratio": noise_row["fd_ratio_vs_clean"],
+                         **{f"random_noise_{k}": v for k, v in noise_row.items()  # a recipe's own ratios
+                            if k.endswith("_ratio_vs_clean") and k != "fd_ratio_vs_clean"}}
+    return rows
 
 
 def render_tables(result: dict[str, Any]) -> str:
@@ -133,7 +158,9 @@ def render_tables(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _sweep_plot(rows: dict[str, dict[str, Any]], path: Path, name: str) -> None:
+def sweep_plot(rows: dict[str, dict[str, Any]], path: Path, name: str,
+               extra: dict[str, tuple[str, str]] | None = None) -> None:
+    """Victim FD ratio (and ``extra``: {key: (label, matplotlib format)} series) against epsilon."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,6 +170,8 @@ def _sweep_plot(rows: dict[str, dict[str, Any]], path: Path, name: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(eps, [rows[str(e)]["fd_ratio_vs_clean"] for e in eps], "o-", label=f"{name}: victim FD / clean")
     ax.plot(eps, [rows[str(e)]["random_noise_fd_ratio"] for e in eps], "s--", label="random noise: FD / clean")
+    for key, (label, style) in (extra or {}).items():
+        ax.plot(eps, [rows[str(e)].get(key, float("nan")) for e in eps], style, label=label)
     ax.axhline(3.0, color="grey", linestyle=":", label="goal 3x")
     ax.set_xscale("log", base=2)
     ax.set_xticks(eps, [f"{e}/255" for e in eps])

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -77,6 +77,8 @@ class Scorer:
     """Scores sample sets against the held-out split with one fitted feature extractor."""
 
     def __init__(self, train: Images, holdout: Images, settings: EvalSettings):
+        # kept so a recipe can build a second scorer from the same split (e.g. VAE round trips)
+        self.train_images, self.holdout_images, self.settings = train, holdout, settings
         self.extractor = get_feature_extractor(settings.feature, **settings.feature_kwargs)
         if hasattr(self.extractor, "fit"):
             self.extractor.fit(to_nchw(train), seed=settings.seed)  # clean TRAINING images only
@@ -96,17 +98,73 @@ class Scorer:
         }
 
 
+class VictimRecipe(Protocol):
+    """How a victim is trained on images and sampled back to images (pixel or latent DDPM).
+
+    :func:`run_victims` owns caching, scoring and reports; a recipe only says what a victim
+    *is*, so a latent-diffusion victim shares all of that with the pixel one.
+    """
+
+    victim: VictimConfig
+
+    def cache_key(self) -> dict[str, Any] | None:
+        """What, beyond ``victim`` and the data, identifies a trained victim (None: nothing)."""
+
+    def train(self, images: Images, victim_dir: Path, desc: str, progress: bool) -> list[float]:
+        """Train and save into ``victim_dir`` (with ``unet/``); return the loss history."""
+
+    def sample(self, victim_dir: Path, num_samples: int, seed: int, progress: bool) -> np.ndarray:
+        """(N, H, W, C) uint8 samples at ``victim.resolution``, fixed seeds."""
+
+    def extra_scores(self, scorer: "Scorer", images: Images, limit: int,
+                     samples: np.ndarray | None = None) -> dict[str, float]:
+        """Recipe-specific scores of one training set and its victim's ``samples`` (None: the
+        clean reference row). Keys listed in an optional ``ratio_keys`` attribute also get
+        ``KEY_ratio_vs_clean``."""
+
+
+class PixelRecipe:
+    """A pixel-space DDPM trained from scratch: the original evaluation."""
+
+    def __init__(self, victim: VictimConfig):
+        self.victim = victim
+
+    def cache_key(self) -> dict[str, Any] | None:
+        return None  # keeps the cache keys (and cached victims) of earlier runs valid
+
+    def train(self, images: Images, victim_dir: Path, desc: str, progress: bool) -> list[float]:
+        return train_victim(images, self.victim, victim_dir, desc=desc, progress=progress).loss_history
+
+    def sample(self, victim_dir: Path, num_samples: int, seed: int, progress: bool) -> np.ndarray:
+        return sample_victim(victim_dir, num_samples, seed=seed, steps=self.victim.sample_steps,
+                             device=self.victim.device, progress=progress, eta=self.victim.sample_eta)
+
+    def extra_scores(self, scorer: "Scorer", images: Images, limit: int,
+                     samples: np.ndarray | None = None) -> dict[str, float]:
+        return {}
+
+
 def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Images, out_dir: str | Path,
-                settings: EvalSettings, progress: bool = True) -> dict[str, Any]:
-    """Train, sample and score one victim per training set; ``clean`` must be among them."""
+                settings: EvalSettings, progress: bool = True,
+                recipe: VictimRecipe | None = None) -> dict[str, Any]:
+    """Train, sample and score one victim per training set; ``clean`` must be among them.
+
+    ``recipe`` (default :class:`PixelRecipe` of ``settings.victim``) says what a victim is; its
+    ``victim`` config must be ``settings.victim``, which the report describes.
+    """
     if "clean" not in train_sets:
         raise ValueError("train_sets must contain the 'clean' baseline")
+    recipe = recipe or PixelRecipe(settings.victim)
+    if recipe.victim != settings.victim:
+        raise ValueError("recipe.victim must be settings.victim (the report describes settings.victim)")
     out_dir = Path(out_dir)
     size = settings.victim.resolution
     holdout = resize_all(holdout, size)
     scorer = Scorer(resize_all(clean_train, size), holdout, settings)
-    results: dict[str, Any] = {"reference": {
-        "clean_train_vs_holdout": scorer.score(resize_all(clean_train, size)[: len(holdout)])}}
+    clean_sized = resize_all(clean_train, size)
+    reference = scorer.score(clean_sized[: len(holdout)])
+    reference.update(recipe.extra_scores(scorer, clean_sized, len(holdout)))
+    results: dict[str, Any] = {"reference": {"clean_train_vs_holdout": reference}}
     samples: dict[str, np.ndarray] = {}
     losses: dict[str, list[float]] = {}
     for name, images in train_sets.items():
@@ -115,16 +173,15 @@ def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Ima
         victim_dir = out_dir / "victims" / _slug(name)
         key = {"victim": settings.victim.to_dict(), "data": data_hash(images), "samples": settings.num_samples,
                "seed": settings.seed}
+        if recipe.cache_key() is not None:
+            key["recipe"] = recipe.cache_key()
         losses_i, cached_samples = _load_cached(victim_dir, key)
         if losses_i is None:
-            losses_i = train_victim(images, settings.victim, victim_dir, desc=name,
-                                    progress=progress).loss_history
+            losses_i = recipe.train(images, victim_dir, name, progress)
         else:  # same recipe, same data: reuse the trained victim (resumable ablations)
             logger.info("victim %s: reusing the trained victim in %s", name, victim_dir)
         if cached_samples is None:
-            samples[name] = sample_victim(victim_dir, settings.num_samples, seed=settings.seed,
-                                          steps=settings.victim.sample_steps, device=settings.victim.device,
-                                          progress=progress, eta=settings.victim.sample_eta)
+            samples[name] = recipe.sample(victim_dir, settings.num_samples, settings.seed, progress)
             np.savez_compressed(victim_dir / "samples.npz", samples=samples[name])
             (victim_dir / "cache_key.json").write_text(json.dumps(key, sort_keys=True))
         else:
@@ -132,6 +189,7 @@ def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Ima
         scores = scorer.score(list(samples[name]))
         # the training images themselves, as many as samples: what a perfect victim would score
         scores["training_data_fd"] = scorer.score(images[: settings.num_samples])["fd"]
+        scores.update(recipe.extra_scores(scorer, images, settings.num_samples, samples[name]))
         tail = losses_i[-100:]
         scores["final_train_loss"] = float(np.mean(tail)) if tail else math.nan
         scores["seconds"] = round(time.perf_counter() - start, 1)
@@ -142,6 +200,10 @@ def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Ima
     base = results["clean"]["fd"]
     for name in train_sets:
         results[name]["fd_ratio_vs_clean"] = results[name]["fd"] / base if base > 0 else math.inf
+        for key in getattr(recipe, "ratio_keys", ()):  # the recipe's own distances, relative to clean too
+            clean_value = results["clean"].get(key)
+            if key in results[name] and clean_value:
+                results[name][f"{key}_ratio_vs_clean"] = results[name][key] / clean_value
     return {"victims": results, "samples": samples, "losses": losses}
 
 
@@ -181,7 +243,8 @@ def _load_cached(victim_dir: Path, key: dict[str, Any]) -> tuple[list[float] | N
     def training(k: dict[str, Any]) -> dict[str, Any]:
         return {f: v for f, v in k["victim"].items() if f not in SAMPLING_FIELDS}
 
-    if stored.get("data") != key["data"] or training(stored) != training(key):
+    if stored.get("data") != key["data"] or training(stored) != training(key) \
+            or stored.get("recipe") != key.get("recipe"):
         return None, None
     losses = json.loads(log_file.read_text())["loss_history"]
     same_sampling = stored == key and samples_file.exists()

@@ -51,12 +51,18 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 def protect_arrays(images: Sequence[np.ndarray], config: ProtectionConfig, fit_dir: Path,
                    progress: bool = True) -> list[np.ndarray]:
-    """Fit (if needed) and protect a list of arrays; refuses to return partial results."""
+    """Fit (if needed) and protect a list of arrays; refuses to return partial results.
+
+    Fits the built-in surrogate when none is given, and fine-tunes a copy of a given *latent*
+    surrogate for ``unlearnable`` (min-min needs a denoiser co-trained on the perturbed data;
+    a pretrained latent pair is only its starting point). The fitted copy goes to ``fit_dir``.
+    """
     from ..images import decode_png_pixels
     from ..protector import FailedImage, Protector
+    from ..surrogate import is_latent_folder
 
     protector = Protector(config, progress=progress)
-    if config.surrogate is None:
+    if config.surrogate is None or (config.objective == "unlearnable" and is_latent_folder(config.surrogate)):
         protector.fit(list(images), output_dir=fit_dir)
     results = protector.protect_images(list(images))
     failed = [r for r in results if isinstance(r, FailedImage)]

@@ -14,7 +14,12 @@ COLUMNS = [("fd", "FD", "{:.3f}"), ("fd_ratio_vs_clean", "FD / clean", "{:.2f}x"
            ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
            ("artifact_ratio", "HF energy ratio", "{:.2f}"), ("colour_noise_ratio", "colour noise ratio", "{:.2f}"),
            ("final_train_loss", "victim loss", "{:.4f}"),
-           ("training_data_fd", "FD of its training images", "{:.3f}")]
+           ("training_data_fd", "FD of its training images", "{:.3f}"),
+           # latent victims only: the VAE round trip of its training images (a perfect latent victim)
+           ("decoded_training_fd", "FD of D(E(its training images))", "{:.3f}"),
+           ("vae_fd", "FD vs D(E(held-out))", "{:.3f}"), ("vae_fd_ratio_vs_clean", "(same) / clean", "{:.2f}x"),
+           ("vae_recall", "recall vs D(E(held-out))", "{:.3f}"),
+           ("sample_psnr_vs_clean_victim_db", "samples vs clean victim's, same seeds (dB)", "{:.2f}")]
 
 
 def sample_grid(images: np.ndarray, rows: int = 4, cols: int = 4, cell: int = 48) -> Image.Image:
@@ -75,10 +80,11 @@ def fmt(value: Any, pattern: str) -> str:
 
 
 def results_table(victims: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of victim metrics, one row per training set."""
-    head = "| training set | " + " | ".join(label for _, label, _ in COLUMNS) + " |"
-    sep = "|---" * (len(COLUMNS) + 1) + "|"
-    rows = [f"| {name} | " + " | ".join(fmt(scores.get(key), pat) for key, _, pat in COLUMNS) + " |"
+    """Markdown table of victim metrics, one row per training set (columns no row has are left out)."""
+    columns = [c for c in COLUMNS if any(c[0] in scores for scores in victims.values())]
+    head = "| training set | " + " | ".join(label for _, label, _ in columns) + " |"
+    sep = "|---" * (len(columns) + 1) + "|"
+    rows = [f"| {name} | " + " | ".join(fmt(scores.get(key), pat) for key, _, pat in columns) + " |"
             for name, scores in victims.items()]
     return "\n".join([head, sep, *rows])
 

@@ -36,6 +36,12 @@ VICTIM_ARCHITECTURES: dict[str, dict[str, Any]] = {
                          down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
                          up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
                          layers_per_block=2, norm_num_groups=32),
+    # latent victims (4 x 8 x 8 latents of 64 px images): wider than, and shaped unlike, the
+    # latent surrogate (tiny_models.build_tiny_latent_unet: 2 levels of 32/64 channels)
+    "latent-victim": dict(block_out_channels=(64, 128, 128),
+                          down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                          up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                          layers_per_block=1, norm_num_groups=32),
 }
 
 
@@ -77,7 +83,8 @@ class VictimResult:
         return float(np.mean(tail)) if tail else math.nan
 
 
-def build_victim(config: VictimConfig, channels: int):
+def build_victim(config: VictimConfig, channels: int, sample_size: int | None = None):
+    """The seeded victim UNet; ``sample_size`` overrides ``config.resolution`` (latent victims)."""
     from diffusers import UNet2DModel
 
     if config.architecture not in VICTIM_ARCHITECTURES:
@@ -85,8 +92,8 @@ def build_victim(config: VictimConfig, channels: int):
                          f"choose from {sorted(VICTIM_ARCHITECTURES)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return UNet2DModel(sample_size=config.resolution, in_channels=channels, out_channels=channels,
-                           **VICTIM_ARCHITECTURES[config.architecture])
+        return UNet2DModel(sample_size=sample_size or config.resolution, in_channels=channels,
+                           out_channels=channels, **VICTIM_ARCHITECTURES[config.architecture])
 
 
 def to_training_tensor(images: Sequence[np.ndarray], resolution: int) -> torch.Tensor:
@@ -105,20 +112,52 @@ def to_training_tensor(images: Sequence[np.ndarray], resolution: int) -> torch.T
 
 def train_victim(images: Sequence[np.ndarray], config: VictimConfig, output_dir: str | Path,
                  desc: str = "victim", progress: bool = True) -> VictimResult:
-    """Train a victim DDPM on ``images`` and save it with ``save_pretrained``."""
+    """Train a pixel-space victim DDPM on ``images`` and save it with ``save_pretrained``."""
+    return train_denoiser(to_training_tensor(images, config.resolution), config, output_dir, desc=desc,
+                          progress=progress, log_extra={"num_images": len(images)})
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_denoiser(data: torch.Tensor, config: VictimConfig, output_dir: str | Path, *, desc: str = "victim",
+                   progress: bool = True, model: torch.nn.Module | None = None, init_dir: str | Path | None = None,
+                   scheduler: Any = None, flipped: torch.Tensor | None = None, std: torch.Tensor | None = None,
+                   flipped_std: torch.Tensor | None = None, log_extra: dict[str, Any] | None = None) -> VictimResult:
+    """The victims' training loop on a tensor of x_0 samples (pixels in [-1, 1] or scaled latents).
+
+    One loop for pixel and latent victims, so they differ only in what they are fed:
+
+    - ``init_dir``: start from a saved pipeline folder (``unet/`` + ``scheduler/``) instead of a
+      fresh ``config.architecture``; its scheduler is kept (fine-tuning a pretrained model).
+    - ``model`` / ``scheduler``: train a given UNet / noise schedule (e.g. a surrogate's).
+    - ``flipped``: the mirror images' samples, used by ``random_flip`` instead of flipping ``data``
+      (a latent of a mirrored image is not the mirrored latent).
+    - ``std`` (and ``flipped_std``): per-element posterior std; every step then draws
+      ``x_0 = data + std * N(0, 1)``, as SD fine-tuning calls ``latent_dist.sample()``.
+    """
     from accelerate import Accelerator
-    from diffusers import DDPMPipeline, DDPMScheduler
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
     start = time.perf_counter()
     cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     accelerator = Accelerator(cpu=cpu)
-    data = to_training_tensor(images, config.resolution)
-    channels = data.shape[1]
-    model = build_victim(config, channels)
-    scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
-                              beta_schedule=config.beta_schedule)
+    if init_dir is not None:
+        model = UNet2DModel.from_pretrained(Path(init_dir) / "unet", use_safetensors=True)
+        scheduler = DDPMScheduler.from_pretrained(Path(init_dir) / "scheduler")
+    if model is None:
+        model = build_victim(config, data.shape[1], sample_size=data.shape[-1])
+    if scheduler is None:
+        scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
+                                  beta_schedule=config.beta_schedule)
+    if flipped is not None and flipped.shape != data.shape:
+        raise ValueError(f"flipped has shape {tuple(flipped.shape)}, data {tuple(data.shape)}")
+    num_train_timesteps = scheduler.config.num_train_timesteps
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-6)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.train_steps)
     model, optimizer, lr_schedule = accelerator.prepare(model, optimizer, lr_schedule)
@@ -133,11 +172,16 @@ def train_victim(images: Sequence[np.ndarray], config: VictimConfig, output_dir:
     for _ in bar:
         idx = torch.randint(0, data.shape[0], (config.batch_size,), generator=gen)
         x0 = data[idx]
+        sd = std[idx] if std is not None else None
         if config.random_flip:
             flip = torch.rand(x0.shape[0], generator=gen) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1), x0)
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1) if flipped is None else flipped[idx], x0)
+            if sd is not None:
+                sd = torch.where(flip.view(-1, 1, 1, 1), sd.flip(-1) if flipped_std is None else flipped_std[idx], sd)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        t = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=gen)
+        if sd is not None:  # a fresh posterior sample of each latent
+            x0 = x0 + sd * torch.randn(x0.shape, generator=gen)
         x0, noise, t = x0.to(accelerator.device), noise.to(accelerator.device), t.to(accelerator.device)
         noisy = scheduler.add_noise(x0, noise, t)
         loss = torch.nn.functional.mse_loss(model(noisy, t).sample, noise)
@@ -156,27 +200,37 @@ def train_victim(images: Sequence[np.ndarray], config: VictimConfig, output_dir:
         ema.copy_to(unet.parameters())
     output_dir = Path(output_dir)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(output_dir, safe_serialization=True)
-    (output_dir / "victim_training.json").write_text(json.dumps(
-        {"config": config.to_dict(), "loss_history": losses, "num_images": len(images)}))
+    log = {"config": config.to_dict(), "loss_history": losses, **(log_extra or {})}
+    if init_dir is not None:
+        log["init_dir"] = str(init_dir)
+    (output_dir / "victim_training.json").write_text(json.dumps(log))
     seconds = time.perf_counter() - start
     logger.info("victim %s: %d steps in %.0f s, final loss %.4f", desc, config.train_steps, seconds,
-                float(np.mean(losses[-100:])))
+                float(np.mean(losses[-100:])) if losses else math.nan)
     return VictimResult(pipeline_dir=str(output_dir), loss_history=losses, seconds=seconds)
 
 
-@torch.no_grad()
 def sample_victim(pipeline_dir: str | Path, num_images: int, seed: int = 0, steps: int = 100,
                   batch_size: int = 64, device: str = "auto", progress: bool = True,
                   eta: float = 1.0) -> np.ndarray:
-    """DDIM samples with fixed seeds, (N, H, W, C) uint8; loads via ``from_pretrained``.
+    """DDIM samples of a pixel victim with fixed seeds, (N, H, W, C) uint8."""
+    x = sample_tensors(pipeline_dir, num_images, seed=seed, steps=steps, batch_size=batch_size, device=device,
+                       progress=progress, eta=eta)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@torch.no_grad()
+def sample_tensors(pipeline_dir: str | Path, num_images: int, seed: int = 0, steps: int = 100,
+                   batch_size: int = 64, device: str = "auto", progress: bool = True,
+                   eta: float = 1.0) -> torch.Tensor:
+    """Raw DDIM samples (N, C, h, w) on the CPU, in the model's space; loads via ``from_pretrained``.
 
     The noise of each batch (initial and, with ``eta`` > 0, per step) comes from a CPU
     generator seeded by (seed, batch start), so samples do not depend on the device.
     """
     from diffusers import DDIMScheduler, UNet2DModel
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = _device(device)
     unet = UNet2DModel.from_pretrained(Path(pipeline_dir) / "unet", use_safetensors=True).to(dev).eval()
     scheduler = DDIMScheduler.from_pretrained(Path(pipeline_dir) / "scheduler")
     scheduler.set_timesteps(steps)
@@ -189,6 +243,5 @@ def sample_victim(pipeline_dir: str | Path, num_images: int, seed: int = 0, step
         for t in scheduler.timesteps:
             eps = unet(x, t).sample
             x = scheduler.step(eps, t, x, eta=eta, generator=gen).prev_sample
-        img = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        out.append(img)
-    return np.concatenate(out)
+        out.append(x.float().cpu())
+    return torch.cat(out)
