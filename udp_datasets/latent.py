@@ -22,7 +22,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .surrogate import (Surrogate, SurrogateError, SurrogateRef, component_dir, require_safetensors,
                         weights_sha256)
@@ -88,15 +87,7 @@ class LatentSurrogate(Surrogate):
     # ------------------------------------------------------------ the maths
     def encode(self, x01: torch.Tensor) -> torch.Tensor:
         """Pixels in [0, 1] at any size -> scaled latents (differentiable w.r.t. the pixels)."""
-        x = x01
-        if x.shape[1] != self.image_channels:
-            if x.shape[1] == 1:
-                x = x.expand(-1, self.image_channels, -1, -1)
-            else:
-                raise SurrogateError(
-                    f"images have {x.shape[1]} channels but the VAE expects {self.image_channels}")
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+        x = self.fit_pixels(x01)
         dtype = next(self.vae.parameters()).dtype
         posterior = self.vae.encode(x.to(dtype) * 2 - 1).latent_dist
         return (posterior.mean - self.shift_factor) * self.scaling_factor

@@ -126,17 +126,20 @@ class Surrogate:
         Differentiable (antialiased bilinear resize), so gradients reach the
         full-resolution perturbation.
         """
+        return self.fit_pixels(x01).to(next(self.unet.parameters()).dtype) * 2 - 1
+
+    def fit_pixels(self, x01: torch.Tensor) -> torch.Tensor:
+        """Images at any size -> ``image_size`` with ``image_channels`` (grey is repeated), differentiably."""
         x = x01
-        if x.shape[1] != self.in_channels:
+        if x.shape[1] != self.image_channels:
             if x.shape[1] == 1:
-                x = x.expand(-1, self.in_channels, -1, -1)
+                x = x.expand(-1, self.image_channels, -1, -1)
             else:
                 raise SurrogateError(
-                    f"images have {x.shape[1]} channels but the surrogate expects {self.in_channels}")
-        if tuple(x.shape[-2:]) != self.sample_size:
-            x = F.interpolate(x, size=self.sample_size, mode="bilinear", align_corners=False,
-                              antialias=True)
-        return x.to(next(self.unet.parameters()).dtype) * 2 - 1
+                    f"images have {x.shape[1]} channels but the surrogate expects {self.image_channels}")
+        if tuple(x.shape[-2:]) != self.image_size:
+            x = F.interpolate(x, size=self.image_size, mode="bilinear", align_corners=False, antialias=True)
+        return x
 
     def _abar(self, device: torch.device) -> torch.Tensor:
         if self._abar_device is None or self._abar_device.device != device:
