@@ -57,6 +57,19 @@ def images_to_tensor(images: Sequence[np.ndarray], resolution: tuple[int, int], 
     return torch.cat(out)
 
 
+def _batch_loss(surrogate: Surrogate, data: torch.Tensor, batch_size: int, gen: torch.Generator,
+                prompts: Sequence[str] | None) -> torch.Tensor:
+    """Mean denoising loss on a random batch, uniform t, as a victim trains (fit and matching)."""
+    device = surrogate.device
+    idx = torch.randperm(data.shape[0], generator=gen)[:batch_size]
+    with torch.no_grad():  # the VAE (latent surrogates) is frozen
+        x0 = surrogate.to_model_space(data[idx].to(device))
+    noise = torch.randn(x0.shape, generator=gen).to(device=device, dtype=x0.dtype)
+    t = torch.randint(0, surrogate.alphas_cumprod.numel(), (x0.shape[0],), generator=gen).to(device)
+    cond = None if prompts is None else surrogate.encode_text([prompts[i] for i in idx.tolist()])
+    return surrogate.denoising_loss(x0, noise, t, cond).mean()
+
+
 def _train_steps(surrogate: Surrogate, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                  data: torch.Tensor, steps: int, batch_size: int, gen: torch.Generator,
                  prompts: Sequence[str] | None = None) -> float:
@@ -65,17 +78,9 @@ def _train_steps(surrogate: Surrogate, optimizer: torch.optim.Optimizer, params:
     unet.train()
     for p in params:
         p.requires_grad_(True)
-    device = surrogate.device
     losses = []
-    num_t = surrogate.alphas_cumprod.numel()
     for _ in range(steps):
-        idx = torch.randperm(data.shape[0], generator=gen)[:batch_size]
-        with torch.no_grad():  # the VAE (latent surrogates) is frozen
-            x0 = surrogate.to_model_space(data[idx].to(device))
-        noise = torch.randn(x0.shape, generator=gen).to(device=device, dtype=x0.dtype)
-        t = torch.randint(0, num_t, (x0.shape[0],), generator=gen).to(device)
-        cond = None if prompts is None else surrogate.encode_text([prompts[i] for i in idx.tolist()])
-        loss = surrogate.denoising_loss(x0, noise, t, cond).mean()
+        loss = _batch_loss(surrogate, data, batch_size, gen, prompts)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -107,16 +112,8 @@ def clean_direction(surrogate: Surrogate, data: torch.Tensor, gen: torch.Generat
     for p in params.values():
         p.requires_grad_(True)
         p.grad = None
-    device = surrogate.device
-    num_t = surrogate.alphas_cumprod.numel()
     for _ in range(batches):
-        idx = torch.randperm(data.shape[0], generator=gen)[:batch_size]
-        with torch.no_grad():
-            x0 = surrogate.to_model_space(data[idx].to(device))
-        noise = torch.randn(x0.shape, generator=gen).to(device=device, dtype=x0.dtype)
-        t = torch.randint(0, num_t, (x0.shape[0],), generator=gen).to(device)
-        cond = None if prompts is None else surrogate.encode_text([prompts[i] for i in idx.tolist()])
-        (surrogate.denoising_loss(x0, noise, t, cond).mean() / batches).backward()
+        (_batch_loss(surrogate, data, batch_size, gen, prompts) / batches).backward()
     grads = {k: p.grad.detach().float().cpu() for k, p in params.items() if p.grad is not None}
     norm = torch.sqrt(sum(g.pow(2).sum() for g in grads.values()))
     if not torch.isfinite(norm) or norm == 0:

@@ -55,6 +55,7 @@ class ProtectionObjective:
         self.maximize = config.objective in ("adversarial", "encoder")
         self.matching = config.objective == "matching"
         self._members = self._pool_members()
+        self._fd_step: dict[int, float] = {}
         # ||E(x + d) - E(x)||^2 has zero gradient at d = 0: PGD must start inside the ball
         self.needs_random_start = config.objective == "encoder" and config.encoder_target == "away"
         self.sampler = TimestepSampler(surrogate.alphas_cumprod, config)
@@ -63,9 +64,17 @@ class ProtectionObjective:
 
     # ---------------------------------------------------------------- pool
     def _pool_members(self) -> list[tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]]:
-        """(weights, clean-loss direction) per pool member; weights ``None`` = the loaded ones."""
+        """(weights, clean-loss direction) per pool member; weights ``None`` = the loaded ones.
+
+        Both are moved to the UNet's device and dtype once here, not at every PGD step.
+        """
         s = self.surrogate
-        stages = [s.extras_group(f"stage{k}") for k in range(s.num_stages())] + [None]
+        ref = next(s.unet.parameters())
+
+        def placed(group: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: v.to(device=ref.device, dtype=ref.dtype) for k, v in group.items()}
+
+        stages = [placed(s.extras_group(f"stage{k}")) for k in range(s.num_stages())] + [None]
         members = []
         for k, weights in enumerate(stages):
             direction = None
@@ -77,26 +86,25 @@ class ProtectionObjective:
                         "`Protector.fit` / `udp-datasets fit` saves with the surrogate "
                         f"({'stage ' + str(k) if weights is not None else 'final weights'} has none); fit "
                         "the surrogate with objective='matching' first")
-            members.append((weights, direction))
+            members.append((weights, placed(direction) if direction is not None else None))
         return members
 
     def _member_params(self, step: int) -> dict[str, torch.Tensor] | None | tuple:
         """Weights for PGD step ``step``: a pool stage, or (theta + h g, theta - h g, h) for matching."""
-        weights, direction = self._members[step % len(self._members)]
+        member = step % len(self._members)
+        weights, direction = self._members[member]
         if weights is not None or direction is not None:
             params = dict(self.surrogate.unet.named_parameters())
-            device = next(iter(params.values())).device
             if weights is not None:
-                params = {k: weights[k].to(device=device, dtype=v.dtype) if k in weights else v
-                          for k, v in params.items()}
+                params = {k: weights.get(k, v) for k, v in params.items()}
             if direction is None:
                 return params
-            norm = torch.sqrt(sum(v.float().pow(2).sum() for v in params.values()))
-            h = float(1e-3 * norm)
-            plus = {k: v + h * direction[k].to(device=device, dtype=v.dtype) if k in direction else v
-                    for k, v in params.items()}
-            minus = {k: v - h * direction[k].to(device=device, dtype=v.dtype) if k in direction else v
-                     for k, v in params.items()}
+            if member not in self._fd_step:  # the weights are frozen: one norm per member, not per step
+                norm = torch.sqrt(sum(v.float().pow(2).sum() for v in params.values()))
+                self._fd_step[member] = float(1e-3 * norm)
+            h = self._fd_step[member]
+            plus = {k: v + h * direction[k] if k in direction else v for k, v in params.items()}
+            minus = {k: v - h * direction[k] if k in direction else v for k, v in params.items()}
             return plus, minus, h
         return None
 
@@ -168,10 +176,8 @@ class ProtectionObjective:
             assert reference is not None
             dist = (z.float() - reference.float()).pow(2).flatten(1).mean(1)
             gain = -dist if self.config.encoder_target == "pattern" else dist
-            if not self.uses_denoiser:
-                total = total + gain
-            else:
-                total = total + (1 if self.maximize else -1) * self.encoder_weight * gain
+            # objective='encoder': maximize with weight 1, i.e. the gain alone
+            total = total + (1 if self.maximize else -1) * self.encoder_weight * gain
         return total
 
     def loss_fn(self, generators: Sequence[torch.Generator], clean: torch.Tensor | None = None,

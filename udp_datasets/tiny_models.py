@@ -20,24 +20,33 @@ from typing import Any
 import torch
 
 
-def build_tiny_vae(latent_channels: int = 4, downsample: int = 8, seed: int = 0,
-                   block_out_channels: tuple[int, ...] | None = None):
-    """An ``AutoencoderKL`` with ``downsample``-x spatial reduction (SD uses 8)."""
+def build_vae(block_out_channels: tuple[int, ...], latent_channels: int = 4, layers_per_block: int = 1,
+              norm_num_groups: int = 8, sample_size: int = 32, seed: int = 0):
+    """A seeded SD-shaped ``AutoencoderKL``: one encoder/decoder level per channel entry, so
+    ``len(block_out_channels)`` levels downsample ``2 ** (levels - 1)`` times (SD: 4 levels, 8x)."""
     from diffusers import AutoencoderKL
 
+    levels = len(block_out_channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=latent_channels,
+            block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups, down_block_types=("DownEncoderBlock2D",) * levels,
+            up_block_types=("UpDecoderBlock2D",) * levels, sample_size=sample_size)
+
+
+def build_tiny_vae(latent_channels: int = 4, downsample: int = 8, seed: int = 0,
+                   block_out_channels: tuple[int, ...] | None = None):
+    """A tiny ``AutoencoderKL`` with ``downsample``-x spatial reduction (SD uses 8)."""
     levels = int(downsample).bit_length()  # 8 -> 4 blocks (3 downsamplings)
     if 2 ** (levels - 1) != downsample:
         raise ValueError(f"downsample={downsample} must be a power of two")
     channels = block_out_channels or tuple([8, 16, 16, 16, 32, 32][:levels])
     if len(channels) != levels:
         raise ValueError(f"{downsample}x downsampling needs {levels} block_out_channels, got {channels}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=latent_channels,
-            block_out_channels=channels, layers_per_block=1, norm_num_groups=min(8, channels[0]),
-            down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels, sample_size=32 * downsample // 8)
+    return build_vae(channels, latent_channels, norm_num_groups=min(8, channels[0]),
+                     sample_size=32 * downsample // 8, seed=seed)
 
 
 def build_tiny_latent_unet(sample_size: int = 4, channels: int = 4, seed: int = 0):
@@ -108,10 +117,10 @@ def build_tiny_text_encoder(vocab_size: int, hidden_size: int = 32, max_length: 
         return CLIPTextModel(config)
 
 
-def _scheduler(num_train_timesteps: int = 1000):
+def sd_scheduler(num_train_timesteps: int = 1000):
+    """Stable Diffusion's noise schedule (scaled-linear betas 0.00085 to 0.012, no clipping)."""
     from diffusers import DDPMScheduler
 
-    # SD's own noise schedule
     return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=0.00085, beta_end=0.012,
                          beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
 
@@ -126,7 +135,7 @@ def save_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, seed
     latent = image_size // 8
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=build_tiny_text_encoder(len(tokenizer), seed=seed), tokenizer=tokenizer,
-        unet=build_tiny_conditional_unet(sample_size=latent, seed=seed), scheduler=_scheduler(),
+        unet=build_tiny_conditional_unet(sample_size=latent, seed=seed), scheduler=sd_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(directory, safe_serialization=True)
     return directory
@@ -142,7 +151,7 @@ def save_latent_pair(directory: str | Path, vae: Any, unet: Any, scheduler: Any 
     directory.mkdir(parents=True, exist_ok=True)
     vae.save_pretrained(directory / "vae", safe_serialization=True)
     unet.save_pretrained(directory / "unet", safe_serialization=True)
-    (scheduler or _scheduler()).save_pretrained(directory / "scheduler")
+    (scheduler or sd_scheduler()).save_pretrained(directory / "scheduler")
     (directory / "model_index.json").write_text(json.dumps({
         "_class_name": "UDPLatentPair", "vae": ["diffusers", "AutoencoderKL"],
         "unet": ["diffusers", type(unet).__name__], "scheduler": ["diffusers", "DDPMScheduler"]}, indent=2))

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .victim import resolve_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -62,24 +64,12 @@ class AutoencoderResult:
     seconds: float = 0.0
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def build_autoencoder(config: AutoencoderConfig):
     """A seeded, randomly initialised SD-shaped ``AutoencoderKL``."""
-    from diffusers import AutoencoderKL
+    from ..tiny_models import build_vae
 
-    levels = len(config.block_out_channels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=config.latent_channels,
-            block_out_channels=tuple(config.block_out_channels), layers_per_block=config.layers_per_block,
-            norm_num_groups=config.norm_num_groups, down_block_types=("DownEncoderBlock2D",) * levels,
-            up_block_types=("UpDecoderBlock2D",) * levels, sample_size=config.image_size)
+    return build_vae(config.block_out_channels, config.latent_channels, config.layers_per_block,
+                     config.norm_num_groups, config.image_size, config.seed)
 
 
 def images_to_unit(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
@@ -138,7 +128,7 @@ def load_autoencoder(path: str | Path, device: str = "auto"):
     """``AutoencoderKL.from_pretrained`` (safetensors), frozen, in eval mode."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(Path(path), use_safetensors=True).to(_device(device)).eval()
+    vae = AutoencoderKL.from_pretrained(Path(path), use_safetensors=True).to(resolve_device(device)).eval()
     vae.requires_grad_(False)
     return vae
 
@@ -149,7 +139,7 @@ def train_autoencoder(images: Sequence[np.ndarray], config: AutoencoderConfig, o
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
     start = time.perf_counter()
-    dev = _device(config.device)
+    dev = resolve_device(config.device)
     data = images_to_unit(images)
     if tuple(data.shape[-2:]) != (config.image_size, config.image_size):
         raise ValueError(f"images are {tuple(data.shape[-2:])} but the autoencoder is for "

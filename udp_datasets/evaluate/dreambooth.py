@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .victim import resolve_device
+
 logger = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -122,12 +124,6 @@ class LoraVictimResult:
 
 
 # ------------------------------------------------------------------ devices and memory
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def resolve_precision(settings: DreamBoothSettings, device: torch.device) -> tuple[str, torch.dtype]:
     """(accelerate's mixed_precision, dtype of the frozen weights). Half precision only on CUDA:
     CPU half-precision kernels are slow or missing, so CPU runs in fp32."""

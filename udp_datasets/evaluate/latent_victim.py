@@ -26,20 +26,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..tiny_models import sd_scheduler
 from .autoencoder import decode_latents, encode_distribution, load_autoencoder, reconstruct
 from .victim import VictimConfig, VictimResult, sample_tensors, train_denoiser
 
 logger = logging.getLogger(__name__)
 
 Images = Sequence[np.ndarray]
-
-
-def sd_scheduler(num_train_timesteps: int = 1000):
-    """Stable Diffusion's noise schedule (scaled-linear betas 0.00085 to 0.012, no clipping)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
 
 
 def latent_training_data(vae, images: Images, flip: bool = True, posterior: str = "sample") -> dict[str, Any]:

@@ -117,7 +117,8 @@ def train_victim(images: Sequence[np.ndarray], config: VictimConfig, output_dir:
                           progress=progress, log_extra={"num_images": len(images)})
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> the GPU when there is one, else the CPU; anything else as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -230,7 +231,7 @@ def sample_tensors(pipeline_dir: str | Path, num_images: int, seed: int = 0, ste
     """
     from diffusers import DDIMScheduler, UNet2DModel
 
-    dev = _device(device)
+    dev = resolve_device(device)
     unet = UNet2DModel.from_pretrained(Path(pipeline_dir) / "unet", use_safetensors=True).to(dev).eval()
     scheduler = DDIMScheduler.from_pretrained(Path(pipeline_dir) / "scheduler")
     scheduler.set_timesteps(steps)
