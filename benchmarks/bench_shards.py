@@ -39,7 +39,7 @@ from PIL import Image
 
 
 def make_images(size: int) -> list[np.ndarray]:
-    from udp_datasets.bundled import faces_rgb, photo_crops
+    from udp_datasets.sources.bundled import faces_rgb, photo_crops
 
     return photo_crops(size, per_photo=4) + faces_rgb(size, count=64)  # 96 real images
 
@@ -99,7 +99,7 @@ def bare(config, values: list[bytes], keys: list[str]) -> float:
 
 
 def pipeline(config, pattern: str, dst: Path) -> float:
-    from udp_datasets.runner import run_shards
+    from udp_datasets.jobs.shard_job import run_shards
 
     start = time.perf_counter()
     summary = run_shards(pattern, dst, config, progress=False)
@@ -128,7 +128,7 @@ def rss_child(args: argparse.Namespace) -> None:
     import torch
 
     from udp_datasets import ProtectionConfig
-    from udp_datasets.runner import make_state, run_shards
+    from udp_datasets.jobs.shard_job import make_state, run_shards
 
     torch.set_num_threads(args.threads)
     config = ProtectionConfig.from_json(args.config_json)

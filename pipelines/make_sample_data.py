@@ -19,7 +19,7 @@ import datasets
 import numpy as np
 from PIL import Image
 
-from udp_datasets.bundled import faces_rgb, photo_crops
+from udp_datasets.sources.bundled import faces_rgb, photo_crops
 
 
 def _jpeg(arr: np.ndarray) -> bytes:

@@ -11,7 +11,7 @@ other member are copied byte for byte. Re-running resumes; see udp_datasets/runn
 
 import sys
 
-from udp_datasets.runner import run_pipeline
+from udp_datasets.jobs.shard_job import run_pipeline
 
 if __name__ == "__main__":
     sys.exit(run_pipeline("webdataset"))

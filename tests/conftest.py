@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from udp_datasets import ProtectionConfig, Protector  # noqa: E402
-from udp_datasets.bundled import faces, photo_crops  # noqa: E402
+from udp_datasets.sources.bundled import faces, photo_crops  # noqa: E402
 
 # Small but real: 16 px surrogate, a few rounds; enough to move the loss, seconds to fit.
 TINY = ProtectionConfig(resolution=16, fit_rounds=3, fit_surrogate_steps=15, fit_pgd_steps=3,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from udp_datasets.cli import EXIT_QUARANTINED, EXIT_USAGE, main
-from udp_datasets.job import load_protected
+from udp_datasets.cli.app import EXIT_QUARANTINED, EXIT_USAGE, main
+from udp_datasets.jobs.dataset_job import load_protected
 
 from test_verify import make_source
 
@@ -111,7 +111,7 @@ def test_saved_dataset_source_and_console_script(tmp_path, photos32):
 
 @pytest.mark.slow
 def test_demo_quick(tmp_path):
-    from udp_datasets.demo import run_demo
+    from udp_datasets.cli.demo import run_demo
 
     summary = run_demo(tmp_path / "demo", quick=True)
     assert (tmp_path / "demo" / "side_by_side.png").exists()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from udp_datasets.cli import EXIT_OK, EXIT_USAGE, main
+from udp_datasets.cli.app import EXIT_OK, EXIT_USAGE, main
 from udp_datasets.evaluate.dreambooth import (LORA_WEIGHT_NAME, DreamBoothError, DreamBoothSettings,
                                               evaluate_dreambooth, load_components, resolve_precision,
                                               train_lora_victim)
@@ -26,7 +26,7 @@ TINY = DreamBoothSettings(resolution=32, train_steps=4, batch_size=2, learning_r
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory) -> str:
-    from udp_datasets.tiny_models import save_tiny_stable_diffusion
+    from udp_datasets.evaluate.tiny_models import save_tiny_stable_diffusion
 
     return str(save_tiny_stable_diffusion(tmp_path_factory.mktemp("sd") / "tiny-sd", image_size=32))
 
@@ -34,7 +34,7 @@ def tiny_sd(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def subject(tmp_path_factory) -> tuple[str, str]:
     """8 real photo patches (clean/) and a +-8-level noisy copy (protected/), same file names."""
-    from udp_datasets.bundled import photo_patches
+    from udp_datasets.sources.bundled import photo_patches
 
     root = tmp_path_factory.mktemp("subject")
     (root / "clean").mkdir()

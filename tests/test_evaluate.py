@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from udp_datasets.cli import EXIT_USAGE, main
+from udp_datasets.cli.app import EXIT_USAGE, main
 from udp_datasets.evaluate.attacks import ATTACKS
 from udp_datasets.evaluate.experiment import EvalSettings, perturbation_cost
 from udp_datasets.evaluate.pipeline import evaluate_pair, split_holdout
@@ -47,7 +47,7 @@ def test_perturbation_cost_and_holdout_split(photos32):
 
 
 def test_evaluate_pair_writes_a_consistent_report(photos32, tmp_path):
-    from udp_datasets.bundled import photo_patches
+    from udp_datasets.sources.bundled import photo_patches
 
     clean = photo_patches(16, 48, seed=3)
     protected = [np.clip(a.astype(int) + np.random.default_rng(i).integers(-8, 9, a.shape), 0, 255)

@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from udp_datasets import ProtectionConfig, Protector
-from udp_datasets.bundled import photo_crops
+from udp_datasets.sources.bundled import photo_crops
 
 GOLDEN = Path(__file__).with_name("golden") / "protect_outputs.json"
 CONFIG = ProtectionConfig(resolution=16, fit_rounds=2, fit_surrogate_steps=6, fit_pgd_steps=2,
@@ -57,9 +57,9 @@ def _tar(path: Path, images: list[np.ndarray]) -> None:
 
 
 def _outputs(tmp: Path) -> dict[str, object]:
-    from udp_datasets.cli import main
-    from udp_datasets.provenance import read_manifest
-    from udp_datasets.runner import run_shards
+    from udp_datasets.cli.app import main
+    from udp_datasets.jobs.manifest import read_manifest
+    from udp_datasets.jobs.shard_job import run_shards
 
     photos = photo_crops(32, per_photo=1)[:6]
     out: dict[str, object] = {}
@@ -93,7 +93,7 @@ def _outputs(tmp: Path) -> dict[str, object]:
     run_shards(str(tmp / "parquet"), tmp / "parquet_job", shard_config, key_column="id", progress=False)
     out["parquet_job"] = _sha((tmp / "parquet_job" / "rows.parquet").read_bytes())
 
-    from udp_datasets.tiny_models import save_tiny_latent_pair
+    from udp_datasets.evaluate.tiny_models import save_tiny_latent_pair
 
     save_tiny_latent_pair(tmp / "latent", image_size=32, seed=3)
     latent = Protector(ProtectionConfig(surrogate=str(tmp / "latent"), objective="adversarial", encoder_weight=1.0,

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from udp_datasets import ProtectionConfig, Protector, SurrogateError, load_surrogate
-from udp_datasets.cli import main
+from udp_datasets.cli.app import main
 from udp_datasets.images import decode_png_pixels
-from udp_datasets.latent import LatentSurrogate, prompts_for, target_pattern
-from udp_datasets.objectives import ProtectionObjective
-from udp_datasets.pgd import sample_generator
-from udp_datasets.tiny_models import save_tiny_latent_pair, save_tiny_stable_diffusion
+from udp_datasets.models.latent import LatentSurrogate, prompts_for, target_pattern
+from udp_datasets.method.objectives import ProtectionObjective
+from udp_datasets.method.pgd import sample_generator
+from udp_datasets.evaluate.tiny_models import save_tiny_latent_pair, save_tiny_stable_diffusion
 
 PROMPT = "a photo of sks person"
 FAST = dict(steps=6, batch_size=8, fit_rounds=2, fit_surrogate_steps=4, fit_pgd_steps=2, fit_batch_size=8)
@@ -184,8 +184,8 @@ def test_cli_fit_and_protect_with_a_stable_diffusion_folder(tiny_sd, photos32, t
     assert summary["config"]["prompt"] == "a painting in the style of sks"
     assert summary["surrogate"]["kind"] == "latent"
     assert main(["verify", str(dst), "--source", str(src)]) == 0
-    from udp_datasets.card import render_card
-    from udp_datasets.verify import load_manifest, read_record
+    from udp_datasets.publish.card import render_card
+    from udp_datasets.publish.verify import load_manifest, read_record
 
     card = str(render_card(read_record(dst), load_manifest(dst), repo_id="me/art", layout="arrow",
                            data_files=["data/*.arrow"]))

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from udp_datasets.bundled import photo_patches
+from udp_datasets.sources.bundled import photo_patches
 from udp_datasets.evaluate.autoencoder import (AutoencoderConfig, encode_distribution, load_autoencoder,
                                                reconstruct, train_autoencoder)
 from udp_datasets.evaluate.victim import VictimConfig
@@ -111,7 +111,7 @@ def test_latent_ablation_end_to_end_writes_consistent_tables(tmp_path, one_torch
 
 
 def test_cli_latent_ablation_passes_its_sizes(monkeypatch, tmp_path, capsys):
-    from udp_datasets.cli import main
+    from udp_datasets.cli.app import main
     from udp_datasets.evaluate import latent_ablation
 
     seen = {}

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from udp_datasets import ConfigError, ProtectionConfig, Protector, SurrogateError, load_surrogate
-from udp_datasets.clusters import cluster_features, cluster_init, kmeans
-from udp_datasets.fit import _stage_rounds
+from udp_datasets.method.clusters import cluster_features, cluster_init, kmeans
+from udp_datasets.method.fit import _stage_rounds
 from udp_datasets.images import decode_png_pixels
-from udp_datasets.pgd import sample_generator
+from udp_datasets.method.pgd import sample_generator
 
 from conftest import TINY
 

@@ -6,7 +6,7 @@ import torch
 
 from udp_datasets import Protector
 from udp_datasets.images import decode_png_pixels
-from udp_datasets.pgd import sample_generator
+from udp_datasets.method.pgd import sample_generator
 
 from conftest import TINY
 

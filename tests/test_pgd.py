@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from udp_datasets.pgd import BudgetError, check_budget, pgd, quantize_within_budget, sample_generator
+from udp_datasets.method.pgd import BudgetError, check_budget, pgd, quantize_within_budget, sample_generator
 
 
 def test_quantization_holds_budget_on_every_pixel_including_edges():

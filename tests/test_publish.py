@@ -24,7 +24,7 @@ import yaml
 
 from hub_server import LocalHub, local_hub, run_client  # noqa: F401  (local_hub is a fixture)
 from test_verify import decode, png_bytes, protected
-from udp_datasets.provenance import read_manifest
+from udp_datasets.jobs.manifest import read_manifest
 
 
 @pytest.fixture()
@@ -218,7 +218,7 @@ emit({{"rc": rc, "samples": samples, "features": str(hf.features), "n": sum(1 fo
 
 
 def _labels(out: Path) -> list[int]:
-    from udp_datasets.job import load_protected
+    from udp_datasets.jobs.dataset_job import load_protected
 
     return load_protected(out)["label"]
 
@@ -226,8 +226,8 @@ def _labels(out: Path) -> list[int]:
 def test_publish_card_yaml_parses_and_shows_an_evaluation_report(output):
     from huggingface_hub import DatasetCard
 
-    from udp_datasets.card import render_card
-    from udp_datasets.verify import load_manifest, read_record
+    from udp_datasets.publish.card import render_card
+    from udp_datasets.publish.verify import load_manifest, read_record
 
     _, out = output("imagefolder")
     record = {**read_record(out), "source_info": {"id": "someone/photos", "type": "hub", "revision": "abc123",
@@ -246,7 +246,7 @@ def test_publish_card_yaml_parses_and_shows_an_evaluation_report(output):
 
 
 def test_publish_data_patterns_never_catch_the_manifest():
-    from udp_datasets.hub import data_patterns
+    from udp_datasets.publish.hub import data_patterns
 
     assert data_patterns(["shard-000.parquet", "shard-001.parquet"], exclude=["manifest.parquet"]) == [
         "shard-00*.parquet"]

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from udp_datasets import ProtectionConfig
-from udp_datasets.cli import EXIT_QUARANTINED, EXIT_USAGE, main
-from udp_datasets.runner import (BOOKKEEPING, ConfigMismatchError, OutputExistsError, launch_command, run_pipeline,
+from udp_datasets.cli.app import EXIT_QUARANTINED, EXIT_USAGE, main
+from udp_datasets.jobs.shard_job import (BOOKKEEPING, ConfigMismatchError, OutputExistsError, launch_command, run_pipeline,
                                  run_shards, strip_option)
 
 REPO = Path(__file__).resolve().parents[1]

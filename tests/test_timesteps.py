@@ -3,7 +3,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from udp_datasets import ProtectionConfig
-from udp_datasets.timesteps import TimestepSampler, timestep_weights
+from udp_datasets.method.timesteps import TimestepSampler, timestep_weights
 
 
 @pytest.mark.parametrize("schedule", ["linear", "squaredcos_cap_v2", "scaled_linear"])

@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from udp_datasets.cli import main
-from udp_datasets.provenance import read_manifest, write_manifest
-from udp_datasets.verify import detect_layout, verify_directory
+from udp_datasets.cli.app import main
+from udp_datasets.jobs.manifest import read_manifest, write_manifest
+from udp_datasets.publish.verify import detect_layout, verify_directory
 
 _CACHE: dict[str, Path] = {}
 
@@ -46,7 +46,7 @@ def protected(kind: str, base: Path, photos, faces, surrogate: str) -> tuple[Pat
     """
     from conftest import TINY
 
-    from udp_datasets.job import protect_dataset
+    from udp_datasets.jobs.dataset_job import protect_dataset
 
     source = make_source(base / "udp-source", photos, faces)
     config = TINY.replace(surrogate=surrogate, steps=4)

@@ -6,13 +6,16 @@
     protected = ds.map(protector, batched=True, batch_size=32)
 """
 
+from . import compat
 from .config import ConfigError, ProtectionConfig, parse_epsilon
 from .images import ImageError
-from .pgd import BudgetError
+from .method.pgd import BudgetError
 from .protector import ColumnError, Protector
-from .surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
+from .models.surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 
 __version__ = "0.1.0"
+
+compat.install()  # old module paths (udp_datasets.runner, ...) keep working for one release
 
 
 def __getattr__(name: str):
@@ -21,7 +24,7 @@ def __getattr__(name: str):
     (Remote verification is ``udp_datasets.hub.verify``: ``udp_datasets.verify`` is the module.)
     """
     if name == "publish":
-        from . import hub
+        from .publish import hub
 
         return getattr(hub, name)
     raise AttributeError(f"module 'udp_datasets' has no attribute {name!r}")

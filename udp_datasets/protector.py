@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from .config import ProtectionConfig
-from .fit import FitResult, fit_surrogate
+from .method.fit import FitResult, fit_surrogate
 from .images import DecodedImage, ImageError, encode_png, load_image
-from .objectives import ProtectionObjective
-from .pgd import BudgetError, check_budget, pgd, quantize_within_budget, random_start, sample_generator
-from .surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
+from .method.objectives import ProtectionObjective
+from .method.pgd import BudgetError, check_budget, pgd, quantize_within_budget, random_start, sample_generator
+from .models.surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Protector:
 
     def _peek_ref(self) -> SurrogateRef | None:
         """Hash local weights up front so the fingerprint changes when they do."""
-        from .surrogate import is_latent_folder, weights_sha256
+        from .models.surrogate import is_latent_folder, weights_sha256
 
         path = Path(self.config.surrogate).expanduser()
         if path.is_dir():
@@ -315,7 +315,7 @@ class Protector:
         init = random_start(x.shape[1:], gens, eps) if cfg.random_start or self._objective.needs_random_start \
             else None
         if "clusters.centroids" in surrogate.extras:  # start from the cluster's shared shortcut
-            from .clusters import cluster_init
+            from .method.clusters import cluster_init
 
             shared = cluster_init(x, surrogate.extras["clusters.centroids"], surrogate.extras["clusters.deltas"], eps)
             init = shared if init is None else (shared + init).clamp(-eps, eps)

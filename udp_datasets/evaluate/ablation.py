@@ -64,7 +64,7 @@ def _cached_protect(name: str, images: list[np.ndarray], config: ProtectionConfi
 
 def run_ablation(out: str | Path, settings: EvalSettings, count: int = 1200, size: int = 16,
                  base: ProtectionConfig = BASE, sweep: bool = True) -> dict[str, Any]:
-    from ..bundled import photo_patches
+    from ..sources.bundled import photo_patches
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ class AutoencoderResult:
 
 def build_autoencoder(config: AutoencoderConfig):
     """A seeded, randomly initialised SD-shaped ``AutoencoderKL``."""
-    from ..tiny_models import build_vae
+    from .tiny_models import build_vae
 
     return build_vae(config.block_out_channels, config.latent_channels, config.layers_per_block,
                      config.norm_num_groups, config.image_size, config.seed)

@@ -565,7 +565,7 @@ def evaluate_dreambooth(model: str, clean_images: ImageInput, protected_images: 
     victims' samples side by side), ``loss_curves.png`` and ``victims/{clean,protected}/`` (LoRA
     weights, ``samples.png``, ``victim_training.json``). Returns the report dict.
     """
-    from ..job import library_versions
+    from ..jobs.dataset_job import library_versions
     from .report import loss_plot, verdict
 
     settings = settings or DreamBoothSettings()

@@ -92,7 +92,7 @@ class LatentSetup:
 
 def split_data(setup: LatentSetup) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """(pretrain, train, holdout): disjoint sets of patches of the bundled photographs."""
-    from ..bundled import photo_patches
+    from ..sources.bundled import photo_patches
 
     n = setup.pretrain_count + setup.train_count + setup.holdout_count
     images = photo_patches(setup.size, n, seed=setup.seed)

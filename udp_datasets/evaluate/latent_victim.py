@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..tiny_models import sd_scheduler
+from ..models.latent import sd_scheduler
 from .autoencoder import decode_latents, encode_distribution, load_autoencoder, reconstruct
 from .victim import VictimConfig, VictimResult, sample_tensors, train_denoiser
 
@@ -78,7 +78,7 @@ def pretrain_latent_denoiser(images: Images, config: VictimConfig, vae_dir: str 
     ``model`` None trains ``config.architecture``; the folder (``unet/``, ``scheduler/``) is then
     the ``init_dir`` of every fine-tuned victim.
     """
-    from ..surrogate import weights_sha256
+    from ..models.surrogate import weights_sha256
     from .experiment import data_hash
 
     output_dir = Path(output_dir)
@@ -104,8 +104,9 @@ def save_latent_surrogate(images: Images, config: VictimConfig, vae_dir: str | P
     (``tiny_models.build_tiny_latent_unet``) pretrained on clean latents, as a latent pair folder."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from ..surrogate import weights_sha256
-    from ..tiny_models import build_tiny_latent_unet, save_latent_pair
+    from ..models.surrogate import weights_sha256
+    from ..models.latent import save_latent_pair
+    from .tiny_models import build_tiny_latent_unet
 
     vae = load_autoencoder(vae_dir, device="cpu")
     latent = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -145,7 +146,7 @@ class LatentRecipe:
 
     def cache_key(self) -> dict[str, Any]:
         if self._key is None:
-            from ..surrogate import weights_sha256
+            from ..models.surrogate import weights_sha256
 
             self._key = {"kind": "latent", "vae": weights_sha256(self.vae_dir),
                          "init": weights_sha256(self.init_dir), "posterior": self.posterior}

@@ -48,7 +48,7 @@ REFERENCE = {"unlearnable+eudp": {"objective": "unlearnable", "timesteps": "eudp
 def run_leads(out: str | Path, settings: EvalSettings, count: int = 1200, size: int = 16,
               leads: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Protect with each lead, train one victim per protected set, write leads.json / leads_table.md."""
-    from ..bundled import photo_patches
+    from ..sources.bundled import photo_patches
 
     leads = LEADS if leads is None else leads
     out = Path(out)

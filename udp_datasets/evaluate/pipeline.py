@@ -59,7 +59,7 @@ def protect_arrays(images: Sequence[np.ndarray], config: ProtectionConfig, fit_d
     """
     from ..images import decode_png_pixels
     from ..protector import FailedImage, Protector
-    from ..surrogate import is_latent_folder
+    from ..models.surrogate import is_latent_folder
 
     protector = Protector(config, progress=progress)
     if config.surrogate is None or (config.objective == "unlearnable" and is_latent_folder(config.surrogate)):
@@ -77,7 +77,7 @@ def evaluate_pair(clean: Sequence[np.ndarray], protected: Sequence[np.ndarray], 
     """Victims on clean vs protected (+ attacks), scored on a held-out clean split; writes the report."""
     import platform
 
-    from ..job import library_versions
+    from ..jobs.dataset_job import library_versions
 
     if len(clean) != len(protected):
         raise ValueError(f"--clean has {len(clean)} images but --protected has {len(protected)}; they must "
@@ -105,7 +105,7 @@ def evaluate_bundled(config: ProtectionConfig, out_dir: str | Path, settings: Ev
                      count: int = 1200, size: int = 16, holdout_fraction: float = 0.25,
                      progress: bool = True) -> dict[str, Any]:
     """Protect the bundled photo patches with ``config`` and evaluate them."""
-    from ..bundled import photo_patches
+    from ..sources.bundled import photo_patches
 
     out_dir = Path(out_dir)
     clean = photo_patches(size, count, seed=settings.seed)

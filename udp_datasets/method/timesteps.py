@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ProtectionConfig
+from ..config import ProtectionConfig
 
 
 def timestep_weights(alphas_cumprod: torch.Tensor, config: ProtectionConfig) -> torch.Tensor:

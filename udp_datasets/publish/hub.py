@@ -139,7 +139,7 @@ def stage(directory: str | os.PathLike, staging: str | os.PathLike, *,
     else:
         manifest = load_manifest(src)  # the runner's per-shard manifests, not merged yet
         if manifest is not None:
-            from .provenance import write_manifest
+            from ..jobs.manifest import write_manifest
 
             write_manifest([manifest], out / MANIFEST_FILE)
             staged.extra_files.append(MANIFEST_FILE)

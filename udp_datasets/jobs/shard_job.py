@@ -74,16 +74,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from .config import ConfigError, ProtectionConfig
-from .images import ImageError
-from .protector import FailedImage, ProtectedImage, Protector
-from .provenance import MANIFEST_SCHEMA, manifest_table
-from .sinks.atomic import OutputExistsError
-from .sinks.shards import (ParquetShardWriter, TarShardWriter, atomic_file, is_temp_name, parquet_compression,
+from ..config import ConfigError, ProtectionConfig
+from ..images import ImageError
+from ..protector import FailedImage, ProtectedImage, Protector
+from .manifest import MANIFEST_SCHEMA, manifest_table
+from ..sinks.atomic import OutputExistsError
+from ..sinks.shards import (ParquetShardWriter, TarShardWriter, atomic_file, is_temp_name, parquet_compression,
                            png_member_name, replace_image_column, temp_sibling, write_bytes_atomic,
                            write_json_atomic)
-from .sources.hf import SourceError
-from .sources.shards import (IMAGE_EXTENSIONS, Shard, ShardReadError, discover_shards, find_image_column,
+from ..sources.hf import SourceError
+from ..sources.shards import (IMAGE_EXTENSIONS, Shard, ShardReadError, discover_shards, find_image_column,
                              iter_parquet_batches, iter_tar_samples, looks_like_shards, open_parquet, split_key)
 
 logger = logging.getLogger(__name__)
@@ -812,7 +812,7 @@ class ShardRunner:
                 ) -> ShardJobSummary:
         import pyarrow.parquet as pq
 
-        from .job import library_versions
+        from .dataset_job import library_versions
 
         ranks = []
         for path in sorted((self.book / "ranks").glob("rank-*.json")):
@@ -973,7 +973,7 @@ def run_cli(args: Any, config: ProtectionConfig) -> int:
         if args.format not in (None, "parquet", "arrow") or (args.format == "arrow" and _explicit_format(args)):
             raise SourceError(f"--format {args.format} is not available for multi-process runs; "
                               "they write Parquet shards (--format parquet)")
-        from .sources import open_source
+        from ..sources import open_source
 
         with state.main_process_first():  # one process downloads / prepares the cache
             src = open_source(args.src, split=args.split)
@@ -1108,7 +1108,7 @@ def open_hf_source(source: str, split: str | None = None, streaming: bool = Fals
     as a ``Dataset``, or as an ``IterableDataset`` with ``streaming=True``."""
     import datasets
 
-    from .sources.hf import _pick_split, is_saved_dataset, open_source
+    from ..sources.hf import _pick_split, is_saved_dataset, open_source
 
     if not streaming:
         return open_source(source, split=split)

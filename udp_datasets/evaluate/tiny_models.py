@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from ..models.latent import save_latent_pair, sd_scheduler
 
 
 def build_vae(block_out_channels: tuple[int, ...], latent_channels: int = 4, layers_per_block: int = 1,
@@ -117,14 +118,6 @@ def build_tiny_text_encoder(vocab_size: int, hidden_size: int = 32, max_length: 
         return CLIPTextModel(config)
 
 
-def sd_scheduler(num_train_timesteps: int = 1000):
-    """Stable Diffusion's noise schedule (scaled-linear betas 0.00085 to 0.012, no clipping)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
-
-
 def save_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, seed: int = 0) -> Path:
     """Write a tiny, randomly initialised Stable Diffusion folder (``StableDiffusionPipeline`` layout)."""
     from diffusers import StableDiffusionPipeline
@@ -138,23 +131,6 @@ def save_tiny_stable_diffusion(directory: str | Path, image_size: int = 32, seed
         unet=build_tiny_conditional_unet(sample_size=latent, seed=seed), scheduler=sd_scheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(directory, safe_serialization=True)
-    return directory
-
-
-def save_latent_pair(directory: str | Path, vae: Any, unet: Any, scheduler: Any = None) -> Path:
-    """Write a bare latent pair: ``vae/`` (AutoencoderKL), ``unet/`` (UNet2DModel), ``scheduler/``.
-
-    ``model_index.json`` names the parts so the folder is recognisable; it is not a
-    diffusers pipeline class (diffusers has none for AutoencoderKL + UNet2DModel).
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    vae.save_pretrained(directory / "vae", safe_serialization=True)
-    unet.save_pretrained(directory / "unet", safe_serialization=True)
-    (scheduler or sd_scheduler()).save_pretrained(directory / "scheduler")
-    (directory / "model_index.json").write_text(json.dumps({
-        "_class_name": "UDPLatentPair", "vae": ["diffusers", "AutoencoderKL"],
-        "unet": ["diffusers", type(unet).__name__], "scheduler": ["diffusers", "DDPMScheduler"]}, indent=2))
     return directory
 
 

@@ -172,7 +172,7 @@ def read_record(directory: str | os.PathLike) -> dict[str, Any] | None:
 
 def record_budget(record: dict[str, Any] | None) -> tuple[int | None, str | None]:
     """(budget in 8-bit levels, config hash) from a job record's config."""
-    from .config import ConfigError, ProtectionConfig
+    from ..config import ConfigError, ProtectionConfig
 
     if not record or not isinstance(record.get("config"), dict):
         return None, None
@@ -198,7 +198,7 @@ def load_manifest(directory: str | os.PathLike) -> Any:
     manifests (``.udp/shards/*.manifest.parquet``) of a run that has not merged them yet."""
     import pyarrow as pa
 
-    from .provenance import read_manifest
+    from ..jobs.manifest import read_manifest
 
     directory = Path(directory)
     path = find_manifest(directory)
@@ -307,7 +307,7 @@ class ImageFolderLayout(Layout):
 
 def detect_layout(directory: str | os.PathLike, image_column: str | None = None) -> Layout:
     """Which kind of protected folder this is, and its data files (relative, sorted)."""
-    from .sources.hf import is_saved_dataset
+    from ..sources.hf import is_saved_dataset
 
     root = Path(directory)
     if not root.is_dir():
@@ -548,7 +548,7 @@ def _check_unprotected(report: VerifyReport, item: PublishedImage, row: dict | N
 
 def _check_against_source(report: VerifyReport, item: PublishedImage, row: dict, data: bytes, src: bytes,
                           budget: int | None, verified: bool) -> bool:
-    from .images import ImageError, load_image
+    from ..images import ImageError, load_image
 
     report.source_checked += 1
     try:
@@ -581,7 +581,7 @@ def _check_against_source(report: VerifyReport, item: PublishedImage, row: dict,
 
 
 def _pixel_hash(data: bytes) -> str | None:
-    from .images import ImageError, load_image
+    from ..images import ImageError, load_image
 
     try:
         return load_image(data).pixel_sha256()
@@ -620,7 +620,7 @@ class _SourceIndex:
 def iter_source_images(source: str, split: str | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, original bytes) of every image in a source: tar / Parquet shard folders, or
     anything :func:`udp_datasets.sources.open_source` opens (image folder, save_to_disk, Hub id)."""
-    from .sources.hf import is_saved_dataset
+    from ..sources.hf import is_saved_dataset
 
     path = Path(source).expanduser()
     if path.is_dir() and not is_saved_dataset(path):
@@ -633,8 +633,8 @@ def iter_source_images(source: str, split: str | None = None) -> Iterator[tuple[
         if parquets and not any(f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS for f in files):
             yield from ((loc, data) for loc, _, data in ParquetLayout(path, parquets).iter_images() if data)
             return
-    from .protector import raw_image_column
-    from .sources import open_source
+    from ..protector import raw_image_column
+    from ..sources import open_source
 
     ds = open_source(source, split=split)
     column = _image_column(ds.features, "image")

@@ -176,9 +176,32 @@ class LatentSurrogate(Surrogate):
                 scheduler=self.scheduler, safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False).save_pretrained(directory, safe_serialization=True)
         else:
-            from .tiny_models import save_latent_pair
-
             save_latent_pair(directory, self.vae, self.unet, self.scheduler)
+
+
+def sd_scheduler(num_train_timesteps: int = 1000):
+    """Stable Diffusion's noise schedule (scaled-linear betas 0.00085 to 0.012, no clipping)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", steps_offset=1, clip_sample=False)
+
+
+def save_latent_pair(directory: str | Path, vae: Any, unet: Any, scheduler: Any = None) -> Path:
+    """Write a bare latent pair: ``vae/`` (AutoencoderKL), ``unet/`` (UNet2DModel), ``scheduler/``.
+
+    ``model_index.json`` names the parts so the folder is recognisable; it is not a
+    diffusers pipeline class (diffusers has none for AutoencoderKL + UNet2DModel).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(directory / "vae", safe_serialization=True)
+    unet.save_pretrained(directory / "unet", safe_serialization=True)
+    (scheduler or sd_scheduler()).save_pretrained(directory / "scheduler")
+    (directory / "model_index.json").write_text(json.dumps({
+        "_class_name": "UDPLatentPair", "vae": ["diffusers", "AutoencoderKL"],
+        "unet": ["diffusers", type(unet).__name__], "scheduler": ["diffusers", "DDPMScheduler"]}, indent=2))
+    return directory
 
 
 def load_latent_surrogate(folder: Path, source: str, revision: str | None) -> LatentSurrogate:

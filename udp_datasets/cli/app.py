@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .config import ConfigError, ProtectionConfig, config_fields, parse_epsilon
+from ..config import ConfigError, ProtectionConfig, config_fields, parse_epsilon
 
 logger = logging.getLogger("udp_datasets")
 
@@ -67,8 +67,8 @@ def config_from_args(args: argparse.Namespace, base: ProtectionConfig | None = N
 
 # ------------------------------------------------------------------ commands
 def cmd_protect(args: argparse.Namespace) -> int:
-    from .job import format_summary, protect_dataset
-    from .runner import run_cli, wants_runner
+    from ..jobs.dataset_job import format_summary, protect_dataset
+    from ..jobs.shard_job import run_cli, wants_runner
 
     config = config_from_args(args)
     if wants_runner(args):  # shards, --format parquet, --num-processes, accelerate launch
@@ -84,8 +84,8 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from .protector import Protector
-    from .sources import open_source
+    from ..protector import Protector
+    from ..sources import open_source
 
     config = config_from_args(args)
     ds = open_source(args.src, split=args.split)
@@ -108,11 +108,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate.attacks import ATTACKS
-    from .evaluate.experiment import EvalSettings
-    from .evaluate.pipeline import evaluate_bundled, evaluate_pair, load_images
-    from .evaluate.report import verdict
-    from .evaluate.victim import VictimConfig
+    from ..evaluate.attacks import ATTACKS
+    from ..evaluate.experiment import EvalSettings
+    from ..evaluate.pipeline import evaluate_bundled, evaluate_pair, load_images
+    from ..evaluate.report import verdict
+    from ..evaluate.victim import VictimConfig
 
     attacks = () if args.attacks in ("", "none") else tuple(a.strip() for a in args.attacks.split(","))
     unknown = [a for a in attacks if a not in ATTACKS]
@@ -132,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         protected = load_images(args.protected, args.image_column, args.limit)
         report = evaluate_pair(clean, protected, args.out, settings, args.holdout_fraction)
     else:
-        from .evaluate.ablation import BASE
+        from ..evaluate.ablation import BASE
 
         # bundled mode protects with the ablation's CPU-sized recipe unless told otherwise
         config = config_from_args(args, base=None if args.config_file else BASE)
@@ -146,15 +146,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
-    from .evaluate.ablation import run_ablation
-    from .evaluate.experiment import EvalSettings
-    from .evaluate.report import verdict
-    from .evaluate.victim import VictimConfig
+    from ..evaluate.ablation import run_ablation
+    from ..evaluate.experiment import EvalSettings
+    from ..evaluate.report import verdict
+    from ..evaluate.victim import VictimConfig
 
     victim = VictimConfig(resolution=args.size, train_steps=args.victim_steps, batch_size=args.victim_batch_size)
     settings = EvalSettings(victim=victim, num_samples=args.num_samples, attacks=())
     if getattr(args, "leads", False):
-        from .evaluate.leads import run_leads
+        from ..evaluate.leads import run_leads
 
         result = run_leads(args.out, settings, count=args.count, size=args.size)
         print(verdict(result["victims"]))
@@ -169,9 +169,9 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 def cmd_latent_ablation(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .evaluate.experiment import EvalSettings
-    from .evaluate.latent_ablation import LATENT_VICTIM, LatentSetup, run_latent_ablation
-    from .evaluate.report import verdict
+    from ..evaluate.experiment import EvalSettings
+    from ..evaluate.latent_ablation import LATENT_VICTIM, LatentSetup, run_latent_ablation
+    from ..evaluate.report import verdict
 
     setup = LatentSetup(pretrain_count=args.pretrain_count, train_count=args.train_count,
                         holdout_count=args.holdout_count, pretrain_steps=args.pretrain_steps,
@@ -186,7 +186,7 @@ def cmd_latent_ablation(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_sd(args: argparse.Namespace) -> int:
-    from .evaluate.dreambooth import DreamBoothError, DreamBoothSettings, evaluate_dreambooth, load_subject_images
+    from ..evaluate.dreambooth import DreamBoothError, DreamBoothSettings, evaluate_dreambooth, load_subject_images
 
     try:
         settings = DreamBoothSettings(
@@ -219,8 +219,8 @@ def _hub_error_exit(command: str, exc: Exception) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub import PublishError, PublishRefused, publish
-    from .verify import VerifyError
+    from ..publish.hub import PublishError, PublishRefused, publish
+    from ..publish.verify import VerifyError
 
     try:
         result = publish(args.dir, args.repo_id, private=args.private, revision=args.revision,
@@ -247,7 +247,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from .hub import PublishError, verify
+    from ..publish.hub import PublishError, verify
 
     try:
         report = verify(args.target, source=args.source, source_split=args.source_split,
@@ -433,12 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args._argv = list(sys.argv[1:] if argv is None else argv)  # --num-processes re-launches with these
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from .evaluate.features import FeatureExtractorUnavailable
-    from .images import ImageError
-    from .protector import ColumnError
-    from .sinks.atomic import OutputExistsError
-    from .sources import SourceError
-    from .surrogate import SurrogateError
+    from ..evaluate.features import FeatureExtractorUnavailable
+    from ..images import ImageError
+    from ..protector import ColumnError
+    from ..sinks.atomic import OutputExistsError
+    from ..sources import SourceError
+    from ..models.surrogate import SurrogateError
 
     try:
         return args.func(args)
@@ -447,6 +447,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"udp-datasets {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
-
-if __name__ == "__main__":  # python -m udp_datasets.cli
-    sys.exit(main())

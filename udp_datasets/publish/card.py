@@ -42,7 +42,7 @@ def describe_source(src: str, revision: str | None = None) -> dict[str, Any]:
     For a Hub id the revision (commit) and license are looked up once, best effort (None
     offline); for a local folder the license is read from its ``README.md`` card if any.
     """
-    from .sources.hf import is_saved_dataset
+    from ..sources.hf import is_saved_dataset
 
     path = Path(src).expanduser()
     info: dict[str, Any] = {"id": src, "type": None, "revision": revision, "license": None}
@@ -298,7 +298,7 @@ def _efficacy(report: dict[str, Any] | None) -> list[str]:
     victims = report.get("victims")
     if isinstance(victims, dict) and victims:  # report.json of `udp-datasets evaluate`
         try:
-            from .evaluate.report import results_table, verdict
+            from ..evaluate.report import results_table, verdict
 
             lines = [verdict(victims), "", results_table({k: v for k, v in victims.items() if k != "reference"}), ""]
             victim = (report.get("settings") or {}).get("victim") or {}

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .bundled import faces, photo_crops
-from .config import ProtectionConfig
-from .images import decode_png_pixels
-from .protector import Protector
+from ..sources.bundled import faces, photo_crops
+from ..config import ProtectionConfig
+from ..images import decode_png_pixels
+from ..protector import Protector
 
 logger = logging.getLogger(__name__)
 

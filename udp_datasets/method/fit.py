@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import ProtectionConfig
+from ..config import ProtectionConfig
 from .objectives import ProtectionObjective
 from .pgd import pgd, sample_generator
-from .surrogate import Surrogate
+from ..models.surrogate import Surrogate
 
 logger = logging.getLogger(__name__)
 

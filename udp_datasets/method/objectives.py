@@ -25,9 +25,9 @@ from typing import Sequence
 
 import torch
 
-from .config import ProtectionConfig
+from ..config import ProtectionConfig
 from .pgd import LossFn
-from .surrogate import Surrogate, SurrogateError
+from ..models.surrogate import Surrogate, SurrogateError
 from .timesteps import TimestepSampler
 
 
@@ -124,7 +124,7 @@ class ProtectionObjective:
         """One prompt per image for a text-conditioned surrogate, else ``None``."""
         if not self.surrogate.conditional:
             return None
-        from .latent import prompts_for
+        from ..models.latent import prompts_for
 
         return prompts_for(self.config.prompt, captions, n)
 
@@ -140,7 +140,7 @@ class ProtectionObjective:
             return None
         if self.config.encoder_target == "pattern":
             if self._target is None:
-                from .latent import load_target
+                from ..models.latent import load_target
 
                 h, w = self.surrogate.image_size
                 target = load_target(self.config.target_image, h, w, self.surrogate.image_channels)

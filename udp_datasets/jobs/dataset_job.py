@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import ProtectionConfig
-from .provenance import MANIFEST_SCHEMA, write_manifest
-from .protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_column
-from .sinks import atomic_directory, save_dataset, save_imagefolder
-from .sources import open_source
+from ..config import ProtectionConfig
+from .manifest import MANIFEST_SCHEMA, write_manifest
+from ..protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_column
+from ..sinks import atomic_directory, save_dataset, save_imagefolder
+from ..sources import open_source
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def library_versions() -> dict[str, str]:
     import diffusers
     import torch
 
-    from . import __version__
+    from .. import __version__
 
     return {"udp_datasets": __version__, "torch": torch.__version__,
             "diffusers": diffusers.__version__, "datasets": datasets.__version__}
@@ -88,7 +88,7 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
     """Protect every image of SRC into DST (see module docstring)."""
     import datasets
 
-    from .card import describe_source
+    from ..publish.card import describe_source
 
     start = time.perf_counter()
     started_at = _utc_now()
