@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from udp_datasets import SurrogateError, load_surrogate
-from udp_datasets.models.surrogate import build_surrogate, weights_sha256
+from udp_datasets.models import build_surrogate, weights_sha256
 
 
 def test_saved_surrogate_loads_through_from_pretrained(tmp_path):

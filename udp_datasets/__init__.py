@@ -11,7 +11,7 @@ from .config import ConfigError, ProtectionConfig, parse_epsilon
 from .images import ImageError
 from .method.pgd import BudgetError
 from .protector import ColumnError, Protector
-from .models.surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
+from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 
 __version__ = "0.1.0"
 

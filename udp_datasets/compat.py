@@ -23,7 +23,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "udp_datasets.objectives": ("udp_datasets.method.objectives",),
     "udp_datasets.clusters": ("udp_datasets.method.clusters",),
     "udp_datasets.fit": ("udp_datasets.method.fit",),
-    "udp_datasets.surrogate": ("udp_datasets.models.surrogate",),
+    "udp_datasets.surrogate": ("udp_datasets.models.loader", "udp_datasets.models.base", "udp_datasets.models.pixel"),
     "udp_datasets.latent": ("udp_datasets.models.latent",),
     "udp_datasets.tiny_models": ("udp_datasets.evaluate.tiny_models", "udp_datasets.models.latent"),
     "udp_datasets.bundled": ("udp_datasets.sources.bundled",),

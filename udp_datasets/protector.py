@@ -31,7 +31,7 @@ from .method.fit import FitResult, fit_surrogate
 from .images import DecodedImage, ImageError, encode_png, load_image
 from .method.objectives import ProtectionObjective
 from .method.pgd import BudgetError, check_budget, pgd, quantize_within_budget, random_start, sample_generator
-from .models.surrogate import Surrogate, SurrogateError, SurrogateRef, load_surrogate
+from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Protector:
 
     def _peek_ref(self) -> SurrogateRef | None:
         """Hash local weights up front so the fingerprint changes when they do."""
-        from .models.surrogate import is_latent_folder, weights_sha256
+        from .models import is_latent_folder, weights_sha256
 
         path = Path(self.config.surrogate).expanduser()
         if path.is_dir():

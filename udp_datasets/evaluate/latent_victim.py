@@ -78,7 +78,7 @@ def pretrain_latent_denoiser(images: Images, config: VictimConfig, vae_dir: str 
     ``model`` None trains ``config.architecture``; the folder (``unet/``, ``scheduler/``) is then
     the ``init_dir`` of every fine-tuned victim.
     """
-    from ..models.surrogate import weights_sha256
+    from ..models import weights_sha256
     from .experiment import data_hash
 
     output_dir = Path(output_dir)
@@ -104,7 +104,7 @@ def save_latent_surrogate(images: Images, config: VictimConfig, vae_dir: str | P
     (``tiny_models.build_tiny_latent_unet``) pretrained on clean latents, as a latent pair folder."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from ..models.surrogate import weights_sha256
+    from ..models import weights_sha256
     from ..models.latent import save_latent_pair
     from .tiny_models import build_tiny_latent_unet
 
@@ -146,7 +146,7 @@ class LatentRecipe:
 
     def cache_key(self) -> dict[str, Any]:
         if self._key is None:
-            from ..models.surrogate import weights_sha256
+            from ..models import weights_sha256
 
             self._key = {"kind": "latent", "vae": weights_sha256(self.vae_dir),
                          "init": weights_sha256(self.init_dir), "posterior": self.posterior}

@@ -59,7 +59,7 @@ def protect_arrays(images: Sequence[np.ndarray], config: ProtectionConfig, fit_d
     """
     from ..images import decode_png_pixels
     from ..protector import FailedImage, Protector
-    from ..models.surrogate import is_latent_folder
+    from ..models import is_latent_folder
 
     protector = Protector(config, progress=progress)
     if config.surrogate is None or (config.objective == "unlearnable" and is_latent_folder(config.surrogate)):

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..config import ProtectionConfig
 from .objectives import ProtectionObjective
 from .pgd import pgd, sample_generator
-from ..models.surrogate import Surrogate
+from ..models.base import Surrogate
 
 logger = logging.getLogger(__name__)
 

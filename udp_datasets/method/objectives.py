@@ -27,7 +27,7 @@ import torch
 
 from ..config import ProtectionConfig
 from .pgd import LossFn
-from ..models.surrogate import Surrogate, SurrogateError
+from ..models.base import Surrogate, SurrogateError
 from .timesteps import TimestepSampler
 
 

@@ -1,1 +1,12 @@
-"""models"""
+"""Surrogate diffusion models the perturbation is optimised against.
+
+``base`` (the interface and safetensors rules) < ``pixel`` and ``latent`` (the kinds) <
+``loader`` (one entry point that picks the kind). Nothing here knows of datasets or the CLI.
+"""
+
+from .base import EXTRAS_FILE, Surrogate, SurrogateError, SurrogateRef, weights_sha256
+from .loader import is_latent_folder, load_surrogate, resolve_surrogate_folder
+from .pixel import ARCHITECTURES, build_surrogate, build_unet
+
+__all__ = ["ARCHITECTURES", "EXTRAS_FILE", "Surrogate", "SurrogateError", "SurrogateRef", "build_surrogate",
+           "build_unet", "is_latent_folder", "load_surrogate", "resolve_surrogate_folder", "weights_sha256"]

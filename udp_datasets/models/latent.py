@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .surrogate import (Surrogate, SurrogateError, SurrogateRef, component_dir, require_safetensors,
+from .base import (Surrogate, SurrogateError, SurrogateRef, component_dir, require_safetensors,
                         weights_sha256)
 
 logger = logging.getLogger(__name__)

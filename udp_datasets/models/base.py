@@ -1,22 +1,17 @@
-"""Surrogate diffusion models that the perturbation is optimised against.
+"""The surrogate interface: a denoiser + scheduler pair, what it is (:class:`SurrogateRef`),
+and the safetensors-only rules every loader shares.
 
-A surrogate is a denoiser plus the scheduler it was trained with. It is loaded
-through diffusers' real ``from_pretrained`` path (a local directory or a Hub id,
-safetensors only), or built in code from a small built-in architecture that
-:meth:`udp_datasets.Protector.fit` trains on the data being protected.
-
-:class:`Surrogate` hides where the denoiser lives: ``to_model_space`` maps pixels
-in [0, 1] to what the denoiser sees: a resized [-1, 1] image for a pixel model,
-``scaling_factor * E(x)`` for a latent one (:class:`udp_datasets.latent.LatentSurrogate`,
-Stable Diffusion or a bare AutoencoderKL + UNet2DModel pair), with gradients
-flowing through the VAE encoder back to the pixels.
+A surrogate is a denoiser plus the scheduler it was trained with. :class:`Surrogate` hides
+where the denoiser lives: ``to_model_space`` maps pixels in [0, 1] to what the denoiser sees:
+a resized [-1, 1] image for a pixel model, ``scaling_factor * E(x)`` for a latent one
+(:class:`udp_datasets.models.latent.LatentSurrogate`), with gradients flowing through the
+VAE encoder back to the pixels. Concrete kinds live in ``pixel.py`` and ``latent.py``; the one
+loader above them is ``loader.py`` (so neither kind imports the other).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import logging
 import os
 import shutil
 import tempfile
@@ -27,33 +22,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-logger = logging.getLogger(__name__)
-
-SURROGATE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.md"]
-
 
 class SurrogateError(RuntimeError):
     """A surrogate that cannot be found, read or used, with the fix in the message."""
 
 
 # Built-in architectures: sized for CPU demos and tests (tiny) or a single GPU (small, base).
-ARCHITECTURES: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=8,
-    ),
-    "small": dict(
-        block_out_channels=(64, 128, 128, 256),
-        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
-        layers_per_block=2,
-        norm_num_groups=32,
-    ),
-}
-
 
 @dataclass(frozen=True)
 class SurrogateRef:
@@ -227,129 +201,11 @@ class Surrogate:
         """Earlier training stages kept by fit (``fit_pool`` - 1), besides the final weights."""
         return len({k.split(".", 1)[0] for k in self.extras if k.startswith("stage")})
 
-
 EXTRAS_FILE = "udp_extras.safetensors"
-
-
-def build_unet(architecture: str, resolution: int, in_channels: int = 3, seed: int = 0):
-    """A randomly initialised ``UNet2DModel`` of a built-in architecture (seeded)."""
-    from diffusers import UNet2DModel
-
-    if architecture not in ARCHITECTURES:
-        raise SurrogateError(
-            f"unknown surrogate architecture {architecture!r}; built-in: {sorted(ARCHITECTURES)}")
-    spec = ARCHITECTURES[architecture]
-    factor = 2 ** (len(spec["block_out_channels"]) - 1)
-    if resolution % factor:
-        raise SurrogateError(
-            f"resolution {resolution} must be divisible by {factor} for architecture {architecture!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return UNet2DModel(sample_size=resolution, in_channels=in_channels,
-                           out_channels=in_channels, **spec)
-
-
-def build_surrogate(architecture: str = "tiny", resolution: int = 32, seed: int = 0,
-                    num_train_timesteps: int = 1000, beta_schedule: str = "linear",
-                    in_channels: int = 3) -> Surrogate:
-    from diffusers import DDPMScheduler
-
-    unet = build_unet(architecture, resolution, in_channels=in_channels, seed=seed)
-    scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule)
-    return Surrogate(unet, scheduler, SurrogateRef(kind="pixel", source=None, architecture=architecture))
-
-
-def load_surrogate(source: str | os.PathLike | None = None, revision: str | None = None, *,
-                   config: Any = None) -> Surrogate:
-    """Load a surrogate from a local folder or Hub id, or build the configured built-in one.
-
-    ``config`` is a :class:`~udp_datasets.ProtectionConfig`; its ``surrogate`` and
-    ``surrogate_revision`` are used when ``source`` is not given.
-    """
-    if source is None and config is not None:
-        source, revision = config.surrogate, config.surrogate_revision
-    if source is None:
-        if config is None:
-            return build_surrogate()
-        return build_surrogate(config.surrogate_arch, config.resolution, seed=config.seed,
-                               num_train_timesteps=config.num_train_timesteps,
-                               beta_schedule=config.beta_schedule)
-    folder = resolve_surrogate_folder(str(source), revision)
-    if is_latent_folder(folder):
-        from .latent import load_latent_surrogate
-
-        return load_latent_surrogate(folder, str(source), revision)
-    return _load_pixel_surrogate(folder, str(source), revision)
-
-
-def is_latent_folder(folder: str | Path) -> bool:
-    """A Stable Diffusion folder or a latent pair: it has a VAE."""
-    folder = Path(folder)
-    index = folder / "model_index.json"
-    if index.exists():
-        try:
-            if "vae" in json.loads(index.read_text()):
-                return True
-        except json.JSONDecodeError:
-            pass
-    return (folder / "vae" / "config.json").exists()
-
-
-def resolve_surrogate_folder(source: str, revision: str | None) -> Path:
-    """A local folder as is; otherwise a Hub id fetched (config + safetensors only)."""
-    path = Path(source).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise SurrogateError(f"surrogate {source!r} is a file; give the model folder instead")
-        return path
-    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
-    if looks_like_path:
-        raise SurrogateError(f"surrogate folder {source!r} does not exist")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(source, revision=revision, allow_patterns=SURROGATE_FILE_PATTERNS))
-    except LocalEntryNotFoundError as exc:
-        raise SurrogateError(
-            f"surrogate {source!r} is neither a local folder nor reachable on the Hub "
-            f"(offline?). Download it once with `huggingface-cli download {source}` and pass the "
-            "folder, or set HF_ENDPOINT to a reachable Hub.") from exc
-    except HfHubHTTPError as exc:
-        raise SurrogateError(f"surrogate {source!r} could not be fetched from the Hub: {exc}") from exc
-
 
 def component_dir(folder: Path, name: str) -> Path:
     sub = folder / name
     return sub if (sub / "config.json").exists() or (sub / "scheduler_config.json").exists() else folder
-
-
-def _load_pixel_surrogate(folder: Path, source: str, revision: str | None) -> Surrogate:
-    from diffusers import DDPMScheduler, UNet2DModel
-
-    unet_dir = component_dir(folder, "unet")
-    if not (unet_dir / "config.json").exists():
-        raise SurrogateError(
-            f"no UNet config found in {folder} (looked for unet/config.json and config.json); "
-            "a surrogate folder is what diffusers' save_pretrained writes for a UNet2DModel or a "
-            "DDPMPipeline")
-    require_safetensors(unet_dir, "UNet2DModel")
-    sched_dir = component_dir(folder, "scheduler")
-    if not (sched_dir / "scheduler_config.json").exists():
-        raise SurrogateError(f"no scheduler_config.json in {folder} or {folder}/scheduler")
-    try:
-        unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True)
-        scheduler = DDPMScheduler.from_pretrained(sched_dir)
-    except (OSError, ValueError, KeyError) as exc:
-        raise SurrogateError(f"could not load surrogate from {folder}: {exc}") from exc
-    arch = json.loads((unet_dir / "config.json").read_text()).get("_class_name")
-    ref = SurrogateRef(kind="pixel", source=source, revision=revision,
-                       sha256=weights_sha256(folder), architecture=arch)
-    logger.info("loaded surrogate %s (sha256 %s)", source, ref.sha256[:12])
-    surrogate = Surrogate(unet, scheduler, ref)
-    surrogate.load_extras(folder)
-    return surrogate
-
 
 def require_safetensors(directory: Path, cls_name: str) -> None:
     if not list(directory.glob("*.safetensors")):

@@ -1,0 +1,55 @@
+"""Every :class:`ProtectionConfig` field as a flag: defaults < ``--config-file`` < flags."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import ProtectionConfig, config_fields, parse_epsilon
+
+
+def _flag_type(tp: Any) -> tuple[Callable[[str], Any] | None, list[Any] | None, bool]:
+    """(converter, choices, is_bool) for a config field's type annotation."""
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        conv, choices, is_bool = _flag_type(inner[0])
+        return (lambda s: None if s.lower() == "none" else conv(s)), choices, is_bool  # type: ignore[misc]
+    if origin is typing.Literal:
+        return str, list(args), False
+    if tp is bool:
+        return None, None, True
+    return tp, None, False
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("protection config (override --config-file)")
+    group.add_argument("--config-file", type=Path, help="JSON or YAML file of config fields")
+    hints = typing.get_type_hints(ProtectionConfig)
+    for f in config_fields():
+        flag = "--" + f.name.replace("_", "-")
+        conv, choices, is_bool = _flag_type(hints[f.name])
+        if f.name == "epsilon":
+            conv = parse_epsilon
+        if is_bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS)
+        else:
+            group.add_argument(flag, dest=f.name, type=conv, choices=choices, default=argparse.SUPPRESS,
+                               metavar=None if choices else f.name.upper())
+
+
+def config_from_args(args: argparse.Namespace, base: ProtectionConfig | None = None) -> ProtectionConfig:
+    """Defaults (or ``base``) < ``--config-file`` < flags."""
+    if getattr(args, "config_file", None):
+        base = ProtectionConfig.from_file(args.config_file)
+    base = base or ProtectionConfig()
+    overrides = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
+    return base.replace(**overrides)
+
+
+# ------------------------------------------------------------------ commands

@@ -1,0 +1,203 @@
+"""``evaluate``, ``ablation``, ``latent-ablation`` and ``evaluate-sd``: measuring protection."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..config import ConfigError
+from .config_flags import add_config_arguments, config_from_args
+from .exit_codes import EXIT_OK, EXIT_USAGE
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..evaluate.attacks import ATTACKS
+    from ..evaluate.experiment import EvalSettings
+    from ..evaluate.pipeline import evaluate_bundled, evaluate_pair, load_images
+    from ..evaluate.report import verdict
+    from ..evaluate.victim import VictimConfig
+
+    attacks = () if args.attacks in ("", "none") else tuple(a.strip() for a in args.attacks.split(","))
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown:
+        raise ConfigError(f"unknown attack(s) {unknown}; choose from {sorted(ATTACKS)} or 'none'")
+    victim = VictimConfig(architecture=args.victim_arch, resolution=args.victim_resolution,
+                          train_steps=args.victim_steps, batch_size=args.victim_batch_size,
+                          learning_rate=args.victim_lr, ema_decay=None if args.no_ema else 0.999,
+                          seed=args.victim_seed, sample_steps=args.sample_steps, sample_eta=args.sample_eta)
+    feature_kwargs = {"weights_path": args.inception_weights} if args.feature == "inception" else {}
+    settings = EvalSettings(victim=victim, num_samples=args.num_samples, feature=args.feature,
+                            feature_kwargs=feature_kwargs, attacks=attacks, seed=args.victim_seed)
+    if (args.clean is None) != (args.protected is None):
+        raise ConfigError("give both --clean and --protected, or neither (bundled data)")
+    if args.clean is not None:
+        clean = load_images(args.clean, args.image_column, args.limit)
+        protected = load_images(args.protected, args.image_column, args.limit)
+        report = evaluate_pair(clean, protected, args.out, settings, args.holdout_fraction)
+    else:
+        from ..evaluate.ablation import BASE
+
+        # bundled mode protects with the ablation's CPU-sized recipe unless told otherwise
+        config = config_from_args(args, base=None if args.config_file else BASE)
+        if not hasattr(args, "resolution"):  # the surrogate works at the data's own resolution
+            config = config.replace(resolution=args.victim_resolution)
+        report = evaluate_bundled(config, args.out, settings, count=args.bundled_count,
+                                  size=args.victim_resolution, holdout_fraction=args.holdout_fraction)
+    print(verdict(report["victims"]))
+    print(f"report: {Path(args.out) / 'report.md'} ({report['seconds']:.0f} s)")
+    return EXIT_OK
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from ..evaluate.ablation import run_ablation
+    from ..evaluate.experiment import EvalSettings
+    from ..evaluate.report import verdict
+    from ..evaluate.victim import VictimConfig
+
+    victim = VictimConfig(resolution=args.size, train_steps=args.victim_steps, batch_size=args.victim_batch_size)
+    settings = EvalSettings(victim=victim, num_samples=args.num_samples, attacks=())
+    if getattr(args, "leads", False):
+        from ..evaluate.leads import run_leads
+
+        result = run_leads(args.out, settings, count=args.count, size=args.size)
+        print(verdict(result["victims"]))
+        print(f"tables: {Path(args.out) / 'leads_table.md'} ({result['seconds']:.0f} s)")
+        return EXIT_OK
+    result = run_ablation(args.out, settings, count=args.count, size=args.size, sweep=not args.no_sweep)
+    print(verdict(result["victims"]))
+    print(f"tables: {Path(args.out) / 'ablation_table.md'} ({result['seconds']:.0f} s)")
+    return EXIT_OK
+
+
+def cmd_latent_ablation(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..evaluate.experiment import EvalSettings
+    from ..evaluate.latent_ablation import LATENT_VICTIM, LatentSetup, run_latent_ablation
+    from ..evaluate.report import verdict
+
+    setup = LatentSetup(pretrain_count=args.pretrain_count, train_count=args.train_count,
+                        holdout_count=args.holdout_count, pretrain_steps=args.pretrain_steps,
+                        surrogate_steps=args.surrogate_steps)
+    setup = replace(setup, autoencoder=replace(setup.autoencoder, train_steps=args.vae_steps))
+    victim = replace(LATENT_VICTIM, train_steps=args.victim_steps)
+    settings = EvalSettings(victim=victim, num_samples=args.num_samples, attacks=())
+    result = run_latent_ablation(args.out, settings, setup, sweep=not args.no_sweep)
+    print(verdict(result["victims"]))
+    print(f"tables: {Path(args.out) / 'latent_ablation_table.md'} ({result['seconds']:.0f} s)")
+    return EXIT_OK
+
+
+def cmd_evaluate_sd(args: argparse.Namespace) -> int:
+    from ..evaluate.dreambooth import DreamBoothError, DreamBoothSettings, evaluate_dreambooth, load_subject_images
+
+    try:
+        settings = DreamBoothSettings(
+            resolution=args.resolution, train_steps=args.steps, batch_size=args.batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
+            lora_rank=args.lora_rank, center_crop=not args.random_crop, random_flip=args.random_flip,
+            mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+            vae_slicing=args.vae_slicing, vae_tiling=args.vae_tiling, num_samples=args.num_samples,
+            sample_prompts=tuple(args.sample_prompt or ()), sample_steps=args.sample_steps,
+            guidance_scale=args.guidance_scale, sample_batch_size=args.sample_batch_size, seed=args.seed,
+            device=args.device, revision=args.revision, variant=args.variant)
+        clean = load_subject_images(args.clean, args.image_column, args.limit)
+        protected = load_subject_images(args.protected, args.image_column, args.limit)
+        report = evaluate_dreambooth(args.model, clean, protected, args.prompt, args.out, settings)
+    except DreamBoothError as exc:
+        print(f"udp-datasets evaluate-sd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(report["verdict"])
+    print(f"report: {Path(args.out) / 'report.md'} ({report['seconds']:.0f} s)")
+    return EXIT_OK
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The evaluation subcommands."""
+    p = sub.add_parser("evaluate", help="train victims on clean vs protected data and compare them")
+    p.add_argument("--clean", help="clean dataset (folder, save_to_disk, Hub id); omit for bundled data")
+    p.add_argument("--protected", help="its protected copy, same order (e.g. the DST of `protect`)")
+    p.add_argument("--out", default="udp-report", help="report folder (default: ./udp-report)")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--limit", type=int, help="use only the first N images of each dataset")
+    p.add_argument("--holdout-fraction", type=float, default=0.25,
+                   help="share of clean images held out as the reference (never trained on)")
+    p.add_argument("--bundled-count", type=int, default=1200, help="bundled photo patches to use")
+    p.add_argument("--victim-arch", default="victim-tiny")
+    p.add_argument("--victim-resolution", type=int, default=16)
+    # 1000 steps / 400 samples keep the default bundled run (6 victims) within 20 min on 2 CPU cores;
+    # the committed ablation uses 1500 / 500 (udp-datasets ablation)
+    p.add_argument("--victim-steps", type=int, default=1000)
+    p.add_argument("--victim-batch-size", type=int, default=32)
+    p.add_argument("--victim-lr", type=float, default=1e-3)
+    p.add_argument("--victim-seed", type=int, default=0)
+    p.add_argument("--no-ema", action="store_true", help="sample from the raw weights, not the EMA")
+    p.add_argument("--sample-steps", type=int, default=100, help="DDIM steps")
+    p.add_argument("--sample-eta", type=float, default=1.0, help="DDIM eta (1 = ancestral sampling)")
+    p.add_argument("--num-samples", type=int, default=400)
+    p.add_argument("--attacks", default="jpeg75,jpeg90,resize50,blur0.5",
+                   help="comma list of jpeg75, jpeg90, resize50, blur0.5, or 'none'")
+    p.add_argument("--feature", choices=["fitted", "inception"], default="fitted")
+    p.add_argument("--inception-weights", help="local Inception weights file (nothing is downloaded)")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablation", help="the committed ablation and budget sweep (docs/efficacy.md)")
+    p.add_argument("--out", default="udp-ablation")
+    p.add_argument("--count", type=int, default=1200)
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--victim-steps", type=int, default=1500)
+    p.add_argument("--victim-batch-size", type=int, default=32)
+    p.add_argument("--num-samples", type=int, default=500)
+    p.add_argument("--no-sweep", action="store_true")
+    p.add_argument("--leads", action="store_true",
+                   help="measure the METHOD.md leads (timestep ranges, matching, pools, clusters) instead")
+    p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("latent-ablation", help="the ablation against latent (SD-like) victims: local VAE, "
+                       "pretrained then fine-tuned latent DDPMs, encoder amplification (docs/efficacy.md)")
+    p.add_argument("--out", default="udp-latent-ablation")
+    p.add_argument("--pretrain-count", type=int, default=800, help="clean images for the VAE and pretraining")
+    p.add_argument("--train-count", type=int, default=400, help="images protected and fine-tuned on")
+    p.add_argument("--holdout-count", type=int, default=300, help="clean images the samples are scored against")
+    p.add_argument("--vae-steps", type=int, default=1000)
+    p.add_argument("--pretrain-steps", type=int, default=2000, help="victim pretraining steps")
+    p.add_argument("--surrogate-steps", type=int, default=1500, help="surrogate pretraining steps")
+    p.add_argument("--victim-steps", type=int, default=400, help="fine-tuning steps per victim")
+    p.add_argument("--num-samples", type=int, default=300)
+    p.add_argument("--no-sweep", action="store_true")
+    p.set_defaults(func=cmd_latent_ablation)
+
+    p = sub.add_parser("evaluate-sd", help="LoRA DreamBooth-style Stable Diffusion victims on clean vs "
+                       "protected images of one subject or style")
+    p.add_argument("--model", required=True, help="Stable Diffusion folder (diffusers layout, safetensors) or Hub id")
+    p.add_argument("--clean", required=True, help="clean images (folder, save_to_disk, Hub id)")
+    p.add_argument("--protected", required=True, help="their protected copy, same order (e.g. the DST of `protect`)")
+    p.add_argument("--prompt", required=True, help='instance prompt, e.g. "a photo of sks person"')
+    p.add_argument("--out", default="udp-sd-report", help="report folder (default: ./udp-sd-report)")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--limit", type=int, help="use only the first N images of each set")
+    p.add_argument("--steps", type=int, default=400, help="LoRA training steps per victim")
+    p.add_argument("--lora-rank", type=int, default=4)
+    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--resolution", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    p.add_argument("--random-crop", action="store_true", help="random instead of center crops")
+    p.add_argument("--random-flip", action="store_true")
+    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                   help="auto: fp16 on CUDA, none on CPU (fp16/bf16 need CUDA)")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower")
+    p.add_argument("--vae-slicing", action="store_true")
+    p.add_argument("--vae-tiling", action="store_true")
+    p.add_argument("--num-samples", type=int, default=8, help="images generated per victim")
+    p.add_argument("--sample-prompt", action="append", help="prompt to sample with (repeatable; default --prompt)")
+    p.add_argument("--sample-steps", type=int, default=30)
+    p.add_argument("--guidance-scale", type=float, default=7.5)
+    p.add_argument("--sample-batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--revision", help="model revision (Hub)")
+    p.add_argument("--variant", help="weight variant, e.g. fp16 for *.fp16.safetensors")
+    p.set_defaults(func=cmd_evaluate_sd)

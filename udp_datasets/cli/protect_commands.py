@@ -1,0 +1,99 @@
+"""``protect``, ``fit``, ``demo`` and ``config``: the commands that make protected data."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config_flags import add_config_arguments, config_from_args
+from .exit_codes import EXIT_OK, EXIT_QUARANTINED
+
+
+def cmd_protect(args: argparse.Namespace) -> int:
+    from ..jobs.dataset_job import format_summary, protect_dataset
+    from ..jobs.shard_job import run_cli, wants_runner
+
+    config = config_from_args(args)
+    if wants_runner(args):  # shards, --format parquet, --num-processes, accelerate launch
+        return run_cli(args, config)
+    summary = protect_dataset(args.src, args.dst, config, split=args.split, image_column=args.image_column,
+                              key_column=args.key_column, output_format=args.format,
+                              fit_output=args.fit_output, num_proc=args.num_proc,
+                              overwrite=args.overwrite)
+    print(format_summary(summary))
+    if summary.errors and not args.allow_errors:
+        return EXIT_QUARANTINED
+    return EXIT_OK
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from ..protector import Protector
+    from ..sources import open_source
+
+    config = config_from_args(args)
+    ds = open_source(args.src, split=args.split)
+    protector = Protector(config, image_column=args.image_column)
+    result = protector.fit(ds, output_dir=args.out)
+    last = result.history[-1] if result.history else {}
+    print(f"fitted surrogate saved to {args.out} ({result.num_samples} images; last round {last})")
+    print(f"protect with: udp-datasets protect SRC DST --surrogate {args.out} ...")
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, quick=args.quick)
+    print(f"side-by-side picture: {result['picture']}")
+    print(f"summary:              {result['summary_path']}")
+    print(f"protected dataset:    {result['dataset']}")
+    return EXIT_OK
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    print(config.to_json())
+    print(f"# hash {config.hash()}", file=sys.stderr)
+    return EXIT_OK
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``protect``, ``fit`` and ``demo`` subcommands."""
+    p = sub.add_parser("protect", help="protect every image of a dataset")
+    p.add_argument("src", help="image folder, save_to_disk folder, Hub dataset id, or shards: a .tar / "
+                   ".parquet file, brace pattern ('data-{000000..000099}.tar'), URL or folder of them")
+    p.add_argument("dst", help="output folder (created; must not exist unless --overwrite)")
+    p.add_argument("--split", help="split to protect when SRC has several")
+    p.add_argument("--image-column", default="image")
+    p.add_argument("--key-column", help="column of stable ids that seed per-sample randomness")
+    p.add_argument("--format", choices=["arrow", "imagefolder", "parquet"], default="arrow",
+                   help="arrow: save_to_disk folder in DST/data; imagefolder: PNG files + metadata.jsonl")
+    p.add_argument("--fit-output", help="where the fitted surrogate is saved (default: cache folder)")
+    p.add_argument("--num-proc", type=int, help="worker processes for datasets.map (one per GPU)")
+    p.add_argument("--num-processes", type=int, help="shard runner: re-launch on N processes with accelerate")
+    p.add_argument("--image-ext", help="shard runner: tar member extensions that are images (comma list)")
+    p.add_argument("--rows-per-shard", type=int, help="shard runner: rows per output shard for a datasets SRC")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--allow-errors", action="store_true",
+                   help=f"exit 0 even when images were quarantined (default exit {EXIT_QUARANTINED})")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_protect)
+
+    p = sub.add_parser("fit", help="train the surrogate on a dataset and save it")
+    p.add_argument("src")
+    p.add_argument("out", help="folder for the fitted surrogate (diffusers DDPMPipeline layout)")
+    p.add_argument("--split")
+    p.add_argument("--image-column", default="image")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("demo", help="offline demo on photographs and faces shipped with scikit-image")
+    p.add_argument("--out", default="udp-demo", help="output folder (default: ./udp-demo)")
+    p.add_argument("--quick", action="store_true", help="smaller budget, for smoke tests")
+    p.set_defaults(func=cmd_demo)
+
+
+def add_config_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the resolved config as JSON")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_config)

@@ -1,0 +1,93 @@
+"""``publish`` and ``verify``: the Hub side."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+
+def _hub_error_exit(command: str, exc: Exception) -> int:
+    """Hub errors: not found / not allowed -> usage (2), anything else -> failure (1)."""
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    print(f"udp-datasets {command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return EXIT_USAGE if status in (401, 403, 404) else EXIT_FAILED
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ..publish.hub import PublishError, PublishRefused, publish
+    from ..publish.verify import VerifyError
+
+    try:
+        result = publish(args.dir, args.repo_id, private=args.private, revision=args.revision,
+                         commit_message=args.commit_message, create_pr=args.create_pr, source=args.source,
+                         source_split=args.source_split, license=args.license, pretty_name=args.pretty_name,
+                         eval_report=args.eval_report, max_shard_size=args.max_shard_size,
+                         staging_dir=args.staging_dir)
+    except PublishRefused as exc:
+        print(exc.report.format(args.max_listed))
+        print(f"udp-datasets publish: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (PublishError, VerifyError, OSError, ValueError) as exc:
+        print(f"udp-datasets publish: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HfHubHTTPError as exc:
+        return _hub_error_exit("publish", exc)
+    print(f"published   {result.report.verified} verified images -> {result.url}")
+    print(f"revision    {result.revision or 'main'} (commit {result.commit})")
+    if result.pr_url:
+        print(f"pull request {result.pr_url}")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ..publish.hub import PublishError, verify
+
+    try:
+        report = verify(args.target, source=args.source, source_split=args.source_split,
+                        image_column=args.image_column)
+    except PublishError as exc:
+        print(f"udp-datasets verify: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except HfHubHTTPError as exc:
+        return _hub_error_exit("verify", exc)
+    print(report.format(args.max_listed))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``publish`` and ``verify`` subcommands."""
+    p = sub.add_parser("publish", help="verify a protected folder and push it to the Hugging Face Hub")
+    p.add_argument("dir", help="output folder of `protect` (Arrow, image folder, tar or Parquet shards)")
+    p.add_argument("repo_id", help="dataset repo, namespace/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo private (refused if it is public)")
+    p.add_argument("--revision", help="branch to commit to (created from main if missing)")
+    p.add_argument("--commit-message")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    p.add_argument("--source", help="the clean source: also check each image's L-inf against it")
+    p.add_argument("--source-split")
+    p.add_argument("--license", help="card license (default: the source card's, when known)")
+    p.add_argument("--pretty-name")
+    p.add_argument("--eval-report", help="report.json of `udp-datasets evaluate` to show in the card")
+    p.add_argument("--max-shard-size", default="500MB", help="Parquet shard size for Arrow folders")
+    p.add_argument("--staging-dir", help="where the upload is staged (default: the temp folder)")
+    p.add_argument("--max-listed", type=int, default=20, help="samples listed per category on failure")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("verify", help="re-hash a protected folder or Hub dataset against its manifest")
+    p.add_argument("target", help="folder, or Hub dataset REPO_ID[@revision]")
+    p.add_argument("--source", help="the clean source: measure each image's L-inf against it")
+    p.add_argument("--source-split")
+    p.add_argument("--image-column", help="image column of a local folder (default: from the job record)")
+    p.add_argument("--json", help="also write the full report as JSON to this file")
+    p.add_argument("--max-listed", type=int, default=20, help="samples listed per category")
+    p.set_defaults(func=cmd_verify)
