@@ -87,7 +87,7 @@ def bare(config, values: list[bytes], keys: list[str]) -> float:
     from udp_datasets import Protector
 
     protector = Protector(config, progress=False)
-    protector.surrogate()  # load outside the timed region, as the pipeline's per-process setup is
+    protector.prepare_surrogate()  # load outside the timed region, as the pipeline's per-process setup is
     start = time.perf_counter()
     n = 0
     for i in range(0, len(values), config.batch_size):

@@ -37,7 +37,7 @@ def _tensor(images):
 def _objective(folder, **changes):
     config = ProtectionConfig(surrogate=folder, prompt=PROMPT, **{**FAST, **changes})
     protector = Protector(config, progress=False)
-    protector.surrogate()
+    protector.prepare_surrogate()
     return protector, protector._objective
 
 
@@ -74,7 +74,7 @@ def test_denoising_objectives_move_the_latent_loss_their_way(tiny_pair, photos32
     if objective == "unlearnable":
         protector.fit(images, output_dir=tmp_path / "fitted")
     protected = [decode_png_pixels(r.png) for r in protector.protect_images(images)]
-    protector.surrogate()
+    protector.prepare_surrogate()
     gens = lambda: [sample_generator(7, f"e{i}") for i in range(len(images))]  # noqa: E731
     clean_loss = protector._objective.evaluate(_tensor(images), gens(), repeats=8)
     prot_loss = protector._objective.evaluate(_tensor(protected), gens(), repeats=8)
@@ -84,7 +84,7 @@ def test_denoising_objectives_move_the_latent_loss_their_way(tiny_pair, photos32
 def test_encoder_objective_shifts_latents_more_than_random_noise(tiny_pair, photos32):
     images = photos32[:6]
     protector, _ = _objective(tiny_pair, objective="encoder", steps=10)
-    surrogate = protector.surrogate()
+    surrogate = protector.prepare_surrogate()
     protected = [decode_png_pixels(r.png) for r in protector.protect_images(images)]
     rng = np.random.default_rng(0)
     noisy = [np.clip(a.astype(int) + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8) for a in images]
@@ -98,7 +98,7 @@ def test_encoder_objective_shifts_latents_more_than_random_noise(tiny_pair, phot
 def test_pattern_target_pulls_latents_toward_the_pattern(tiny_pair, photos32):
     images = photos32[:4]
     protector, objective = _objective(tiny_pair, objective="encoder", encoder_target="pattern", steps=10)
-    surrogate = protector.surrogate()
+    surrogate = protector.prepare_surrogate()
     protected = [decode_png_pixels(r.png) for r in protector.protect_images(images)]
     target = objective.reference(None)
     with torch.no_grad():
@@ -162,7 +162,7 @@ def test_half_precision_surrogate(tiny_pair, photos32, dtype):
     protector = Protector(ProtectionConfig(surrogate=tiny_pair, objective="adversarial", dtype=dtype,
                                            gradient_checkpointing=True, **FAST), progress=False)
     results = protector.protect_images(photos32[:2])
-    assert next(protector.surrogate().unet.parameters()).dtype == getattr(torch, dtype)
+    assert next(protector.prepare_surrogate().unet.parameters()).dtype == getattr(torch, dtype)
     for clean, r in zip(photos32[:2], results):
         assert 0 < np.abs(decode_png_pixels(r.png).astype(int) - clean).max() <= 8
 

@@ -37,7 +37,7 @@ def test_pool_stages_are_saved_and_cycled_by_pgd(photos32, tmp_path):
     stage0 = surrogate.extras_group("stage0")
     assert set(stage0) == set(final)
     assert any(not torch.equal(stage0[k], final[k]) for k in final)  # an earlier point of training
-    protector.surrogate()
+    protector.prepare_surrogate()
     objective = protector._objective
     assert len(objective._members) == 3
     # the same draw under two pool members gives two different losses
@@ -54,7 +54,7 @@ def test_matching_lowers_the_directional_derivative_along_the_clean_gradient(pho
     assert abs(float(norm) - 1) < 1e-4
     images = photos32[:8]
     protected = [decode_png_pixels(r.png) for r in protector.protect_images(images)]
-    protector.surrogate()
+    protector.prepare_surrogate()
     gens = lambda: [sample_generator(3, f"m{i}") for i in range(8)]  # noqa: E731
     before = protector._objective.evaluate(_x(images), gens(), repeats=6)
     after = protector._objective.evaluate(_x(protected), gens(), repeats=6)

@@ -88,7 +88,7 @@ def test_missing_columns_and_missing_surrogate(tiny_config):
     with pytest.raises(ColumnError, match="key column"):
         Protector(tiny_config, key_column="id")({"image": []})
     with pytest.raises(SurrogateError, match="call Protector.fit"):
-        Protector(TINY).surrogate()
+        Protector(TINY).prepare_surrogate()
 
 
 def test_pickles_small_without_weights(tiny_config, photos32):

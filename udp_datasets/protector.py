@@ -32,6 +32,7 @@ from .images import DecodedImage, ImageError, encode_png, load_image
 from .method.objectives import ProtectionObjective
 from .method.pgd import BudgetError, check_budget, pgd, quantize_within_budget, random_start, sample_generator
 from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
+from .models.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -155,15 +156,19 @@ class Protector:
 
     # --------------------------------------------------------------- device
     def device_for(self, rank: int | None) -> torch.device:
-        want = self.config.device
-        if want != "auto":
-            return torch.device(want)
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{(rank or 0) % torch.cuda.device_count()}")
-        return torch.device("cpu")
+        """The device this worker's rank runs on (``config.device``; ``auto`` spreads ranks over GPUs)."""
+        return resolve_device(self.config.device, rank)
 
     def surrogate(self, rank: int | None = None) -> Surrogate:
-        """The surrogate on this worker's device, loaded on first use."""
+        """Deprecated name of :meth:`prepare_surrogate` (kept for 0.2.x; a noun that loads a model)."""
+        import warnings
+
+        warnings.warn("Protector.surrogate(rank) is now Protector.prepare_surrogate(rank); the old name goes "
+                      "in udp-datasets 0.3", DeprecationWarning, stacklevel=2)
+        return self.prepare_surrogate(rank)
+
+    def prepare_surrogate(self, rank: int | None = None) -> Surrogate:
+        """Load the surrogate once, put it on this worker's device, frozen, and return it."""
         with self._lock:
             if self._surrogate is None:
                 if self.config.surrogate is None:
@@ -294,7 +299,7 @@ class Protector:
             if isinstance(d, DecodedImage):
                 buckets.setdefault(d.shape, []).append(i)
         if buckets:
-            surrogate = self.surrogate(rank)
+            surrogate = self.prepare_surrogate(rank)
             for shape, members in buckets.items():
                 for start in range(0, len(members), self.config.batch_size):
                     chunk = members[start:start + self.config.batch_size]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .victim import resolve_device
+from ..models.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 

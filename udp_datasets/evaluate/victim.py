@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..models.devices import resolve_device
+
 logger = logging.getLogger(__name__)
 
 VICTIM_ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -115,13 +117,6 @@ def train_victim(images: Sequence[np.ndarray], config: VictimConfig, output_dir:
     """Train a pixel-space victim DDPM on ``images`` and save it with ``save_pretrained``."""
     return train_denoiser(to_training_tensor(images, config.resolution), config, output_dir, desc=desc,
                           progress=progress, log_extra={"num_images": len(images)})
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the GPU when there is one, else the CPU; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def train_denoiser(data: torch.Tensor, config: VictimConfig, output_dir: str | Path, *, desc: str = "victim",

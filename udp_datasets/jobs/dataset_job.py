@@ -57,7 +57,7 @@ class JobSummary:
     versions: dict[str, str] = field(default_factory=dict)
     started_at: str | None = None  # ISO 8601, UTC
     finished_at: str | None = None
-    source_info: dict[str, Any] | None = None  # id, type, revision, license (card.describe_source)
+    source_info: dict[str, Any] | None = None  # id, type, revision, license (sources.hf.describe_source)
     output_format: str | None = None
     image_column: str | None = None
     split: str | None = None
@@ -88,7 +88,7 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
     """Protect every image of SRC into DST (see module docstring)."""
     import datasets
 
-    from ..publish.card import describe_source
+    from ..sources.hf import describe_source
 
     start = time.perf_counter()
     started_at = _utc_now()

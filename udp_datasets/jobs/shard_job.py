@@ -80,11 +80,11 @@ from ..protector import FailedImage, ProtectedImage, Protector
 from .manifest import MANIFEST_SCHEMA, manifest_table
 from ..sinks.atomic import OutputExistsError
 from ..sinks.shards import (ParquetShardWriter, TarShardWriter, atomic_file, is_temp_name, parquet_compression,
-                           png_member_name, replace_image_column, temp_sibling, write_bytes_atomic,
-                           write_json_atomic)
+                           replace_image_column, temp_sibling, write_bytes_atomic, write_json_atomic)
 from ..sources.hf import SourceError
-from ..sources.shards import (IMAGE_EXTENSIONS, Shard, ShardReadError, discover_shards, find_image_column,
-                             iter_parquet_batches, iter_tar_samples, looks_like_shards, open_parquet, split_key)
+from ..sources.keys import IMAGE_EXTENSIONS, png_member_name, split_key
+from ..sources.shards import (Shard, ShardReadError, discover_shards, find_image_column, iter_parquet_batches,
+                              iter_tar_samples, looks_like_shards, open_parquet)
 
 logger = logging.getLogger(__name__)
 
@@ -549,7 +549,7 @@ class ShardRunner:
 
         # 2. every rank loads the surrogate once, on its device
         protector = Protector(config, progress=False)
-        protector.surrogate(state.local_process_index)
+        protector.prepare_surrogate(state.local_process_index)
         ref = protector.surrogate_ref
         jhash = job_hash(config, ref.sha256 if ref else None, image_column=self.image_column,
                          key_column=self.key_column, image_extensions=self.image_extensions)
@@ -573,7 +573,7 @@ class ShardRunner:
                 logger.error("shard %s failed: %s", name, exc)
                 failed.append({"shard": name, "reason": str(exc)})
         write_json_atomic(self.book / "ranks" / f"rank-{rank:05d}.json",
-                          {"rank": rank, "world_size": world, "device": str(protector.surrogate(state.local_process_index).device),
+                          {"rank": rank, "world_size": world, "device": str(protector.prepare_surrogate(state.local_process_index).device),
                            "shards": done, "failed": failed,
                            "seconds": round(time.perf_counter() - start, 3)})
 
@@ -1108,17 +1108,17 @@ def open_hf_source(source: str, split: str | None = None, streaming: bool = Fals
     as a ``Dataset``, or as an ``IterableDataset`` with ``streaming=True``."""
     import datasets
 
-    from ..sources.hf import _pick_split, is_saved_dataset, open_source
+    from ..sources.hf import pick_split, is_saved_dataset, open_source
 
     if not streaming:
         return open_source(source, split=split)
     path = Path(source).expanduser()
     if path.is_dir() and is_saved_dataset(path):
-        ds = _pick_split(datasets.load_from_disk(str(path)), split, source)
+        ds = pick_split(datasets.load_from_disk(str(path)), split, source)
         return ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files)))
     if path.is_dir():
-        return _pick_split(datasets.load_dataset(str(path), streaming=True), split, source)
-    return _pick_split(datasets.load_dataset(source, streaming=True), split, source)
+        return pick_split(datasets.load_dataset(str(path), streaming=True), split, source)
+    return pick_split(datasets.load_dataset(source, streaming=True), split, source)
 
 
 def run_pipeline(kind: str, argv: Sequence[str] | None = None) -> int:

@@ -28,61 +28,12 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..sources.hf import license_value
+
 logger = logging.getLogger(__name__)
 
 TAGS = ("unlearnable-examples", "udp-protected", "image")
 PAPER = "https://arxiv.org/abs/2306.01902"
-
-
-# --------------------------------------------------------------------------- source
-def describe_source(src: str, revision: str | None = None) -> dict[str, Any]:
-    """What the protect job read: ``{"id", "type", "revision", "license"}``.
-
-    ``type`` is ``folder`` (images or shards), ``saved`` (``save_to_disk``) or ``hub``.
-    For a Hub id the revision (commit) and license are looked up once, best effort (None
-    offline); for a local folder the license is read from its ``README.md`` card if any.
-    """
-    from ..sources.hf import is_saved_dataset
-
-    path = Path(src).expanduser()
-    info: dict[str, Any] = {"id": src, "type": None, "revision": revision, "license": None}
-    if path.exists():
-        info["type"] = "saved" if path.is_dir() and is_saved_dataset(path) else "folder"
-        readme = path / "README.md" if path.is_dir() else None
-        if readme is not None and readme.is_file():
-            info["license"] = _card_license(readme.read_text(encoding="utf-8"))
-        return info
-    info["type"] = "hub"
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return info
-    try:
-        from huggingface_hub import HfApi
-
-        hub_info = HfApi().dataset_info(src, revision=revision)
-        info["revision"] = hub_info.sha or revision
-        card = getattr(hub_info, "card_data", None)
-        info["license"] = _license_value(getattr(card, "license", None)) if card is not None else None
-    except Exception as exc:  # offline, private, rate limited: the record just lacks it
-        logger.info("could not look up %s on the Hub (%s); revision/license not recorded", src,
-                    type(exc).__name__)
-    return info
-
-
-def _card_license(text: str) -> str | list[str] | None:
-    try:
-        from huggingface_hub import DatasetCard
-
-        return _license_value(DatasetCard(text, ignore_metadata_errors=True).data.license)
-    except Exception:
-        return None
-
-
-def _license_value(value: Any) -> str | list[str] | None:
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value
-    return None
 
 
 # ----------------------------------------------------------------------- statistics
@@ -128,7 +79,7 @@ def render_card(record: dict[str, Any] | None, manifest: Any, *, repo_id: str, l
     stats = manifest_stats(manifest)
     config = record.get("config") or {}
     source = _source_dict(record)
-    license = license or _license_value(source.get("license"))
+    license = license or license_value(source.get("license"))
     surrogate = record.get("surrogate") or {}
     budget = record.get("budget_levels") or _levels(config.get("epsilon"))
     name = pretty_name or f"{repo_id.split('/')[-1]} (UDP-protected)"

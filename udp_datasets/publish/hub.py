@@ -53,7 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .verify import (IMAGE_EXTENSIONS, MANIFEST_FILE, RECORD_FILE, RECORD_FILES, TAR_SUFFIXES, VerifyReport,
+from ..sources.keys import IMAGE_EXTENSIONS, TAR_SUFFIXES
+from .verify import (MANIFEST_FILE, RECORD_FILE, RECORD_FILES, VerifyReport,
                      detect_layout, find_manifest, load_manifest, read_record, verify_directory)
 
 logger = logging.getLogger(__name__)

@@ -50,7 +50,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tarfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -58,6 +57,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from ..sources.keys import IMAGE_EXTENSIONS, TAR_SUFFIXES, is_image_extension, split_key
 
 logger = logging.getLogger(__name__)
 
@@ -67,10 +68,7 @@ RECORD_FILE = "udp_protection.json"
 RECORD_FILES = (RECORD_FILE, ".udp/job.json", "udp_job.json", "udp_summary.json")
 MANIFEST_FILE = "manifest.parquet"
 MANIFEST_FILES = (MANIFEST_FILE, ".udp/manifest.parquet")  # protect's, the shard runner's
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-IMAGE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm"})
 _IGNORED_NAMES = frozenset({"README.md", ".gitattributes", "errors.jsonl", MANIFEST_FILE, *RECORD_FILES})
-_WDS_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 
 
 class VerifyError(ValueError):
@@ -280,11 +278,11 @@ class WebDatasetLayout(Layout):
                 for member in tar:
                     if not member.isfile():
                         continue
-                    m = _WDS_KEY.match(member.name)
-                    if not m or m.group(2).rsplit(".", 1)[-1].lower() not in IMAGE_EXTENSIONS:
+                    key, ext = split_key(member.name)
+                    if key is None or not is_image_extension(ext):
                         continue
                     fh = tar.extractfile(member)
-                    yield f"{rel}:{member.name}", m.group(1), fh.read() if fh else None
+                    yield f"{rel}:{member.name}", key, fh.read() if fh else None
 
     def manifest_identity(self, key, source):
         return key

@@ -35,8 +35,10 @@ import json
 import os
 import tarfile
 import uuid
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+from ..sources.keys import png_path
 
 TEMP_TAG = ".tmp-"
 
@@ -89,24 +91,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
 
 
-def png_member_name(name: str) -> str:
-    """``KEY.jpg`` -> ``KEY.png``, ``KEY.left.jpeg`` -> ``KEY.left.png``; ``.png`` stays."""
-    head, dot, _ = name.rpartition(".")
-    return f"{head}.png" if dot else f"{name}.png"
 
 
-def png_path(path: str | None) -> str | None:
-    """The ``path`` of a protected image column entry: ``.png`` suffix, and only the
-    base name when the source path was absolute (a local path means nothing to readers
-    of the published data)."""
-    if not path:
-        return path
-    p = PurePosixPath(path)
-    if p.is_absolute() or "\\" in path:
-        p = PurePosixPath(p.name.rsplit("\\", 1)[-1])
-    if not p.name:
-        return path
-    return png_member_name(str(p))
 
 
 # ------------------------------------------------------------------------ tar

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,10 @@ def open_source(src: str, split: str | None = None, **load_kwargs: Any):
         raise SourceError(f"source folder {src} does not exist")
     else:
         ds = datasets.load_dataset(src, **load_kwargs)
-    return _pick_split(ds, split, src)
+    return pick_split(ds, split, src)
 
 
-def _pick_split(ds: Any, split: str | None, src: str):
+def pick_split(ds: Any, split: str | None, src: str):
     import datasets
 
     if isinstance(ds, datasets.DatasetDict):
@@ -55,3 +56,51 @@ def _pick_split(ds: Any, split: str | None, src: str):
     if split is not None and getattr(ds, "split", None) not in (None, split):
         logger.warning("%s is a single %s split; --split %s ignored", src, ds.split, split)
     return ds
+
+
+def describe_source(src: str, revision: str | None = None) -> dict[str, Any]:
+    """What the protect job read: ``{"id", "type", "revision", "license"}``.
+
+    ``type`` is ``folder`` (images or shards), ``saved`` (``save_to_disk``) or ``hub``.
+    For a Hub id the revision (commit) and license are looked up once, best effort (None
+    offline); for a local folder the license is read from its ``README.md`` card if any.
+    """
+    path = Path(src).expanduser()
+    info: dict[str, Any] = {"id": src, "type": None, "revision": revision, "license": None}
+    if path.exists():
+        info["type"] = "saved" if path.is_dir() and is_saved_dataset(path) else "folder"
+        readme = path / "README.md" if path.is_dir() else None
+        if readme is not None and readme.is_file():
+            info["license"] = card_license(readme.read_text(encoding="utf-8"))
+        return info
+    info["type"] = "hub"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return info
+    try:
+        from huggingface_hub import HfApi
+
+        hub_info = HfApi().dataset_info(src, revision=revision)
+        info["revision"] = hub_info.sha or revision
+        card = getattr(hub_info, "card_data", None)
+        info["license"] = license_value(getattr(card, "license", None)) if card is not None else None
+    except Exception as exc:  # offline, private, rate limited: the record just lacks it
+        logger.info("could not look up %s on the Hub (%s); revision/license not recorded", src,
+                    type(exc).__name__)
+    return info
+
+
+def card_license(text: str) -> str | list[str] | None:
+    try:
+        from huggingface_hub import DatasetCard
+
+        return license_value(DatasetCard(text, ignore_metadata_errors=True).data.license)
+    except Exception:
+        return None
+
+
+def license_value(value: Any) -> str | list[str] | None:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    return None

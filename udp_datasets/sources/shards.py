@@ -32,21 +32,14 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import urlparse
 
 from .hf import SourceError, is_saved_dataset
+from .keys import (IMAGE_EXTENSIONS, SHARD_SUFFIXES, ShardKind, is_image_extension, shard_kind,
+                   split_key)
 
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-PARQUET_SUFFIXES = (".parquet",)
-SHARD_SUFFIXES = TAR_SUFFIXES + PARQUET_SUFFIXES
-# WebDataset member extensions that hold an image (compared on the last extension, lower case)
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "pbm",
-                              "pnm", "gif"})
 _BRACE = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")
-_KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext
-
-ShardKind = Literal["tar", "parquet"]
 
 
 @dataclass(frozen=True)
@@ -62,13 +55,6 @@ class Shard:
         return self.name.endswith((".tar.gz", ".tgz"))
 
 
-def shard_kind(name: str) -> ShardKind | None:
-    lower = name.lower()
-    if lower.endswith(TAR_SUFFIXES):
-        return "tar"
-    if lower.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    return None
 
 
 def is_url(src: str) -> bool:
@@ -196,21 +182,8 @@ def open_binary(url: str):
 
 
 # ------------------------------------------------------------------ WebDataset tars
-def split_key(name: str) -> tuple[str | None, str | None]:
-    """WebDataset's key rule: ``dir/abc.seg.png`` -> (``dir/abc``, ``seg.png``).
-
-    The key is everything before the *first* dot of the base name, so a key can
-    never contain a dot: a member ``img.v2.jpg`` is key ``img`` with extension
-    ``v2.jpg``. Names without a dot (or starting with one) belong to no sample.
-    """
-    match = _KEY_RE.match(name)
-    if not match:
-        return None, None
-    return match.group(1), match.group(2)
 
 
-def is_image_extension(ext: str | None, image_extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
-    return bool(ext) and ext.rsplit(".", 1)[-1].lower() in image_extensions  # type: ignore[union-attr]
 
 
 @dataclass

@@ -1,0 +1,76 @@
+"""Key and extension rules: the one place that says what is an image, a shard and a sample key.
+
+Readers (tar and Parquet shards, image folders, published folders that ``verify`` re-reads)
+and writers (a protected ``KEY.jpg`` becomes ``KEY.png``) all take their rules from here, as
+webdataset keeps its own in one module.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+from typing import Literal
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+PARQUET_SUFFIXES = (".parquet",)
+SHARD_SUFFIXES = TAR_SUFFIXES + PARQUET_SUFFIXES
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "pbm",
+                              "pnm", "gif"})
+"""File and WebDataset member extensions that hold an image (the last extension, lower case)."""
+_KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext
+
+ShardKind = Literal["tar", "parquet"]
+
+
+def shard_kind(name: str) -> ShardKind | None:
+    """``tar`` or ``parquet`` by the file name's suffix, else ``None``."""
+    lower = name.lower()
+    if lower.endswith(TAR_SUFFIXES):
+        return "tar"
+    if lower.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return None
+
+
+def split_key(name: str) -> tuple[str | None, str | None]:
+    """WebDataset's key rule: ``dir/abc.seg.png`` -> (``dir/abc``, ``seg.png``).
+
+    The key is everything before the *first* dot of the base name, so a key can
+    never contain a dot: a member ``img.v2.jpg`` is key ``img`` with extension
+    ``v2.jpg``. Names without a dot (or starting with one) belong to no sample.
+    """
+    match = _KEY_RE.match(name)
+    if not match:
+        return None, None
+    return match.group(1), match.group(2)
+
+
+def is_image_extension(ext: str | None, image_extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
+    """Whether a (possibly multi-part) extension such as ``left.JPG`` names an image."""
+    return bool(ext) and ext.rsplit(".", 1)[-1].lower() in image_extensions  # type: ignore[union-attr]
+
+
+def is_image_name(name: str, image_extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
+    """Whether a file or member name's last extension is an image extension."""
+    base = name.rsplit("/", 1)[-1]
+    return "." in base and is_image_extension(base.rsplit(".", 1)[1], image_extensions)
+
+
+def png_member_name(name: str) -> str:
+    """``KEY.jpg`` -> ``KEY.png``, ``KEY.left.jpeg`` -> ``KEY.left.png``; ``.png`` stays."""
+    head, dot, _ = name.rpartition(".")
+    return f"{head}.png" if dot else f"{name}.png"
+
+
+def png_path(path: str | None) -> str | None:
+    """The ``path`` of a protected image column entry: ``.png`` suffix, and only the
+    base name when the source path was absolute (a local path means nothing to readers
+    of the published data)."""
+    if not path:
+        return path
+    p = PurePosixPath(path)
+    if p.is_absolute() or "\\" in path:
+        p = PurePosixPath(p.name.rsplit("\\", 1)[-1])
+    if not p.name:
+        return path
+    return png_member_name(str(p))
