@@ -1,16 +1,19 @@
-"""Latent surrogates: Stable Diffusion folders and bare AutoencoderKL + UNet2DModel pairs.
+"""Latent surrogates: Stable Diffusion folders and bare VAE + UNet2DModel pairs.
 
 The denoiser of a latent diffusion model never sees pixels: it is trained on
 ``z = scaling_factor * E(x)``. A perturbation therefore acts through the VAE
 encoder, which can turn a delta within 8/255 into a large shift of z (the
 amplification issue #7 measures). :class:`LatentSurrogate` keeps the same
-interface as the pixel :class:`~udp_datasets.surrogate.Surrogate` (``to_model_space``,
+interface as the pixel :class:`~udp_datasets.models.base.Surrogate` (``to_model_space``,
 ``denoising_loss``) so PGD, the objectives, EUDP (on the latent scheduler's
 alphas) and fit run unchanged; it adds ``encode`` for the encoder objective and the
 text condition of a ``UNet2DConditionModel``.
 
-Encoding uses the posterior *mean* (not a sample): deterministic, and the
-difference is the VAE's small posterior noise, which SD-style VAEs keep tiny.
+The VAE is an ``AutoencoderKL`` (Stable Diffusion) or a tiny autoencoder (diffusers'
+``AutoencoderTiny``, or the pooled TAEF2 variant of :mod:`.tiny_autoencoder`, a real pretrained
+encoder that runs on a CPU). An ``AutoencoderKL`` is encoded to its posterior *mean* (not a
+sample): deterministic, and the difference is the VAE's small posterior noise, which SD-style
+VAEs keep tiny; a tiny autoencoder returns its latents directly.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ class LatentSurrogate(Surrogate):
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
         shift = getattr(vae.config, "shift_factor", None)
         self.shift_factor = float(shift) if shift is not None else 0.0
-        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        blocks = getattr(vae.config, "block_out_channels", None) or vae.config.encoder_block_out_channels
+        factor = 2 ** (len(blocks) - 1)  # AutoencoderKL, or AutoencoderTiny and its pooled variant
         self.vae_factor = factor
         self.image_size = (self.sample_size[0] * factor, self.sample_size[1] * factor)
         self.image_channels = vae.config.in_channels
@@ -89,8 +93,10 @@ class LatentSurrogate(Surrogate):
         """Pixels in [0, 1] at any size -> scaled latents (differentiable w.r.t. the pixels)."""
         x = self.fit_pixels(x01)
         dtype = next(self.vae.parameters()).dtype
-        posterior = self.vae.encode(x.to(dtype) * 2 - 1).latent_dist
-        return (posterior.mean - self.shift_factor) * self.scaling_factor
+        encoded = self.vae.encode(x.to(dtype) * 2 - 1)
+        # AutoencoderKL: the posterior mean (deterministic); tiny autoencoders return latents directly
+        latents = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
+        return (latents - self.shift_factor) * self.scaling_factor
 
     def to_model_space(self, x01: torch.Tensor) -> torch.Tensor:
         return self.encode(x01)
@@ -188,7 +194,8 @@ def sd_scheduler(num_train_timesteps: int = 1000):
 
 
 def save_latent_pair(directory: str | Path, vae: Any, unet: Any, scheduler: Any = None) -> Path:
-    """Write a bare latent pair: ``vae/`` (AutoencoderKL), ``unet/`` (UNet2DModel), ``scheduler/``.
+    """Write a bare latent pair: ``vae/`` (AutoencoderKL or a tiny autoencoder), ``unet/`` (UNet2DModel),
+    ``scheduler/``.
 
     ``model_index.json`` names the parts so the folder is recognisable; it is not a
     diffusers pipeline class (diffusers has none for AutoencoderKL + UNet2DModel).
@@ -199,14 +206,16 @@ def save_latent_pair(directory: str | Path, vae: Any, unet: Any, scheduler: Any 
     unet.save_pretrained(directory / "unet", safe_serialization=True)
     (scheduler or sd_scheduler()).save_pretrained(directory / "scheduler")
     (directory / "model_index.json").write_text(json.dumps({
-        "_class_name": "UDPLatentPair", "vae": ["diffusers", "AutoencoderKL"],
+        "_class_name": "UDPLatentPair", "vae": ["diffusers", type(vae).__name__],
         "unet": ["diffusers", type(unet).__name__], "scheduler": ["diffusers", "DDPMScheduler"]}, indent=2))
     return directory
 
 
 def load_latent_surrogate(folder: Path, source: str, revision: str | None) -> LatentSurrogate:
     """Load a Stable Diffusion folder (vae, unet, text_encoder, tokenizer, scheduler) or a latent pair."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet2DModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel, UNet2DModel
+
+    from .tiny_autoencoder import load_autoencoder
 
     parts = {name: component_dir(folder, name) for name in ("vae", "unet", "scheduler")}
     for name in ("vae", "unet"):
@@ -229,7 +238,7 @@ def load_latent_surrogate(folder: Path, source: str, revision: str | None) -> La
                              "(UNet2DConditionModel or UNet2DModel)")
     text_encoder = tokenizer = None
     try:
-        vae = AutoencoderKL.from_pretrained(parts["vae"], use_safetensors=True)
+        vae = load_autoencoder(parts["vae"])  # AutoencoderKL, AutoencoderTiny or the pooled (TAEF2) variant
         unet = unet_cls.from_pretrained(parts["unet"], use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(parts["scheduler"])
         if cls_name == "UNet2DConditionModel":
