@@ -1,0 +1,107 @@
+"""Parquet shards and the image columns of Arrow data.
+
+:func:`iter_parquet_batches` reads a Parquet file by record batches within each row
+group (pyarrow), so a shard is never loaded whole. An image column is a struct of
+``{"bytes", "path"}`` (the ``datasets.Image`` storage) or plain binary;
+:func:`find_image_column` says which column it is and :func:`image_entries` gives the
+bytes of each row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .hf import SourceError
+from .remote import is_url, local_path
+
+
+def open_parquet(url: str):
+    import pyarrow.parquet as pq
+
+    if not is_url(url) or url.startswith("file://"):
+        return pq.ParquetFile(local_path(url))
+    import fsspec
+
+    return pq.ParquetFile(fsspec.open(url, "rb").open())
+
+
+def iter_parquet_batches(pf: Any, batch_size: int, columns: Sequence[str] | None = None
+                         ) -> Iterator[tuple[int, Any]]:
+    """``(row_group_index, RecordBatch)`` pairs, in file order, ``batch_size`` rows at most
+    (only ``columns`` when given)."""
+    for group in range(pf.num_row_groups):
+        for batch in pf.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns,
+                                     use_threads=False):
+            if batch.num_rows:
+                yield group, batch
+
+
+def find_image_column(schema: Any, requested: str | None, preferred: str | None = None) -> str:
+    """The image column of an Arrow schema: the requested one (an error if absent), else
+    ``preferred`` if present, else the only ``Image`` feature in its Hugging Face metadata,
+    else a column called ``image``, else the only binary column."""
+    names = list(schema.names)
+    if requested is not None:
+        if requested not in names:
+            raise SourceError(f"no image column {requested!r}; the columns are {names} (use --image-column)")
+        return requested
+    if preferred is not None and preferred in names:
+        return preferred
+    meta = (schema.metadata or {}).get(b"huggingface")
+    if meta:
+        try:
+            features = json.loads(meta)["info"]["features"]
+            images = [k for k, v in features.items() if isinstance(v, dict) and v.get("_type") == "Image"]
+            if len(images) == 1:
+                return images[0]
+        except (ValueError, KeyError, TypeError):
+            pass
+    if "image" in names:
+        return "image"
+    import pyarrow as pa
+
+    binary = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if len(binary) == 1:
+        return binary[0]
+    raise SourceError(f"cannot tell which column holds the images among {names}; pass --image-column")
+
+
+def image_entries(column: Any, *, missing_ok: bool = True) -> list[tuple[bytes | None, str | None]]:
+    """``(bytes, path)`` per row of an Arrow image column (``{"bytes", "path"}`` structs, or
+    plain binary with no path). A struct with no bytes but a local path is read from that
+    path (:func:`read_image_path`); bytes None = no image."""
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not pa.types.is_struct(column.type):
+        return [(value, None) for value in column.to_pylist()]
+    values = column.field("bytes").to_pylist()
+    paths = column.field("path").to_pylist() if column.type.get_field_index("path") >= 0 else [None] * len(values)
+    return [(value if value is not None else (read_image_path(path, missing_ok=missing_ok) if path else None),
+             path) for value, path in zip(values, paths)]
+
+
+def read_image_path(path: str, *, missing_ok: bool) -> bytes | None:
+    """The bytes of an image that the data names by a local path only (``bytes: null``).
+
+    The one place where a path found *inside* data is opened. ``missing_ok``: an unreadable
+    file gives None instead of raising ``OSError``.
+    """
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        if missing_ok:
+            return None
+        raise
+
+
+def iter_parquet_images(url: str, preferred_column: str | None = None) -> Iterator[bytes | None]:
+    """The image bytes of every row of a Parquet file, in order (None = no readable image)."""
+    pf = open_parquet(url)
+    column = find_image_column(pf.schema_arrow, None, preferred_column)
+    for _, batch in iter_parquet_batches(pf, 256, columns=[column]):
+        for data, _ in image_entries(batch.column(0)):
+            yield data

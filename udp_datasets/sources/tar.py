@@ -1,0 +1,119 @@
+"""WebDataset tar shards, read as a stream, sample by sample.
+
+:func:`iter_tar_samples` reads a tar as a stream (``tarfile`` mode ``r|*``, members
+dropped as soon as they are read, so memory does not grow with the shard) and groups
+consecutive members into samples by the WebDataset key rule
+(:func:`udp_datasets.sources.keys.split_key`). Every member keeps its ``TarInfo`` (name,
+mode, owner, mtime, pax headers) and exact bytes, so the shard job can copy what is not
+an image unchanged. :func:`iter_tar_images` gives only the image files of keyed samples
+(what ``verify`` hashes).
+
+The stdlib ``tarfile`` is used rather than webdataset's tar iterators because those drop
+non-regular members, ``__meta__`` files and member metadata, which the output must keep.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .keys import IMAGE_EXTENSIONS, is_image_name, split_key
+from .remote import open_binary
+
+
+class ShardReadError(IOError):
+    """A shard that cannot be read at all (truncated or corrupt container)."""
+
+
+@dataclass
+class TarMember:
+    info: tarfile.TarInfo
+    data: bytes | None  # None for members that are not regular files
+
+
+@dataclass
+class TarSample:
+    """Consecutive members sharing a WebDataset key, in archive order.
+
+    ``key`` is ``None`` for members that belong to no sample (folders, names
+    without a dot, ``__meta__`` files): they are copied through unchanged.
+    ``images`` indexes the members that hold images; ``problem`` says why the
+    sample cannot be protected (it is then quarantined as a whole).
+    """
+
+    key: str | None
+    members: list[TarMember] = field(default_factory=list)
+    images: list[int] = field(default_factory=list)
+    problem: str | None = None
+
+
+def iter_tar_samples(url: str, image_extensions: frozenset[str] = IMAGE_EXTENSIONS) -> Iterator[TarSample]:
+    """Samples of one tar shard in archive order (see :class:`TarSample`).
+
+    Streams the archive: memory holds one sample at a time.
+    """
+    fh = open_binary(url)
+    try:
+        stream = tarfile.open(fileobj=fh, mode="r|*")
+        current: TarSample | None = None
+        for info in stream:
+            data = stream.extractfile(info).read() if info.isreg() else None  # type: ignore[union-attr]
+            stream.members = []  # keep memory flat: tarfile would remember every header
+            key, _ = split_key(info.name)
+            image = is_image_name(info.name, image_extensions)
+            meta = "/" not in info.name and info.name.startswith("__") and info.name.endswith("__")
+            if key is None or meta:
+                if current is not None:
+                    yield current
+                    current = None
+                yield _loose_member(info, data, image)
+                continue
+            if current is None or current.key != key:
+                if current is not None:
+                    yield current
+                current = TarSample(key=key)
+            current.members.append(TarMember(info, data))
+            if image:
+                current.images.append(len(current.members) - 1)
+                if data is None and current.problem is None:
+                    current.problem = f"image member {info.name!r} is a {_member_kind(info)}, not a file"
+        if current is not None:
+            yield current
+        stream.close()
+    except tarfile.TarError as exc:
+        raise ShardReadError(f"{url}: not a readable tar archive ({exc})") from exc
+    finally:
+        fh.close()
+
+
+def iter_tar_images(url: str) -> Iterator[tuple[str, str, bytes]]:
+    """``(member name, sample key, bytes)`` of every image file that belongs to a sample, in
+    archive order; members without a key and image entries that are not files are skipped."""
+    for sample in iter_tar_samples(url):
+        if sample.key is None:
+            continue
+        for index in sample.images:
+            member = sample.members[index]
+            if member.data is not None:
+                yield member.info.name, sample.key, member.data
+
+
+def _loose_member(info: tarfile.TarInfo, data: bytes | None, image: bool) -> TarSample:
+    """A member that belongs to no sample; an image among them is never passed through."""
+    sample = TarSample(key=None, members=[TarMember(info, data)])
+    if image:
+        sample.problem = (f"member {info.name!r} looks like an image but has no WebDataset "
+                          "key (its base name starts with a dot or has none)")
+        sample.images = [0]
+    return sample
+
+
+def _member_kind(info: tarfile.TarInfo) -> str:
+    if info.isdir():
+        return "folder"
+    if info.issym():
+        return "symbolic link"
+    if info.islnk():
+        return "hard link"
+    return "special file"
