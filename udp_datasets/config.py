@@ -26,11 +26,17 @@ EncoderTarget = Literal["away", "pattern"]
 TimestepSchedule = Literal["uniform", "eudp", "snr", "range"]
 TimestepMode = Literal["sample", "weight"]
 Dtype = Literal["float32", "float16", "bfloat16"]
+EOT_NAMES = ("blur", "resize", "jpeg", "noise")  # method/eot.py implements them
 
 # Fields that change where or how fast a job runs but not what it computes (up to
 # floating-point rounding on another device). They are left out of the hash so a
 # job moved from a laptop to a GPU box keeps its identity.
 RUNTIME_FIELDS = frozenset({"device", "batch_size", "gradient_checkpointing"})
+
+# Fields added after config version 1 shipped, with their defaults. While a field is at its default
+# it is left out of the hash, so adding a field never changes the identity of an existing job
+# (shard jobs resume across an upgrade instead of asking for --overwrite).
+ADDED_FIELDS: dict[str, Any] = {"eot": ""}
 
 
 class ConfigError(ValueError):
@@ -117,6 +123,10 @@ class ProtectionConfig:
     """``sample`` draws t from p(t); ``weight`` draws t uniformly and weights the loss by p(t)."""
     noise_draws: int = 1
     """(t, noise) draws averaged per PGD step (expectation over the forward process)."""
+    eot: str = ""
+    """Expectation over transformations: comma list of ``blur``, ``resize``, ``jpeg``, ``noise``; each
+    PGD step passes every image through one of them, drawn at random (see method/eot.py), so the
+    perturbation survives them. Empty: off."""
 
     seed: int = 0
 
@@ -203,6 +213,11 @@ class ProtectionConfig:
         if self.fit_lora_rank and (self.fit_pool > 1 or self.objective == "matching"):
             raise ConfigError("fit_pool > 1 and objective='matching' keep full-weight snapshots; use "
                               "fit_lora_rank=0 with them")
+        if not isinstance(self.eot, str):
+            raise ConfigError(f"eot={self.eot!r} must be a comma list such as 'blur,jpeg' (or '' for off)")
+        unknown = [n for n in self.eot_transforms if n not in EOT_NAMES]
+        if unknown:
+            raise ConfigError(f"eot has unknown transform(s) {unknown}; choose from {list(EOT_NAMES)}")
         if self.alpha is not None and not (0 < self.alpha <= 1):
             raise ConfigError(f"alpha={self.alpha!r} must be in (0, 1] (a step on the 0-1 pixel scale)")
         if self.gamma < 0:
@@ -233,6 +248,11 @@ class ProtectionConfig:
     def budget_levels(self) -> int:
         """The budget in 8-bit grey levels that every output pixel is checked against."""
         return int(round(self.epsilon * 255))
+
+    @property
+    def eot_transforms(self) -> tuple[str, ...]:
+        """The EOT transforms as a tuple (``eot`` is a comma list so that it is one CLI flag)."""
+        return tuple(n.strip() for n in self.eot.split(",") if n.strip())
 
     @property
     def step_size(self) -> float:
@@ -280,7 +300,8 @@ class ProtectionConfig:
 
     def hash(self) -> str:
         """Stable content hash of what the job computes (runtime fields excluded)."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        payload = {k: v for k, v in self.to_dict().items()
+                   if k not in RUNTIME_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
         canon = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

@@ -26,8 +26,9 @@ from typing import Sequence
 import torch
 
 from ..config import ProtectionConfig
-from .pgd import LossFn
 from ..models.base import Surrogate, SurrogateError
+from .eot import apply_eot
+from .pgd import LossFn
 from .timesteps import TimestepSampler
 
 
@@ -61,6 +62,7 @@ class ProtectionObjective:
         self.sampler = TimestepSampler(surrogate.alphas_cumprod, config)
         self.draws = config.noise_draws
         self._target: torch.Tensor | None = None
+        self.eot = config.eot_transforms
 
     # ---------------------------------------------------------------- pool
     def _pool_members(self) -> list[tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]]:
@@ -192,7 +194,7 @@ class ProtectionObjective:
 
         def fn(x_adv: torch.Tensor, step: int) -> torch.Tensor:
             t, w, noise = self.draw(generators)
-            return self.loss(x_adv, t, w, noise, cond, reference, step)
+            return self.loss(apply_eot(x_adv, self.eot, generators), t, w, noise, cond, reference, step)
 
         return fn
 
