@@ -20,7 +20,8 @@ from PIL import Image
 
 from udp_datasets.cli.app import main
 from udp_datasets.jobs.manifest import read_manifest, write_manifest
-from udp_datasets.publish.verify import detect_layout, verify_directory
+from udp_datasets.publish.verify import verify_directory
+from udp_datasets.sources.layouts import detect_layout
 
 _CACHE: dict[str, Path] = {}
 

@@ -30,7 +30,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "udp_datasets.provenance": ("udp_datasets.jobs.manifest",),
     "udp_datasets.job": ("udp_datasets.jobs.dataset_job",),
     "udp_datasets.runner": ("udp_datasets.jobs.shard_job",),
-    "udp_datasets.verify": ("udp_datasets.publish.verify",),
+    "udp_datasets.verify": ("udp_datasets.publish.verify", "udp_datasets.sources.layouts"),
     "udp_datasets.card": ("udp_datasets.publish.card", "udp_datasets.sources.hf"),
     "udp_datasets.hub": ("udp_datasets.publish.hub",),
     "udp_datasets.demo": ("udp_datasets.cli.demo",),

@@ -53,9 +53,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..sources.keys import IMAGE_EXTENSIONS, TAR_SUFFIXES
-from .verify import (MANIFEST_FILE, RECORD_FILE, RECORD_FILES, VerifyReport,
-                     detect_layout, find_manifest, load_manifest, read_record, verify_directory)
+from ..sources.keys import IMAGE_EXTENSIONS, MANIFEST_FILE, RECORD_FILE, TAR_SUFFIXES
+from .verify import (RECORD_FILES, VerifyReport, find_manifest, load_manifest, protected_layout, read_record,
+                     verify_directory)
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def stage(directory: str | os.PathLike, staging: str | os.PathLike, *,
     if not src.is_dir():
         raise PublishError(f"{src} is not a folder")
     record = read_record(src) or {}
-    layout = detect_layout(src)
+    layout = protected_layout(src)
     out.mkdir(parents=True, exist_ok=True)
     split = _split_name(record.get("split"))
     staged = StagedDataset(root=out, layout=layout.name, data_patterns=[], files=[], split=split)
@@ -144,7 +144,7 @@ def stage(directory: str | os.PathLike, staging: str | os.PathLike, *,
 
             write_manifest([manifest], out / MANIFEST_FILE)
             staged.extra_files.append(MANIFEST_FILE)
-    record_name = next((n for n in RECORD_FILES if (src / n).is_file()), None)
+    record_name = record.get("_file")  # the first of RECORD_FILES found
     if record_name is not None:
         shutil.copy2(src / record_name, out / RECORD_FILE)
         staged.extra_files.append(RECORD_FILE)

@@ -1,8 +1,8 @@
 """Verify a protected dataset folder against its manifest (and, optionally, its source).
 
 ``verify_directory(DIR)`` re-hashes every published image in DIR and compares it with
-``manifest.parquet`` (see :mod:`udp_datasets.provenance`); the budget comes from the job
-record (``udp_protection.json``). Output of the shard runner keeps both in ``DIR/.udp/``
+``manifest.parquet`` (see :mod:`udp_datasets.jobs.manifest`); the budget comes from the job
+record (``udp_protection.json``). Output of the shard job keeps both in ``DIR/.udp/``
 (``manifest.parquet``, or the per-shard ``shards/*.manifest.parquet`` before they are
 merged, and ``job.json``); they are read from there. Every sample ends in at most a few of these categories,
 each reported with the sample's manifest key and where it lives:
@@ -15,13 +15,9 @@ each reported with the sample's manifest key and where it lives:
 
 plus ``problems``: folder-level faults (no manifest, unreadable shard, config hash mismatch).
 
-Layouts understood (the same code verifies a local output and a downloaded Hub snapshot):
-
-* ``arrow``: ``DIR/data`` is a ``save_to_disk`` folder (``udp-datasets protect``);
-* ``parquet``: Parquet data files (``data/train-*.parquet`` as published, or the runner's
-  Parquet shards), with an ``Image`` column of PNG bytes;
-* ``webdataset``: ``*.tar`` shards; a sample's key is the webdataset ``__key__``;
-* ``imagefolder``: image files (+ ``metadata.jsonl``) at the source's relative paths.
+The images are read by :mod:`udp_datasets.sources.layouts` (Arrow ``save_to_disk``, Parquet,
+WebDataset tars, image folders), so the same code verifies a local output and a downloaded
+Hub snapshot; this module only matches, checks and reports.
 
 How images are matched to manifest rows. Matching by content first (an image whose SHA-256
 is an unused manifest ``sha256`` is verified), then by identity for what is left: the
@@ -50,25 +46,23 @@ import hashlib
 import json
 import logging
 import os
-import tarfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..sources.keys import IMAGE_EXTENSIONS, TAR_SUFFIXES, is_image_extension, split_key
+from ..sources.hf import SourceError
+from ..sources.keys import MANIFEST_FILE, RECORD_FILE
+from ..sources.layouts import Layout, detect_layout, iter_source_images
 
 logger = logging.getLogger(__name__)
 
 CATEGORIES = ("missing", "extra", "altered", "over_budget", "unprotected")
-RECORD_FILE = "udp_protection.json"
-# job records, first found wins: protect's, then the shard runner's (DST/.udp/job.json), then older names
-RECORD_FILES = (RECORD_FILE, ".udp/job.json", "udp_job.json", "udp_summary.json")
-MANIFEST_FILE = "manifest.parquet"
-MANIFEST_FILES = (MANIFEST_FILE, ".udp/manifest.parquet")  # protect's, the shard runner's
-_IGNORED_NAMES = frozenset({"README.md", ".gitattributes", "errors.jsonl", MANIFEST_FILE, *RECORD_FILES})
+# job records, first found wins: protect's, then the shard job's (DST/.udp/job.json)
+RECORD_FILES = (RECORD_FILE, ".udp/job.json")
+MANIFEST_FILES = (MANIFEST_FILE, ".udp/manifest.parquet")  # protect's, the shard job's
 
 
 class VerifyError(ValueError):
@@ -153,8 +147,8 @@ class VerifyReport:
 
 # -------------------------------------------------------------------- job record
 def read_record(directory: str | os.PathLike) -> dict[str, Any] | None:
-    """The job record of a protected folder: ``udp_protection.json`` (or the shard runner's
-    ``.udp/job.json``, or the older ``udp_summary.json``); None if there is none."""
+    """The job record of a protected folder: ``udp_protection.json`` (or the shard job's
+    ``.udp/job.json``); None if there is none."""
     for name in RECORD_FILES:
         path = Path(directory) / name
         if path.is_file():
@@ -192,7 +186,7 @@ def find_manifest(directory: str | os.PathLike) -> Path | None:
 
 
 def load_manifest(directory: str | os.PathLike) -> Any:
-    """``manifest.parquet`` (or the runner's ``.udp/manifest.parquet``), else the per-shard
+    """``manifest.parquet`` (or the shard job's ``.udp/manifest.parquet``), else the per-shard
     manifests (``.udp/shards/*.manifest.parquet``) of a run that has not merged them yet."""
     import pyarrow as pa
 
@@ -203,13 +197,26 @@ def load_manifest(directory: str | os.PathLike) -> Any:
     if path is not None:
         return read_manifest(path)
     parts = sorted(directory.glob(".udp/shards/**/*.manifest.parquet")) or sorted(
-        p for p in directory.rglob("*.manifest.parquet") if not _hidden(p, directory))
+        p for p in directory.rglob("*.manifest.parquet")
+        if not any(part.startswith(".") for part in p.relative_to(directory).parts))
     if parts:
         return pa.concat_tables([read_manifest(p) for p in parts])
     return None
 
 
-# ------------------------------------------------------------------------ layouts
+def protected_layout(directory: str | os.PathLike, image_column: str | None = None) -> Layout:
+    """The layout of a protected folder (:func:`udp_datasets.sources.layouts.detect_layout`),
+    its image column taken from the job record unless given; :class:`VerifyError` if none."""
+    if not Path(directory).is_dir():
+        raise VerifyError(f"{directory} is not a folder")
+    record = read_record(directory) or {}
+    try:
+        return detect_layout(directory, image_column or record.get("image_column") or "image")
+    except SourceError as exc:
+        raise VerifyError(str(exc)) from exc
+
+
+# --------------------------------------------------------------------- the verifier
 @dataclass
 class PublishedImage:
     """One image found in the folder. ``identity`` is what a manifest row can name it by
@@ -218,153 +225,45 @@ class PublishedImage:
     location: str
     identity: str | None
     position: int
-    sha256: str
+    sha256: str  # "" for an unreadable entry
     alias: str | None = None  # a second name a manifest row may use (a tar member's full name)
+    unreadable: bool = False
 
 
-class Layout:
-    """A protected folder's data files and how to iterate the images in them."""
-
-    name = "?"
-    ordered = False  # rows are in manifest order (Arrow / Parquet)
-
-    def __init__(self, root: Path, files: list[str], image_column: str = "image"):
-        self.root, self.files, self.image_column = root, files, image_column
-
-    def iter_images(self) -> Iterator[tuple[str, str | None, bytes | None]]:
-        """(location, identity, bytes) for every image; bytes None = unreadable row.
-        A location ``shard.tar:member`` also lets a manifest row name the member."""
-        raise NotImplementedError
-
-    def manifest_identity(self, key: str | None, source: str | None) -> str | None:
-        return None
-
-
-class ArrowLayout(Layout):
-    name, ordered = "arrow", True
-
-    def iter_images(self):
-        import datasets
-
-        ds = datasets.load_from_disk(str(self.root / "data"))
-        column = _image_column(ds.features, self.image_column)
-        for start, batch in _arrow_batches(ds.with_format("arrow"), column):
-            for i, value in enumerate(batch):
-                yield f"data row {start + i}", None, value
-
-
-class ParquetLayout(Layout):
-    name, ordered = "parquet", True
-
-    def iter_images(self):
-        import pyarrow.parquet as pq
-
-        for rel in self.files:
-            pf = pq.ParquetFile(self.root / rel)
-            column = _image_column(_parquet_features(pf), self.image_column, pf.schema_arrow.names)
-            row = 0
-            for batch in pf.iter_batches(columns=[column], batch_size=256):
-                for value in _bytes_of(batch.column(0)):
-                    yield f"{rel} row {row}", None, value
-                    row += 1
-
-
-class WebDatasetLayout(Layout):
-    name = "webdataset"
-
-    def iter_images(self):
-        for rel in self.files:
-            with tarfile.open(self.root / rel, "r:*") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    key, ext = split_key(member.name)
-                    if key is None or not is_image_extension(ext):
-                        continue
-                    fh = tar.extractfile(member)
-                    yield f"{rel}:{member.name}", key, fh.read() if fh else None
-
-    def manifest_identity(self, key, source):
-        return key
-
-
-class ImageFolderLayout(Layout):
-    name = "imagefolder"
-
-    def iter_images(self):
-        for rel in self.files:
-            if rel.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS:
-                yield rel, rel, (self.root / rel).read_bytes()
-
-    def manifest_identity(self, key, source):
-        # protect --format imagefolder writes <source relative path>.png
-        if source and not os.path.isabs(source) and "://" not in source:
-            return Path(source).with_suffix(".png").as_posix()
-        return None
-
-
-def detect_layout(directory: str | os.PathLike, image_column: str | None = None) -> Layout:
-    """Which kind of protected folder this is, and its data files (relative, sorted)."""
-    from ..sources.hf import is_saved_dataset
-
-    root = Path(directory)
-    if not root.is_dir():
-        raise VerifyError(f"{root} is not a folder")
-    record = read_record(root) or {}
-    column = image_column or record.get("image_column") or "image"
-    if (root / "data").is_dir() and is_saved_dataset(root / "data"):
-        return ArrowLayout(root, ["data"], column)
-    files = data_files(root)
-    by_kind: dict[str, list[str]] = defaultdict(list)
-    for rel in files:
-        ext = rel.rsplit(".", 1)[-1].lower() if "." in rel.rsplit("/", 1)[-1] else ""
-        if rel.lower().endswith(TAR_SUFFIXES):
-            by_kind["webdataset"].append(rel)
-        elif ext == "parquet":
-            by_kind["parquet"].append(rel)
-        elif ext in IMAGE_EXTENSIONS or rel.rsplit("/", 1)[-1] in ("metadata.jsonl", "metadata.csv"):
-            by_kind["imagefolder"].append(rel)
-    kinds = [k for k in ("webdataset", "parquet", "imagefolder") if by_kind[k]]
-    if not kinds:
-        raise VerifyError(f"{root} holds no protected data: no data/ save_to_disk folder, tar or Parquet "
-                          "shards, or image files")
-    if len(kinds) > 1:
-        raise VerifyError(f"{root} mixes {' and '.join(kinds)} data files; verify one layout at a time")
-    cls = {"webdataset": WebDatasetLayout, "parquet": ParquetLayout, "imagefolder": ImageFolderLayout}[kinds[0]]
-    return cls(root, by_kind[kinds[0]], column)
-
-
-def data_files(root: Path) -> list[str]:
-    """Relative paths of the files that make up the dataset: everything except the card,
-    manifests, job records, shard markers, errors, hidden and temporary files."""
-    out = []
-    for path in root.rglob("*"):
-        if not path.is_file() or _hidden(path, root):
-            continue
-        rel = path.relative_to(root).as_posix()
-        name = path.name
-        if rel in _IGNORED_NAMES or name.endswith((".done.json", ".manifest.parquet")):
-            continue
-        out.append(rel)
-    return sorted(out)
-
-
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
-# --------------------------------------------------------------------- the verifier
 def verify_directory(directory: str | os.PathLike, *, source: str | None = None,
                      source_split: str | None = None, image_column: str | None = None,
                      target: str | None = None) -> VerifyReport:
     """Verify a protected folder (see the module docstring); never raises for bad samples."""
     root = Path(directory)
     report = VerifyReport(target=target or str(root), layout=None, source=source)
+    inputs = _read_inputs(root, report, image_column)
+    if inputs is None:
+        return report
+    layout, rows = inputs
+    items = _hash_images(layout, report, root)
+    if items is None:
+        return report
+    pairs, altered, extra, missing = _match(items, rows, layout)
+    source_index = _SourceIndex(source, source_split) if source else None
+    blobs = _fetch_for_decoding(layout, rows, pairs, altered, set(extra), source_index)
+    checks = _SampleChecks(report, rows, blobs, source_index)
+    for position in sorted(set(pairs) | set(altered) | set(extra)):
+        checks.check(items[position], pairs.get(position), altered.get(position))
+    for m in missing:
+        row = rows[m]
+        where = layout.manifest_identity(row["key"], row["source"]) or row["source"]
+        report.add("missing", row["key"], where, "in the manifest but not in the published data")
+    return report
+
+
+def _read_inputs(root: Path, report: VerifyReport, image_column: str | None
+                 ) -> tuple[Layout, list[dict]] | None:
+    """The layout and manifest rows; budget, config hash and folder problems into ``report``."""
     try:
-        layout = detect_layout(root, image_column)
+        layout = protected_layout(root, image_column)
     except VerifyError as exc:
         report.problems.append(str(exc))
-        return report
+        return None
     report.layout = layout.name
     record = read_record(root)
     if record is None:
@@ -375,91 +274,28 @@ def verify_directory(directory: str | os.PathLike, *, source: str | None = None,
     manifest = load_manifest(root)
     if manifest is None:
         report.problems.append(f"no {MANIFEST_FILE}: nothing to verify the images against")
-        return report
+        return None
     rows = manifest.to_pylist()
     report.expected = len(rows)
     hashes = {r["config_hash"] for r in rows} - {None}
     if report.config_hash and hashes - {report.config_hash}:
         report.problems.append(f"manifest rows carry config hash(es) {sorted(hashes - {report.config_hash})}, "
                                f"the job record says {report.config_hash}")
+    return layout, rows
 
-    # pass 1: hash every image
+
+def _hash_images(layout: Layout, report: VerifyReport, root: Path) -> list[PublishedImage] | None:
+    """Pass 1: the SHA-256 of every published image, in order (None: the data is unreadable)."""
     items: list[PublishedImage] = []
-    unreadable: list[int] = []
     try:
         for position, (location, identity, data) in enumerate(layout.iter_images()):
-            if data is None:
-                unreadable.append(position)
-                items.append(PublishedImage(location, identity, position, "", _alias(location)))
-            else:
-                items.append(PublishedImage(location, identity, position, hashlib.sha256(data).hexdigest(),
-                                            _alias(location)))
+            sha = hashlib.sha256(data).hexdigest() if data is not None else ""
+            items.append(PublishedImage(location, identity, position, sha, _alias(location), data is None))
     except Exception as exc:  # a truncated tar or a broken Parquet file: name it, don't crash
         report.problems.append(f"cannot read the {layout.name} data in {root}: {type(exc).__name__}: {exc}")
-        return report
+        return None
     report.found = len(items)
-
-    pairs, altered, extra, missing = _match(items, rows, layout)
-
-    # pass 2: fetch bytes of what must be decoded
-    source_index = _SourceIndex(source, source_split) if source else None
-    need_decode = set(altered) | set(extra)
-    if source_index is not None:
-        wanted = {rows[m]["source_sha256"] for m in list(pairs.values()) + list(altered.values())} - {None}
-        source_index.load(wanted, want_pixels=bool(need_decode))
-        need_decode |= {p for p, m in list(pairs.items()) + list(altered.items())
-                        if rows[m]["source_sha256"] in source_index.bytes_by_sha}
-    blobs = _fetch(layout, need_decode) if need_decode else {}
-
-    source_shas = {r["source_sha256"]: r["key"] for r in rows if r["source_sha256"]}
-    manifest_keys = {r["key"] for r in rows if r["key"]}
-    budget = report.budget_levels
-    for position in sorted(set(pairs) | set(altered) | set(extra)):
-        item = items[position]
-        bad = False
-        if position in pairs:
-            row = rows[pairs[position]]
-            linf = row["linf"]
-            if linf is None or (budget is not None and linf > budget):
-                report.add("over_budget", row["key"], item.location,
-                           f"manifest records L-inf {linf} levels, budget {budget}")
-                bad = True
-            if linf == 0:
-                report.add("unprotected", row["key"], item.location, "manifest records it unchanged (L-inf 0)")
-                bad = True
-            elif row["source_sha256"] and row["source_sha256"] == row["sha256"]:
-                report.add("unprotected", row["key"], item.location, "its bytes are the source file's")
-                bad = True
-        elif position in altered:
-            row = rows[altered[position]]
-            detail = ("unreadable image entry" if position in unreadable else
-                      f"SHA-256 {item.sha256[:12]}... differs from the manifest's {str(row['sha256'])[:12]}...")
-            report.add("altered", row["key"], item.location, detail)
-            bad = True
-        else:
-            row = None
-            report.add("extra", None, item.location,
-                       "unreadable image entry" if position in unreadable else
-                       f"SHA-256 {item.sha256[:12]}... is in no manifest row")
-            bad = True
-        data = blobs.get(position)
-        if position not in pairs:
-            bad |= _check_unprotected(report, item, row, data, source_shas, manifest_keys, source_index)
-        if source_index is not None and row is not None and data is not None:
-            src = source_index.bytes_by_sha.get(row["source_sha256"])
-            if src is None:
-                report.source_unavailable += 1
-            else:
-                bad |= _check_against_source(report, item, row, data, src, budget, position in pairs)
-        elif source_index is not None and row is not None and row["source_sha256"] is not None:
-            report.source_unavailable += 1
-        if position in pairs and not bad:
-            report.verified += 1
-    for m in missing:
-        row = rows[m]
-        where = layout.manifest_identity(row["key"], row["source"]) or row["source"]
-        report.add("missing", row["key"], where, "in the manifest but not in the published data")
-    return report
+    return items
 
 
 def _match(items: list[PublishedImage], rows: list[dict], layout: Layout
@@ -515,8 +351,85 @@ def _match(items: list[PublishedImage], rows: list[dict], layout: Layout
 
 
 def _alias(location: str) -> str | None:
-    """``shard.tar:dir/abc.png`` -> ``dir/abc.png`` (how a runner manifest may name a member)."""
+    """``shard.tar:dir/abc.png`` -> ``dir/abc.png`` (how a shard job manifest may name a member)."""
     return location.split(":", 1)[1] if ":" in location and " row " not in location else None
+
+
+class _SampleChecks:
+    """The checks of one matched, altered or extra image (pass 2), recorded in ``report``."""
+
+    def __init__(self, report: VerifyReport, rows: list[dict], blobs: dict[int, bytes],
+                 source_index: "_SourceIndex | None"):
+        self.report, self.rows, self.blobs, self.source_index = report, rows, blobs, source_index
+        self.source_shas = {r["source_sha256"]: r["key"] for r in rows if r["source_sha256"]}
+        self.manifest_keys = {r["key"] for r in rows if r["key"]}
+
+    def check(self, item: PublishedImage, paired: int | None, altered: int | None) -> None:
+        """``paired``: the manifest row whose bytes it has; ``altered``: the row it stands in for."""
+        report = self.report
+        if paired is not None:
+            row = self.rows[paired]
+            bad = self._check_recorded(item, row)
+        elif altered is not None:
+            row = self.rows[altered]
+            report.add("altered", row["key"], item.location, "unreadable image entry" if item.unreadable else
+                       f"SHA-256 {item.sha256[:12]}... differs from the manifest's {str(row['sha256'])[:12]}...")
+            bad = True
+        else:
+            row = None
+            report.add("extra", None, item.location, "unreadable image entry" if item.unreadable else
+                       f"SHA-256 {item.sha256[:12]}... is in no manifest row")
+            bad = True
+        data = self.blobs.get(item.position)
+        if paired is None:
+            bad |= _check_unprotected(report, item, row, data, self.source_shas, self.manifest_keys,
+                                      self.source_index)
+        if self.source_index is not None and row is not None and data is not None:
+            src = self.source_index.bytes_by_sha.get(row["source_sha256"])
+            if src is None:
+                report.source_unavailable += 1
+            else:
+                bad |= _check_against_source(report, item, row, data, src, report.budget_levels, paired is not None)
+        elif self.source_index is not None and row is not None and row["source_sha256"] is not None:
+            report.source_unavailable += 1
+        if paired is not None and not bad:
+            report.verified += 1
+
+    def _check_recorded(self, item: PublishedImage, row: dict) -> bool:
+        """What the manifest row of a byte-identical image records: its L-inf and source hash."""
+        report, budget = self.report, self.report.budget_levels
+        linf = row["linf"]
+        bad = False
+        if linf is None or (budget is not None and linf > budget):
+            report.add("over_budget", row["key"], item.location,
+                       f"manifest records L-inf {linf} levels, budget {budget}")
+            bad = True
+        if linf == 0:
+            report.add("unprotected", row["key"], item.location, "manifest records it unchanged (L-inf 0)")
+            bad = True
+        elif row["source_sha256"] and row["source_sha256"] == row["sha256"]:
+            report.add("unprotected", row["key"], item.location, "its bytes are the source file's")
+            bad = True
+        return bad
+
+
+def _fetch_for_decoding(layout: Layout, rows: list[dict], pairs: dict[int, int], altered: dict[int, int],
+                        extra: set[int], source_index: "_SourceIndex | None") -> dict[int, bytes]:
+    """Pass 2: the bytes of the images that must be decoded (altered and extra ones, and with a
+    source every sample whose source was found), after loading that source."""
+    need_decode = set(altered) | extra
+    if source_index is not None:
+        wanted = {rows[m]["source_sha256"] for m in list(pairs.values()) + list(altered.values())} - {None}
+        source_index.load(wanted, want_pixels=bool(need_decode))
+        need_decode |= {p for p, m in list(pairs.items()) + list(altered.items())
+                        if rows[m]["source_sha256"] in source_index.bytes_by_sha}
+    if not need_decode:
+        return {}
+    out: dict[int, bytes] = {}
+    for position, (_, _, data) in enumerate(layout.iter_images()):
+        if position in need_decode and data is not None:
+            out[position] = data
+    return out
 
 
 def _check_unprotected(report: VerifyReport, item: PublishedImage, row: dict | None, data: bytes | None,
@@ -587,15 +500,6 @@ def _pixel_hash(data: bytes) -> str | None:
         return None
 
 
-def _fetch(layout: Layout, positions: set[int]) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    for position, (_, _, data) in enumerate(layout.iter_images()):
-        if position in positions and data is not None:
-            out[position] = data
-    return out
-
-
-# ------------------------------------------------------------------------ sources
 class _SourceIndex:
     """The clean source, indexed by SHA-256 of each image's original bytes."""
 
@@ -615,86 +519,5 @@ class _SourceIndex:
                     self.pixel_hashes.setdefault(pixel_hash, name)
 
 
-def iter_source_images(source: str, split: str | None = None) -> Iterator[tuple[str, bytes]]:
-    """(name, original bytes) of every image in a source: tar / Parquet shard folders, or
-    anything :func:`udp_datasets.sources.open_source` opens (image folder, save_to_disk, Hub id)."""
-    from ..sources.hf import is_saved_dataset
-
-    path = Path(source).expanduser()
-    if path.is_dir() and not is_saved_dataset(path):
-        files = data_files(path)
-        tars = [f for f in files if f.lower().endswith(TAR_SUFFIXES)]
-        parquets = [f for f in files if f.endswith(".parquet")]
-        if tars:
-            yield from ((loc, data) for loc, _, data in WebDatasetLayout(path, tars).iter_images() if data)
-            return
-        if parquets and not any(f.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS for f in files):
-            yield from ((loc, data) for loc, _, data in ParquetLayout(path, parquets).iter_images() if data)
-            return
-    from ..protector import raw_image_column
-    from ..sources import open_source
-
-    ds = open_source(source, split=split)
-    column = _image_column(ds.features, "image")
-    ds = raw_image_column(ds, column)
-    for i, value in enumerate(ds[column]):
-        if isinstance(value, dict):
-            if value.get("bytes") is not None:
-                yield value.get("path") or f"row {i}", value["bytes"]
-            elif value.get("path"):
-                yield value["path"], Path(value["path"]).read_bytes()
-
-
-# ------------------------------------------------------------------------ helpers
-def _image_column(features: Any, preferred: str, names: Sequence[str] | None = None) -> str:
-    """``preferred`` if present, else the (first) ``Image`` feature, else a bytes struct column."""
-    import datasets
-
-    features = features or {}
-    if preferred in features or (names and preferred in names):
-        return preferred
-    for name, feature in features.items():
-        if isinstance(feature, datasets.Image):
-            return name
-    raise VerifyError(f"no image column {preferred!r} (columns: {list(features) or list(names or [])})")
-
-
-def _parquet_features(pf: Any) -> Any:
-    import datasets
-
-    try:
-        return datasets.Features.from_arrow_schema(pf.schema_arrow)
-    except Exception:  # no or foreign metadata
-        return None
-
-
-def _bytes_of(column: Any) -> list[bytes | None]:
-    """Image bytes from an Arrow column of ``{"bytes", "path"}`` structs (or plain binary)."""
-    import pyarrow as pa
-
-    if pa.types.is_struct(column.type):
-        values = column.field("bytes").to_pylist()
-        paths = column.field("path").to_pylist() if column.type.get_field_index("path") >= 0 else [None] * len(values)
-        return [v if v is not None else (_read(p) if p else None) for v, p in zip(values, paths)]
-    return column.to_pylist()
-
-
-def _read(path: str) -> bytes | None:
-    try:
-        return Path(path).read_bytes()
-    except OSError:
-        return None
-
-
-def _arrow_batches(ds: Any, column: str, batch_size: int = 256) -> Iterator[tuple[int, list]]:
-    start = 0
-    for batch in ds.select_columns([column]).iter(batch_size=batch_size):
-        values = _bytes_of(batch.column(0).combine_chunks() if hasattr(batch.column(0), "combine_chunks")
-                           else batch.column(0))
-        yield start, values
-        start += len(values)
-
-
-__all__ = ["CATEGORIES", "Finding", "VerifyError", "VerifyReport", "data_files", "detect_layout",
-           "iter_source_images", "load_manifest", "read_record", "record_budget", "verify_directory"]
-
+__all__ = ["CATEGORIES", "Finding", "VerifyError", "VerifyReport", "load_manifest", "protected_layout",
+           "read_record", "record_budget", "verify_directory"]

@@ -1,4 +1,5 @@
-"""Key and extension rules: the one place that says what is an image, a shard and a sample key.
+"""Key and extension rules: the one place that says what is an image, a shard, a sample key
+and which files of a dataset folder are data.
 
 Readers (tar and Parquet shards, image folders, published folders that ``verify`` re-reads)
 and writers (a protected ``KEY.jpg`` becomes ``KEY.png``) all take their rules from here, as
@@ -17,6 +18,13 @@ SHARD_SUFFIXES = TAR_SUFFIXES + PARQUET_SUFFIXES
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "pbm",
                               "pnm", "gif"})
 """File and WebDataset member extensions that hold an image (the last extension, lower case)."""
+RECORD_FILE = "udp_protection.json"
+"""The job record ``udp-datasets protect`` writes beside its data (the shard job keeps ``.udp/job.json``)."""
+MANIFEST_FILE = "manifest.parquet"
+"""The per-sample manifest of a protected folder (the shard job keeps ``.udp/manifest.parquet``)."""
+NOT_DATA_NAMES = frozenset({"README.md", ".gitattributes", "errors.jsonl", MANIFEST_FILE, RECORD_FILE})
+"""Files at the top of a dataset folder that are not data: the card, manifest, job record, errors."""
+NOT_DATA_SUFFIXES = (".done.json", ".manifest.parquet")  # shard markers and per-shard manifests
 _KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext
 
 ShardKind = Literal["tar", "parquet"]
@@ -54,6 +62,15 @@ def is_image_name(name: str, image_extensions: frozenset[str] = IMAGE_EXTENSIONS
     """Whether a file or member name's last extension is an image extension."""
     base = name.rsplit("/", 1)[-1]
     return "." in base and is_image_extension(base.rsplit(".", 1)[1], image_extensions)
+
+
+def is_data_file(rel: str) -> bool:
+    """Whether a file of a dataset folder (its path relative to the folder) belongs to the data:
+    not the card, manifests, job records, shard markers or errors, and not hidden (which also
+    leaves out temporary files and the shard job's ``.udp/`` bookkeeping)."""
+    parts = PurePosixPath(rel).parts
+    return not (rel in NOT_DATA_NAMES or rel.endswith(NOT_DATA_SUFFIXES)
+                or any(part.startswith(".") for part in parts))
 
 
 def png_member_name(name: str) -> str:
