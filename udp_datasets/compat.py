@@ -34,6 +34,8 @@ MOVED: dict[str, tuple[str, ...]] = {
     "udp_datasets.card": ("udp_datasets.publish.card", "udp_datasets.sources.hf"),
     "udp_datasets.hub": ("udp_datasets.publish.hub",),
     "udp_datasets.demo": ("udp_datasets.cli.demo",),
+    "udp_datasets.sinks.shards": ("udp_datasets.sinks.tar_writer", "udp_datasets.sinks.parquet_writer",
+                                  "udp_datasets.sinks.atomic"),
 }
 
 

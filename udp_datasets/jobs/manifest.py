@@ -16,6 +16,8 @@ from typing import Iterable, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..sinks.atomic import atomic_file
+
 MANIFEST_SCHEMA = pa.schema([
     ("key", pa.string()),
     ("source", pa.string()),  # shard or file the sample came from
@@ -50,9 +52,8 @@ def write_manifest(tables: Iterable[pa.Table], path: str | os.PathLike) -> Path:
     path = Path(path)
     tables = list(tables)
     table = pa.concat_tables(tables) if tables else MANIFEST_SCHEMA.empty_table()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table.cast(MANIFEST_SCHEMA), tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(table.cast(MANIFEST_SCHEMA), tmp)
     return path
 
 

@@ -78,9 +78,10 @@ from ..config import ConfigError, ProtectionConfig
 from ..images import ImageError
 from ..protector import FailedImage, ProtectedImage, Protector
 from .manifest import MANIFEST_SCHEMA, manifest_table
-from ..sinks.atomic import OutputExistsError
-from ..sinks.shards import (ParquetShardWriter, TarShardWriter, atomic_file, is_temp_name, parquet_compression,
-                           replace_image_column, temp_sibling, write_bytes_atomic, write_json_atomic)
+from ..sinks.atomic import (OutputExistsError, atomic_directory, atomic_file, is_temp_name, remove_path,
+                            write_bytes_atomic, write_json_atomic)
+from ..sinks.parquet_writer import ParquetShardWriter, parquet_compression, replace_image_column
+from ..sinks.tar_writer import TarShardWriter
 from ..sources.hf import SourceError
 from ..sources.keys import IMAGE_EXTENSIONS, png_member_name, split_key
 from ..sources.shards import (Shard, ShardReadError, discover_shards, find_image_column, iter_parquet_batches,
@@ -609,8 +610,7 @@ class ShardRunner:
         for root, dirs, files in os.walk(self.dst):
             for name in files + dirs:
                 if is_temp_name(name):
-                    path = Path(root) / name
-                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                    remove_path(Path(root) / name)
                     removed += 1
         if removed:
             logger.info("removed %d temporary file(s) left by an interrupted run", removed)
@@ -632,18 +632,12 @@ class ShardRunner:
                 raise ConfigMismatchError(
                     f"{folder} was fitted with another config (hash {saved.hash()}, now "
                     f"{self.config.hash()}); use another DST, or --overwrite to refit and redo every shard")
-        shutil.rmtree(folder, ignore_errors=True)
         images = self._fit_images(units)
         logger.info("no surrogate given: fitting the built-in %s surrogate on %d images",
                     self.config.surrogate_arch, len(images))
-        tmp = temp_sibling(folder)
         protector = Protector(self.config, progress=self.progress)
-        try:
+        with atomic_directory(folder, overwrite=True) as tmp:
             result = protector.fit(images, output_dir=tmp)
-            os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return self.config.replace(surrogate=str(folder.resolve())).to_dict(), result.to_dict()
 
     def _fit_images(self, units: list[WorkUnit]) -> list[Any]:

@@ -1,10 +1,11 @@
-"""Writers: put a protected ``Dataset`` on disk without ever leaving half a result.
+"""Writers: put protected data on disk without ever leaving half a result.
 
-Every writer fills a temporary sibling folder and renames it into place at the
-end, so a crash leaves either nothing or the complete output under the final name.
+``atomic`` is the one temp-then-rename helper (files and folders); ``folders`` writes a
+protected ``Dataset`` (``save_to_disk``, PNG image folder); ``tar_writer`` and
+``parquet_writer`` write shard files whose bytes depend only on input and config.
 """
 
-from .atomic import atomic_directory
+from .atomic import OutputExistsError, atomic_directory, atomic_file
 from .folders import save_dataset, save_imagefolder
 
-__all__ = ["atomic_directory", "save_dataset", "save_imagefolder"]
+__all__ = ["OutputExistsError", "atomic_directory", "atomic_file", "save_dataset", "save_imagefolder"]

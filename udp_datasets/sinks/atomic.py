@@ -1,52 +1,131 @@
-"""Temp-then-rename for whole output folders."""
+"""Temp-then-rename: the one way anything in udp-datasets puts a file or folder under its final name.
+
+Why: a job can be killed at any moment (SIGKILL, a lost node, a full disk), and readers
+(``datasets``, ``verify``, a resumed shard job) trust whatever carries a final name. So every
+writer fills a hidden temporary sibling, fsyncs it, and only then renames it over the final
+name (``os.replace`` is atomic on POSIX) and fsyncs the folder, so the rename survives a power
+cut too. A crash leaves either the old state or the complete new one, plus at most a
+temporary that :func:`is_temp_name` recognises and a re-run removes.
+
+One naming rule for every temporary (``.NAME.tmp-PID-RANDOM``), one fsync, one cleanup:
+:func:`atomic_file` for files (shards, markers, manifests) and :func:`atomic_directory` for
+whole output folders (the dataset job's DST, a fitted surrogate).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+TEMP_TAG = ".tmp-"
 
 
 class OutputExistsError(FileExistsError):
     """The destination exists and overwriting was not asked for."""
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether a file or folder name is one of our temporaries (hidden and tagged)."""
+    return name.startswith(".") and TEMP_TAG in name
+
+
+def temp_sibling(final: Path) -> Path:
+    """A fresh hidden name next to ``final``, unique per process and call (nothing is created)."""
+    return final.with_name(f".{final.name}{TEMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def remove_path(path: Path) -> None:
+    """Remove a temporary, file or folder, if it is there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file below ``root``, then ``root`` itself."""
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            fsync_path(path)
+    fsync_path(root)
+
+
+@contextlib.contextmanager
+def _renamed_into_place(final: Path, tmp: Path) -> Iterator[Path]:
+    """Yield ``tmp``; on success fsync it and rename it over ``final``; on failure remove it."""
+    try:
+        yield tmp
+        if tmp.is_dir():
+            fsync_tree(tmp)
+        else:
+            fsync_path(tmp)
+        if tmp.is_dir() and final.exists():  # a folder cannot be renamed over a non-empty one
+            old = temp_sibling(final)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            remove_path(old)
+        else:
+            os.replace(tmp, final)
+        fsync_path(final.parent)
+    except BaseException:
+        remove_path(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; fsync and rename it into place on success.
+
+    On any exception the temporary file is removed and ``final`` is untouched. A body that
+    writes nothing still produces a (empty) file: an empty result is a result.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(final)
+    with _renamed_into_place(final, tmp):
+        yield tmp
+        if not tmp.exists():
+            tmp.touch()
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder next to ``final``; rename it to ``final`` on success.
 
-    On any exception the temporary folder is removed and ``final`` is untouched.
+    On any exception the temporary folder is removed and ``final`` is untouched. An existing
+    ``final`` is refused (:class:`OutputExistsError`) unless ``overwrite``; then it is
+    replaced only once the new folder is complete.
     """
     final = Path(final)
     if final.exists() and not overwrite:
         raise OutputExistsError(f"{final} already exists; choose another destination or pass --overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    tmp = temp_sibling(final)
+    tmp.mkdir()
+    with _renamed_into_place(final, tmp):
         yield tmp
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def _fsync_tree(root: Path) -> None:
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Sorted, indented, UTF-8 JSON (the shard job's markers and summary)."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n").encode())
