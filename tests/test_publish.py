@@ -232,16 +232,24 @@ def test_publish_card_yaml_parses_and_shows_an_evaluation_report(output):
     _, out = output("imagefolder")
     record = {**read_record(out), "source_info": {"id": "someone/photos", "type": "hub", "revision": "abc123",
                                                   "license": "cc-by-4.0"}}
+    # what `udp-datasets evaluate` writes into report.json for the card: its own table and verdict
+    efficacy = ("| training set | FD | FD / clean |\n|---|---|---|\n| clean | 1.000 | 1.00x |\n"
+                "| protected | 1.200 | 1.20x |\n\nNo protected set reaches the 3x goal: the strongest, "
+                "`protected`, raises the victim's FD 1.20x over the clean-trained victim. On this setup the "
+                "protection is not shown to work.")
     report = {"victims": {"clean": {"fd": 1.0, "fd_ratio_vs_clean": 1.0},
                           "protected": {"fd": 1.2, "fd_ratio_vs_clean": 1.2}},
-              "settings": {"victim": {"architecture": "victim-tiny", "train_steps": 10, "resolution": 16}}}
+              "settings": {"victim": {"architecture": "victim-tiny", "train_steps": 10, "resolution": 16}},
+              "card_markdown": efficacy}
     card = render_card(record, load_manifest(out), repo_id="me/photos-protected", layout="imagefolder",
                        data_files=["cats/*.png", "faces/*.png", "metadata.jsonl"], eval_report=report)
     parsed = DatasetCard(str(card))
     assert parsed.data.license == "cc-by-4.0" and parsed.data.source_datasets == ["extended|someone/photos"]
     assert parsed.data.udp_protection["source"] == {"id": "someone/photos", "revision": "abc123"}
     assert parsed.data.udp_protection["config"] == record["config"]
-    assert "1.20x" in parsed.text and "not shown to work" in parsed.text  # the evaluation's own verdict
+    section = parsed.text.split("## Measured efficacy\n\n", 1)[1].split("\n\n## Known limits", 1)[0]
+    assert section == efficacy  # the evaluation's own table and verdict, as it wrote them
+    assert "| victims.protected.fd" not in parsed.text  # no generic metric dump beside it
     assert str(out) not in parsed.text.split("## How to verify")[0]  # no local paths in the prose
 
 
@@ -253,3 +261,17 @@ def test_publish_data_patterns_never_catch_the_manifest():
     assert data_patterns(["a.parquet", "b.parquet"], exclude=["manifest.parquet"]) == ["a.parquet", "b.parquet"]
     assert data_patterns(["m1.parquet", "m2.parquet"], exclude=["manifest.parquet"]) == ["m1.parquet", "m2.parquet"]
     assert data_patterns(["x/a-1.tar", "x/a-2.tar", "y.tar"]) == ["y.tar", "x/a-*.tar"]
+
+
+def test_publish_card_shows_a_report_without_a_card_block_as_text_and_metrics():
+    from udp_datasets.publish.card import render_card
+
+    report = {"summary": "FD rises 1.2x over the clean victim.",
+              "victims": {"protected": {"fd": 1.2, "fd_ratio_vs_clean": 1.2}}, "steps": 10}
+    text = str(render_card({}, None, repo_id="me/x", layout="parquet", data_files="data/*", eval_report=report))
+    section = text.split("## Measured efficacy\n\n", 1)[1].split("\n\n## Known limits", 1)[0]
+    assert section.splitlines() == ["FD rises 1.2x over the clean victim.", "", "| metric | value |", "|---|---|",
+                                    "| victims.protected.fd | 1.2 |", "| victims.protected.fd_ratio_vs_clean | 1.2 |",
+                                    "| steps | 10 |"]
+    empty = str(render_card({}, None, repo_id="me/x", layout="parquet", data_files="data/*"))
+    assert "Not measured for this release" in empty

@@ -14,7 +14,10 @@ what the Hub expects:
   library versions and the names of the manifest and job record files.
 
 The human part says what the protection is, its budget, how it was made, how to verify
-it, the measured efficacy when an evaluation report is given, and its known limits.
+it, the measured efficacy when an evaluation report is given, and its known limits. The
+efficacy section is what the report itself carries: its ``card_markdown`` block (written by
+``udp-datasets evaluate``), else its verdict / summary / markdown text and its metrics as a
+table; the card knows nothing of how an evaluation is run.
 Nothing secret goes in: the card is built only from the job record, the manifest and the
 arguments, never from the environment (tokens included).
 """
@@ -141,12 +144,7 @@ def _add_dataset_info(card_data: Any, features: Any, split: str, count: int, num
 
 def _body(record: dict, stats: dict, protection: dict, *, repo_id: str, layout: str, revision: str | None,
           license: Any, source: dict, eval_report: dict | None, name: str) -> str:
-    config = record.get("config") or {}
-    budget = protection["budget_levels"]
-    surrogate = protection["surrogate"]
-    versions = protection["versions"]
     target = repo_id + (f"@{revision}" if revision and revision != "main" else "")
-    eps = config.get("epsilon")
     lines = [
         f"# {name}",
         "",
@@ -157,6 +155,35 @@ def _body(record: dict, stats: dict, protection: dict, *, repo_id: str, layout: 
         "",
         "## What the protection is",
         "",
+        *_what_it_is(record.get("config") or {}, stats, protection["budget_levels"]),
+        "",
+        "## How it was made",
+        "",
+        *_how_it_was_made(record, protection, source, license, stats),
+        "",
+        "## How to verify",
+        "",
+        *_how_to_verify(target),
+        "",
+        "## Loading",
+        "",
+        *_loading(repo_id, layout, revision),
+        "",
+        "## Measured efficacy",
+        "",
+        *_efficacy(eval_report),
+        "",
+        "## Known limits",
+        "",
+        *KNOWN_LIMITS,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _what_it_is(config: dict, stats: dict, budget: int | None) -> list[str]:
+    eps = config.get("epsilon")
+    return [
         f"- Each image x was published as x + δ with ‖δ‖∞ ≤ **{budget} grey levels out of 255**"
         + (f" (ε = {eps:.5f})" if isinstance(eps, (int, float)) else "")
         + "; the bound was checked on the final 8-bit pixels of every image.",
@@ -164,9 +191,14 @@ def _body(record: dict, stats: dict, protection: dict, *, repo_id: str, layout: 
         f"{_fmt(stats['max_linf_levels'])} levels, mean PSNR {_fmt(stats['mean_psnr_db'])} dB "
         f"(lowest {_fmt(stats['min_psnr_db'])} dB).",
         "- Images are lossless PNG at their original resolution; other columns are unchanged.",
-        "",
-        "## How it was made",
-        "",
+    ]
+
+
+def _how_it_was_made(record: dict, protection: dict, source: dict, license: Any, stats: dict) -> list[str]:
+    config = record.get("config") or {}
+    surrogate = protection["surrogate"]
+    versions = protection["versions"]
+    return [
         f"- Source: {_display(source.get('id'))}"
         + (f" at revision `{source['revision']}`" if source.get("revision") else "")
         + (f" (license `{license}`)" if license else " (license unknown: the source's terms apply)") + ".",
@@ -190,9 +222,11 @@ def _body(record: dict, stats: dict, protection: dict, *, repo_id: str, layout: 
         + ".",
         "- Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + "." if versions else
         "- Versions: not recorded.",
-        "",
-        "## How to verify",
-        "",
+    ]
+
+
+def _how_to_verify(target: str) -> list[str]:
+    return [
         "`manifest.parquet` has one row per image: sample `key`, `source` file or shard, SHA-256 of the "
         "source bytes (`source_sha256`) and of the published PNG (`sha256`), `width`, `height`, "
         "`linf` (grey levels), `psnr` and `config_hash`. To re-hash every published image against it:",
@@ -205,28 +239,19 @@ def _body(record: dict, stats: dict, protection: dict, *, repo_id: str, layout: 
         "",
         "It reports every sample that is missing, extra, altered after protection, over budget, or "
         "identical to its source, and exits non-zero if there is any.",
-        "",
-        "## Loading",
-        "",
-        *_loading(repo_id, layout, revision),
-        "",
-        "## Measured efficacy",
-        "",
-        *_efficacy(eval_report),
-        "",
-        "## Known limits",
-        "",
-        "- **Do not re-encode as JPEG** (or resize, crop or blur): any lossy processing changes the "
-        "perturbation and can remove the protection; keep the PNG bytes as published.",
-        "- The protection was optimised against a surrogate model; other architectures, longer "
-        "training, purification (e.g. diffusion-based denoising) or adaptive fine-tuning may learn "
-        "the images anyway. It is a deterrent, not a guarantee.",
-        "- Metadata other than the ICC profile (EXIF, text chunks) was not carried over; EXIF "
-        "orientation was applied to the pixels. Alpha channels are unchanged.",
-        "- The source dataset's license and terms still apply to this derivative.",
-        "",
     ]
-    return "\n".join(lines)
+
+
+KNOWN_LIMITS = (
+    "- **Do not re-encode as JPEG** (or resize, crop or blur): any lossy processing changes the "
+    "perturbation and can remove the protection; keep the PNG bytes as published.",
+    "- The protection was optimised against a surrogate model; other architectures, longer "
+    "training, purification (e.g. diffusion-based denoising) or adaptive fine-tuning may learn "
+    "the images anyway. It is a deterrent, not a guarantee.",
+    "- Metadata other than the ICC profile (EXIF, text chunks) was not carried over; EXIF "
+    "orientation was applied to the pixels. Alpha channels are unchanged.",
+    "- The source dataset's license and terms still apply to this derivative.",
+)
 
 
 def _loading(repo_id: str, layout: str, revision: str | None) -> list[str]:
@@ -243,23 +268,13 @@ def _loading(repo_id: str, layout: str, revision: str | None) -> list[str]:
 
 
 def _efficacy(report: dict[str, Any] | None) -> list[str]:
+    """The evaluation report's own card section (``card_markdown``, written by ``udp-datasets
+    evaluate``) when it carries one, else its verdict / summary / markdown and its scalars."""
     if not report:
         return ["Not measured for this release: no evaluation report was attached. Until one is, do "
                 "not rely on the protection (see `udp-datasets evaluate`)."]
-    victims = report.get("victims")
-    if isinstance(victims, dict) and victims:  # report.json of `udp-datasets evaluate`
-        try:
-            from ..evaluate.report import results_table, verdict
-
-            lines = [verdict(victims), "", results_table({k: v for k, v in victims.items() if k != "reference"}), ""]
-            victim = (report.get("settings") or {}).get("victim") or {}
-            if victim:
-                lines.append(f"Victim `{victim.get('architecture')}`, {victim.get('train_steps')} training steps at "
-                             f"{victim.get('resolution')} px; FD / clean is the protected victim's Fréchet "
-                             "distance over the clean-trained victim's (higher = better protection).")
-            return lines
-        except Exception as exc:  # an older/newer report layout: fall back to the generic table
-            logger.debug("evaluation report not rendered with evaluate.report: %s", exc)
+    if isinstance(report.get("card_markdown"), str) and report["card_markdown"].strip():
+        return [report["card_markdown"].strip()]
     lines: list[str] = []
     for key in ("verdict", "summary", "conclusion"):
         if isinstance(report.get(key), str):
@@ -268,11 +283,14 @@ def _efficacy(report: dict[str, Any] | None) -> list[str]:
     if isinstance(report.get("markdown"), str):
         lines += [report["markdown"].strip(), ""]
     scalars = {k: v for k, v in _flatten(report).items()
-               if isinstance(v, (int, float, str, bool)) and k not in ("verdict", "summary", "conclusion", "markdown")}
+               if isinstance(v, (int, float, str, bool)) and k not in TEXT_KEYS}
     if scalars:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in list(scalars.items())[:40]]
     return lines or ["An evaluation report was attached but holds no readable metrics."]
+
+
+TEXT_KEYS = ("verdict", "summary", "conclusion", "markdown", "card_markdown")  # shown as text, not as metrics
 
 
 def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
