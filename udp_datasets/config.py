@@ -21,12 +21,13 @@ from typing import Any, Literal, get_args
 
 CONFIG_VERSION = 1
 
-Objective = Literal["unlearnable", "adversarial", "encoder", "matching"]
+Objective = Literal["unlearnable", "adversarial", "encoder", "matching", "sds", "aspl"]
 EncoderTarget = Literal["away", "pattern"]
 TimestepSchedule = Literal["uniform", "eudp", "snr", "range"]
 TimestepMode = Literal["sample", "weight"]
 Dtype = Literal["float32", "float16", "bfloat16"]
 EOT_NAMES = ("blur", "resize", "jpeg", "noise")  # method/eot.py implements them
+PRESET_NAMES = ("advdm", "photoguard", "mist", "sds", "aspl", "metacloak", "udp", "eudp")  # method/presets.py
 
 # Fields that change where or how fast a job runs but not what it computes (up to
 # floating-point rounding on another device). They are left out of the hash so a
@@ -36,7 +37,7 @@ RUNTIME_FIELDS = frozenset({"device", "batch_size", "gradient_checkpointing"})
 # Fields added after config version 1 shipped, with their defaults. While a field is at its default
 # it is left out of the hash, so adding a field never changes the identity of an existing job
 # (shard jobs resume across an upgrade instead of asking for --overwrite).
-ADDED_FIELDS: dict[str, Any] = {"eot": ""}
+ADDED_FIELDS: dict[str, Any] = {"eot": "", "preset": None}
 
 
 class ConfigError(ValueError):
@@ -89,7 +90,12 @@ class ProtectionConfig:
     ``adversarial``: max (error-maximising) against a frozen surrogate.
     ``encoder``: latent surrogates only; no denoiser, only the VAE-encoder term below.
     ``matching``: gradient matching (Witches' Brew-style): delta such that a training step on
-    x + delta moves the surrogate *up* the clean-data loss (see objectives.py)."""
+    x + delta moves the surrogate *up* the clean-data loss (see objectives.py).
+    ``sds``: SDS(-) (Xue et al., ICLR 2024): *minimise* the score-distillation loss, whose gradient
+    skips the denoiser's Jacobian (only the encoder is back-propagated; latent surrogates).
+    ``aspl``: Anti-DreamBooth's ASPL: fit alternates a copy of the surrogate fine-tuned on the clean
+    images with PGD against it and training on the perturbed ones; the transform maximises the
+    loss of that clean-fine-tuned copy (as ``adversarial``)."""
 
     # --- latent surrogates (Stable Diffusion, AutoencoderKL + UNet) ----------
     encoder_weight: float = 0.0
@@ -123,6 +129,9 @@ class ProtectionConfig:
     """``sample`` draws t from p(t); ``weight`` draws t uniformly and weights the loss by p(t)."""
     noise_draws: int = 1
     """(t, noise) draws averaged per PGD step (expectation over the forward process)."""
+    preset: str | None = None
+    """The named method this config was made from (``udp_datasets.method.presets``: advdm, photoguard,
+    mist, sds, aspl, metacloak, udp, eudp); recorded for provenance, the fields themselves decide."""
     eot: str = ""
     """Expectation over transformations: comma list of ``blur``, ``resize``, ``jpeg``, ``noise``; each
     PGD step passes every image through one of them, drawn at random (see method/eot.py), so the
@@ -213,6 +222,8 @@ class ProtectionConfig:
         if self.fit_lora_rank and (self.fit_pool > 1 or self.objective == "matching"):
             raise ConfigError("fit_pool > 1 and objective='matching' keep full-weight snapshots; use "
                               "fit_lora_rank=0 with them")
+        if self.preset is not None and self.preset not in PRESET_NAMES:
+            raise ConfigError(f"preset={self.preset!r} is not one of {list(PRESET_NAMES)}")
         if not isinstance(self.eot, str):
             raise ConfigError(f"eot={self.eot!r} must be a comma list such as 'blur,jpeg' (or '' for off)")
         unknown = [n for n in self.eot_transforms if n not in EOT_NAMES]

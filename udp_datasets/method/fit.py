@@ -142,7 +142,6 @@ def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequ
     if config.objective == "encoder":
         raise ValueError("objective='encoder' attacks the VAE only: there is no denoiser to fit; protect "
                          "directly with a latent surrogate (--surrogate PATH)")
-    device = surrogate.device
     data = images_to_tensor(images, surrogate.image_size, surrogate.image_channels)
     gen = torch.Generator().manual_seed(config.seed)
     params = trainable_parameters(surrogate, config)
@@ -150,7 +149,6 @@ def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequ
     surrogate.extras = {}  # a refit starts from the weights only
     objective = ProtectionObjective(surrogate, config.replace(objective="unlearnable", fit_pool=1, clusters=0))
     prompts = objective.prompts(len(images), captions)
-    eps = config.budget_levels / 255.0
     train_clean = config.objective in ("adversarial", "matching")
     shared = _Clusters(data, config) if config.clusters else None
     delta = torch.zeros_like(data)
@@ -162,16 +160,18 @@ def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequ
             train_loss = _train_steps(surrogate, optimizer, params, data, config.fit_surrogate_steps,
                                       config.fit_batch_size, gen, prompts)
             record = {"round": rnd, "train_loss": train_loss}
+        elif config.objective == "aspl":
+            record = _aspl_round(surrogate, optimizer, params, data, delta, keys, captions, config, rnd, gen,
+                                 prompts)
         else:
             if shared is not None:
                 delta = shared.expand()
             train_loss = _train_steps(surrogate, optimizer, params, (data + delta).clamp(0, 1),
                                       config.fit_surrogate_steps, config.fit_batch_size, gen, prompts)
             if shared is not None:
-                perturbed_loss = shared.descend(objective, config, rnd, keys, device, eps)
+                perturbed_loss = shared.descend(objective, config, rnd, keys)
             else:
-                perturbed_loss = _descend_samplewise(objective, config, rnd, data, delta, keys, captions,
-                                                     device, eps)
+                perturbed_loss = _pgd_round(objective, config, rnd, data, delta, keys, captions, maximize=False)
             record = {"round": rnd, "train_loss": train_loss, "perturbed_loss": perturbed_loss}
         result.history.append(record)
         bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "round"})
@@ -181,6 +181,9 @@ def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequ
         if config.fit_stop_loss > 0 and record.get("perturbed_loss", record["train_loss"]) < config.fit_stop_loss:
             logger.info("fit stopped early: loss below fit_stop_loss=%g", config.fit_stop_loss)
             break
+    if config.objective == "aspl":  # what the transform attacks: theta fine-tuned on the clean images
+        _train_steps(surrogate, torch.optim.AdamW(params, lr=config.fit_lr, weight_decay=0.0), params, data,
+                     config.fit_surrogate_steps, config.fit_batch_size, gen, prompts)
     if config.objective == "matching":
         surrogate.extras.update({f"direction-1.{k}": v for k, v in clean_direction(
             surrogate, data, gen, 8, config.fit_batch_size, prompts).items()})
@@ -190,10 +193,13 @@ def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequ
     return result
 
 
-def _descend_samplewise(objective: ProtectionObjective, config: ProtectionConfig, rnd: int, data: torch.Tensor,
-                        delta: torch.Tensor, keys: Sequence[str], captions: Sequence[str | None] | None,
-                        device: torch.device, eps: float) -> float:
-    """One round of min-min PGD on every fit image's own delta (updated in place)."""
+def _pgd_round(objective: ProtectionObjective, config: ProtectionConfig, rnd: int, data: torch.Tensor,
+               delta: torch.Tensor, keys: Sequence[str], captions: Sequence[str | None] | None,
+               maximize: bool) -> float:
+    """One round of PGD on every fit image's own delta (updated in place): descent for min-min,
+    ascent for ASPL. Returns the mean loss on x + delta."""
+    device = objective.surrogate.device
+    eps = config.budget_levels / 255.0
     losses = []
     for start in range(0, data.shape[0], config.batch_size):
         chunk = slice(start, start + config.batch_size)
@@ -201,10 +207,33 @@ def _descend_samplewise(objective: ProtectionObjective, config: ProtectionConfig
         x = data[chunk].to(device)
         chunk_captions = None if captions is None else list(captions[chunk])
         d = pgd(x, objective.loss_fn(gens, x, chunk_captions), epsilon=eps, alpha=config.step_size,
-                steps=config.fit_pgd_steps, maximize=False, init=delta[chunk])
+                steps=config.fit_pgd_steps, maximize=maximize, init=delta[chunk])
         delta[chunk] = d.cpu()
         losses.append(objective.evaluate((x + d).clamp(0, 1), gens, repeats=1, clean=x, captions=chunk_captions))
     return float(torch.cat(losses).mean())
+
+
+def _aspl_round(surrogate: Surrogate, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
+                data: torch.Tensor, delta: torch.Tensor, keys: Sequence[str],
+                captions: Sequence[str | None] | None, config: ProtectionConfig, rnd: int, gen: torch.Generator,
+                prompts: Sequence[str] | None) -> dict[str, float]:
+    """One round of Anti-DreamBooth's ASPL (Van Le et al., ICCV 2023).
+
+    theta' (a copy of theta) is fine-tuned on the CLEAN images, the fit images' deltas ascend
+    theta''s loss for ``fit_pgd_steps``, then theta itself trains on the protected images, as a
+    victim would. The copy is made by saving and restoring theta's weights in place, so pool and
+    LoRA setups need no second model.
+    """
+    theta = {k: v.detach().clone() for k, v in surrogate.unet.state_dict().items()}
+    clean_loss = _train_steps(surrogate, torch.optim.AdamW(params, lr=config.fit_lr, weight_decay=0.0), params,
+                              data, config.fit_surrogate_steps, config.fit_batch_size, gen, prompts)
+    attack = ProtectionObjective(surrogate, config.replace(objective="adversarial", fit_pool=1, clusters=0))
+    perturbed_loss = _pgd_round(attack, config, rnd, data, delta, keys, captions, maximize=True)
+    surrogate.unet.load_state_dict(theta)
+    train_loss = _train_steps(surrogate, optimizer, params, (data + delta).clamp(0, 1), config.fit_surrogate_steps,
+                              config.fit_batch_size, gen, prompts)
+    return {"round": rnd, "clean_finetune_loss": clean_loss, "perturbed_loss": perturbed_loss,
+            "train_loss": train_loss}
 
 
 def _snapshot(surrogate: Surrogate, stage: int, data: torch.Tensor, gen: torch.Generator,
@@ -232,9 +261,9 @@ class _Clusters:
     def expand(self) -> torch.Tensor:
         return self.deltas[self.assign]
 
-    def descend(self, objective: ProtectionObjective, config: ProtectionConfig, rnd: int, keys: Sequence[str],
-                device: torch.device, eps: float) -> float:
+    def descend(self, objective: ProtectionObjective, config: ProtectionConfig, rnd: int, keys: Sequence[str]) -> float:
         """``fit_pgd_steps`` sign steps on each shared delta, its gradient summed over members."""
+        device, eps = objective.surrogate.device, config.budget_levels / 255.0
         shared = self.deltas.to(device)
         gens = [sample_generator(config.seed, f"fit:{rnd}:{k}") for k in keys]
         for step in range(config.fit_pgd_steps):

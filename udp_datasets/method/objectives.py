@@ -35,11 +35,12 @@ from .timesteps import TimestepSampler
 class ProtectionObjective:
     """Per-sample loss of perturbed images, with the direction PGD should move it (``maximize``).
 
-    The combined loss is ``d + w * g`` (adversarial, maximised), ``d - w * g``
+    The combined loss is ``d + w * g`` (adversarial and aspl, maximised), ``d - w * g``
     (unlearnable, minimised) or ``g`` (encoder, maximised), where ``d`` is the
     weighted denoising loss E_t,eps ||eps - eps_theta(x_t, t, c)||^2 and ``g`` the
     encoder gain: ||z - z_clean||^2 (``away``) or -||z - z_target||^2 (``pattern``),
-    both means over latent elements.
+    both means over latent elements. For ``sds`` the denoiser term ``d`` is the
+    score-distillation loss instead (minimised, see :meth:`_sds_loss`).
     """
 
     def __init__(self, surrogate: Surrogate, config: ProtectionConfig):
@@ -53,8 +54,12 @@ class ProtectionObjective:
                 f"objective={config.objective!r} with encoder_weight={config.encoder_weight} needs a latent "
                 "surrogate (a VAE to attack): pass a Stable Diffusion folder or an AutoencoderKL + UNet pair "
                 "as --surrogate, or set encoder_weight=0")
-        self.maximize = config.objective in ("adversarial", "encoder")
+        self.maximize = config.objective in ("adversarial", "encoder", "aspl")
         self.matching = config.objective == "matching"
+        self.sds = config.objective == "sds"
+        if self.sds and surrogate.kind != "latent":
+            raise SurrogateError("objective='sds' distils the score through a VAE encoder: it needs a latent "
+                                 "surrogate (pass a Stable Diffusion folder or a VAE + UNet pair as --surrogate)")
         self._members = self._pool_members()
         self._fd_step: dict[int, float] = {}
         # ||E(x + d) - E(x)||^2 has zero gradient at d = 0: PGD must start inside the ball
@@ -167,7 +172,9 @@ class ProtectionObjective:
                 c = None if cond is None else cond.repeat_interleave(self.draws, dim=0)
             noise, t = noise.to(device=device, dtype=z.dtype), t.to(device)
             params = self._member_params(step)
-            if isinstance(params, tuple):  # matching: directional derivative along the clean gradient
+            if self.sds:
+                per = self._sds_loss(z0, noise, t, c)
+            elif isinstance(params, tuple):  # matching: directional derivative along the clean gradient
                 plus, minus, h = params
                 per = (self.surrogate.denoising_loss(z0, noise, t, c, plus)
                        - self.surrogate.denoising_loss(z0, noise, t, c, minus)) / (2 * h)
@@ -181,6 +188,17 @@ class ProtectionObjective:
             # objective='encoder': maximize with weight 1, i.e. the gain alone
             total = total + (1 if self.maximize else -1) * self.encoder_weight * gain
         return total
+
+    def _sds_loss(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                  cond: torch.Tensor | None) -> torch.Tensor:
+        """Per-sample SDS loss: its gradient w.r.t. z is w(t) (eps_hat - eps), w(t) = 1 - abar_t, with the
+        denoiser's Jacobian skipped (eps_hat is computed without a graph), so only the encoder is
+        back-propagated. PGD *descends* it (SDS-)."""
+        abar = self.surrogate._abar(z0.device)[t].to(z0.dtype).view(-1, 1, 1, 1)
+        with torch.no_grad():
+            eps_hat = self.surrogate.predict_noise(abar.sqrt() * z0 + (1 - abar).sqrt() * noise, t, cond)
+            direction = ((1 - abar) * (eps_hat - noise.float())).to(z0.dtype)
+        return (direction * z0).flatten(1).mean(1).float()
 
     def loss_fn(self, generators: Sequence[torch.Generator], clean: torch.Tensor | None = None,
                 captions: Sequence[str | None] | None = None) -> LossFn:

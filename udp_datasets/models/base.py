@@ -131,6 +131,18 @@ class Surrogate:
             return self.unet(x_t, t, **kwargs).sample
         return torch.func.functional_call(self.unet, params, (x_t, t), kwargs, strict=False).sample
 
+    def predict_noise(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's estimate of the noise in ``x_t``, whatever it predicts (epsilon, v or x0)."""
+        pred = self.predict(x_t, t, cond).float()
+        if self.prediction_type == "epsilon":
+            return pred
+        abar = self._abar(x_t.device)[t].view(-1, 1, 1, 1)
+        if self.prediction_type == "v_prediction":
+            return abar.sqrt() * pred + (1 - abar).sqrt() * x_t.float()
+        if self.prediction_type == "sample":
+            return (x_t.float() - abar.sqrt() * pred) / (1 - abar).sqrt().clamp_min(1e-8)
+        raise SurrogateError(f"unsupported prediction_type {self.prediction_type!r}")
+
     def denoising_loss(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
                        cond: torch.Tensor | None = None,
                        params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
