@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..sources.hf import license_value
+from ..sources.keys import MANIFEST_FILE, RECORD_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ def render_card(record: dict[str, Any] | None, manifest: Any, *, repo_id: str, l
         "quarantined": record.get("errors"),
         "max_linf_levels": stats["max_linf_levels"],
         "mean_psnr_db": stats["mean_psnr_db"],
-        "manifest": "manifest.parquet",
-        "record": [f for f in extra_files if f.endswith(".json")] or ["udp_protection.json"],
+        "manifest": MANIFEST_FILE,
+        "record": [f for f in extra_files if f.endswith(".json")] or [RECORD_FILE],
         "versions": record.get("versions") or {},
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),

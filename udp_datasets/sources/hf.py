@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .keys import RECORD_FILE
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ def open_source(src: str, split: str | None = None, **load_kwargs: Any):
 
     path = Path(src).expanduser()
     if path.is_dir():
-        if (path / "udp_protection.json").exists() and is_saved_dataset(path / "data"):
+        if (path / RECORD_FILE).exists() and is_saved_dataset(path / "data"):
             path = path / "data"  # the output folder of `udp-datasets protect`
         if is_saved_dataset(path):
             ds = datasets.load_from_disk(str(path))

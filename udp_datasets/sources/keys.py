@@ -12,7 +12,8 @@ import re
 from pathlib import PurePosixPath
 from typing import Literal
 
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+COMPRESSED_TAR_SUFFIXES = (".tar.gz", ".tgz")
+TAR_SUFFIXES = (".tar", *COMPRESSED_TAR_SUFFIXES)
 PARQUET_SUFFIXES = (".parquet",)
 SHARD_SUFFIXES = TAR_SUFFIXES + PARQUET_SUFFIXES
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "pbm",

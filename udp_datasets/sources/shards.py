@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .hf import SourceError, is_saved_dataset
-from .keys import SHARD_SUFFIXES, ShardKind, shard_kind
+from .keys import COMPRESSED_TAR_SUFFIXES, SHARD_SUFFIXES, ShardKind, shard_kind
 from .parquet import find_image_column, iter_parquet_batches, open_parquet
 from .remote import is_url, local_path, open_binary, url_basename
 from .tar import ShardReadError, TarMember, TarSample, iter_tar_samples
@@ -42,7 +42,7 @@ class Shard:
 
     @property
     def compressed(self) -> bool:
-        return self.name.endswith((".tar.gz", ".tgz"))
+        return self.name.endswith(COMPRESSED_TAR_SUFFIXES)
 
 
 def has_braces(src: str) -> bool:
