@@ -241,3 +241,36 @@ def test_verify_reads_the_shard_runners_bookkeeping(copy_of):
     (out / ".udp" / "manifest.parquet").unlink()  # a run that has not merged its manifests yet
     report = verify_directory(out)
     assert report.ok and report.verified == 6, report.format()
+
+
+def test_readers_skip_what_is_not_a_sample_image_and_read_path_only_entries(tmp_path):
+    """The readers verify uses (sources/): a tar member without a WebDataset key or that is not
+    a file is no sample image; an Arrow image struct with ``bytes: null`` is read from its local
+    ``path`` (None when that file is gone)."""
+    import pyarrow as pa
+
+    from udp_datasets.sources.layouts import iter_source_images
+    from udp_datasets.sources.parquet import iter_parquet_images
+    from udp_datasets.sources.tar import iter_tar_images
+
+    shard = tmp_path / "tars" / "shard-0.tar"
+    shard.parent.mkdir()
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, "a.png", b"A")
+        _add(tar, "a.json", b"{}")
+        _add(tar, ".hidden.png", b"H")  # no key: never a sample
+        link = tarfile.TarInfo("b.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "a.png"
+        tar.addfile(link)  # an image entry that is not a file
+        _add(tar, "dir/c.left.jpg", b"C")
+    assert list(iter_tar_images(str(shard))) == [("a.png", "a", b"A"), ("dir/c.left.jpg", "dir/c", b"C")]
+    assert list(iter_source_images(str(shard.parent))) == [("shard-0.tar:a.png", b"A"),
+                                                            ("shard-0.tar:dir/c.left.jpg", b"C")]
+
+    on_disk = tmp_path / "x.png"
+    on_disk.write_bytes(b"X")
+    images = pa.array([{"bytes": b"P", "path": None}, {"bytes": None, "path": str(on_disk)},
+                       {"bytes": None, "path": str(tmp_path / "gone.png")}, None],
+                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    pq.write_table(pa.table({"image": images, "label": [0, 1, 2, 3]}), tmp_path / "rows.parquet")
+    assert list(iter_parquet_images(str(tmp_path / "rows.parquet"))) == [b"P", b"X", None, None]

@@ -8,15 +8,15 @@
    ``load_dataset`` gives an ``Image()`` column and the other columns unchanged); tar and
    Parquet shards and image folders are hard-linked as they are (copied across file
    systems). Shard markers (``*.done.json``), per-shard manifests, ``errors.jsonl``, hidden
-   and temporary files (the runner's ``.udp/`` bookkeeping) stay behind.
+   and temporary files (the shard job's ``.udp/`` bookkeeping) stay behind.
    ``manifest.parquet`` and the job record go along, always at the repo root and under the
-   same names: the runner's ``.udp/manifest.parquet`` and ``.udp/job.json`` are published as
+   same names: the shard job's ``.udp/manifest.parquet`` and ``.udp/job.json`` are published as
    ``manifest.parquet`` and ``udp_protection.json``.
-2. **Verify** the staged folder with :func:`udp_datasets.verify.verify_directory`, i.e. the
+2. **Verify** the staged folder with :func:`udp_datasets.publish.verify.verify_directory`, i.e. the
    very bytes that will be uploaded (hard links keep the verified content even if DIR is
    rewritten by temp + rename meanwhile). Any finding refuses the publish with
    :class:`PublishRefused` *before any request is made*: nothing is created or uploaded.
-3. **Render** the card (:mod:`udp_datasets.card`) into ``README.md``.
+3. **Render** the card (:mod:`udp_datasets.publish.card`) into ``README.md``.
 4. **Upload** in one commit with ``HfApi.upload_folder``: ``create_repo(exist_ok=True)``,
    the branch created when ``revision`` names a new one, ``create_pr`` and
    ``commit_message`` passed through. Stale data files of an earlier publish (other shard
@@ -138,7 +138,7 @@ def stage(directory: str | os.PathLike, staging: str | os.PathLike, *,
         shutil.copy2(manifest_path, out / MANIFEST_FILE)
         staged.extra_files.append(MANIFEST_FILE)
     else:
-        manifest = load_manifest(src)  # the runner's per-shard manifests, not merged yet
+        manifest = load_manifest(src)  # the shard job's per-shard manifests, not merged yet
         if manifest is not None:
             from ..jobs.manifest import write_manifest
 
