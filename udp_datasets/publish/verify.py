@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from ..sources.hf import SourceError
-from ..sources.keys import MANIFEST_FILE, RECORD_FILE
+from ..sources.keys import MANIFEST_FILE, RECORD_FILE, is_hidden
 from ..sources.layouts import Layout, detect_layout, iter_source_images
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def load_manifest(directory: str | os.PathLike) -> Any:
         return read_manifest(path)
     parts = sorted(directory.glob(".udp/shards/**/*.manifest.parquet")) or sorted(
         p for p in directory.rglob("*.manifest.parquet")
-        if not any(part.startswith(".") for part in p.relative_to(directory).parts))
+        if not is_hidden(p.relative_to(directory).as_posix()))
     if parts:
         return pa.concat_tables([read_manifest(p) for p in parts])
     return None

@@ -69,9 +69,12 @@ def is_data_file(rel: str) -> bool:
     """Whether a file of a dataset folder (its path relative to the folder) belongs to the data:
     not the card, manifests, job records, shard markers or errors, and not hidden (which also
     leaves out temporary files and the shard job's ``.udp/`` bookkeeping)."""
-    parts = PurePosixPath(rel).parts
-    return not (rel in NOT_DATA_NAMES or rel.endswith(NOT_DATA_SUFFIXES)
-                or any(part.startswith(".") for part in parts))
+    return not (rel in NOT_DATA_NAMES or rel.endswith(NOT_DATA_SUFFIXES) or is_hidden(rel))
+
+
+def is_hidden(rel: str) -> bool:
+    """Whether a relative path lies in or is a dot-file or dot-folder (temporary files, ``.udp/``)."""
+    return any(part.startswith(".") for part in PurePosixPath(rel).parts)
 
 
 def png_member_name(name: str) -> str:
