@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 
 from udp_datasets.cli.app import EXIT_OK, EXIT_USAGE, main
-from udp_datasets.evaluate.dreambooth import (LORA_WEIGHT_NAME, DreamBoothError, DreamBoothSettings,
-                                              evaluate_dreambooth, load_components, resolve_precision,
-                                              train_lora_victim)
+from udp_datasets.evaluate.experiments.evaluate_sd_command import evaluate_dreambooth
+from udp_datasets.evaluate.victims.sd_lora import (LORA_WEIGHT_NAME, DreamBoothError, DreamBoothSettings,
+                                                   load_components, load_subject_images, resolve_precision)
+from udp_datasets.evaluate.victims.sd_lora_training import make_accelerator, train_lora_victim
 from udp_datasets.evaluate.report import fmt
 
 PROMPT = "a photo of sks person"
@@ -49,8 +50,6 @@ def subject(tmp_path_factory) -> tuple[str, str]:
 
 def test_lora_victim_trains_only_lora_and_saves_loadable_weights(tiny_sd, subject, tmp_path, one_torch_thread):
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-
-    from udp_datasets.evaluate.dreambooth import load_subject_images
 
     images = load_subject_images(subject[0])
     parts = load_components(tiny_sd, TINY)
@@ -178,11 +177,9 @@ def test_an_earlier_accelerator_with_other_settings_does_not_block_a_victim():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from udp_datasets.evaluate.dreambooth import _accelerator
-
     Accelerator(cpu=True, mixed_precision="bf16")  # e.g. another evaluation earlier in this process
     try:
-        assert _accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
+        assert make_accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
 
@@ -195,8 +192,6 @@ def test_mixed_precision_lora_victim_on_cuda(tiny_sd, subject, tmp_path, precisi
     settings = DreamBoothSettings(**{**TINY.to_dict(), "sample_prompts": (), "device": "cuda",
                                      "mixed_precision": precision, "gradient_checkpointing": True})
     parts = load_components(tiny_sd, settings, torch.float16 if precision == "fp16" else torch.bfloat16)
-    from udp_datasets.evaluate.dreambooth import load_subject_images
-
     result = train_lora_victim(tiny_sd, load_subject_images(subject[0]), PROMPT, tmp_path / "lora", settings,
                                progress=False, components=parts)
     assert np.isfinite(result.final_loss()) and result.memory["device"] == "cuda"

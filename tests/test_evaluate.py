@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from udp_datasets.cli.app import EXIT_USAGE, main
-from udp_datasets.evaluate.attacks import ATTACKS
-from udp_datasets.evaluate.experiment import EvalSettings, perturbation_cost
-from udp_datasets.evaluate.pipeline import evaluate_pair, split_holdout
-from udp_datasets.evaluate.victim import VictimConfig, sample_victim, train_victim
+from udp_datasets.evaluate.data import split_holdout
+from udp_datasets.evaluate.experiments.evaluate_command import evaluate_pair
+from udp_datasets.evaluate.experiments.victim_runs import EvalSettings
+from udp_datasets.evaluate.metrics.fidelity import perturbation_cost
+from udp_datasets.evaluate.purify.filters import ATTACKS
+from udp_datasets.evaluate.victims.pixel import VictimConfig, sample_victim, train_victim
 
 TINY_VICTIM = VictimConfig(resolution=16, train_steps=12, batch_size=8, warmup_steps=2, sample_steps=5)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from udp_datasets.sources.bundled import photo_patches
-from udp_datasets.evaluate.autoencoder import (AutoencoderConfig, encode_distribution, load_autoencoder,
-                                               reconstruct, train_autoencoder)
-from udp_datasets.evaluate.victim import VictimConfig
+from udp_datasets.evaluate.victims.autoencoder import (AutoencoderConfig, encode_distribution, load_autoencoder,
+                                                      reconstruct, train_autoencoder)
+from udp_datasets.evaluate.victims.pixel import VictimConfig
 
 TINY_AE = AutoencoderConfig(image_size=32, block_out_channels=(8, 8, 16, 16), train_steps=4, batch_size=4,
                             warmup_steps=1)
@@ -46,7 +46,7 @@ def test_autoencoder_trains_saves_and_loads_with_scaling_factor(tiny_vae_dir, pa
 
 
 def test_latent_victim_pretrain_finetune_sample_decode(tiny_vae_dir, patches32, tmp_path, one_torch_thread):
-    from udp_datasets.evaluate.latent_victim import LatentRecipe, pretrain_latent_denoiser
+    from udp_datasets.evaluate.victims.latent import LatentRecipe, pretrain_latent_denoiser
 
     init = pretrain_latent_denoiser(patches32[:12], TINY_LATENT_VICTIM, tiny_vae_dir, tmp_path / "pre",
                                     progress=False)
@@ -68,8 +68,9 @@ def test_latent_victim_pretrain_finetune_sample_decode(tiny_vae_dir, patches32, 
 
 
 def test_latent_ablation_end_to_end_writes_consistent_tables(tmp_path, one_torch_thread):
-    from udp_datasets.evaluate.experiment import EvalSettings
-    from udp_datasets.evaluate.latent_ablation import LATENT_BASE, LATENT_VARIANTS, LatentSetup, run_latent_ablation
+    from udp_datasets.evaluate.experiments.latent_ablation import (LATENT_BASE, LATENT_VARIANTS, LatentSetup,
+                                                                   run_latent_ablation)
+    from udp_datasets.evaluate.experiments.victim_runs import EvalSettings
 
     setup = LatentSetup(size=32, pretrain_count=12, train_count=8, holdout_count=6, autoencoder=TINY_AE,
                         pretrain_steps=3, surrogate_steps=3)
@@ -112,7 +113,7 @@ def test_latent_ablation_end_to_end_writes_consistent_tables(tmp_path, one_torch
 
 def test_cli_latent_ablation_passes_its_sizes(monkeypatch, tmp_path, capsys):
     from udp_datasets.cli.app import main
-    from udp_datasets.evaluate import latent_ablation
+    from udp_datasets.evaluate.experiments import latent_ablation
 
     seen = {}
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from udp_datasets.evaluate.features import (
+from udp_datasets.evaluate.metrics.features import (
     INCEPTION_FIDELITY_FILE,
     INCEPTION_TORCHSCRIPT_FILE,
     INCEPTION_WEIGHTS_ENV,

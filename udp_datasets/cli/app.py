@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args._argv = list(sys.argv[1:] if argv is None else argv)  # --num-processes re-launches with these
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from ..evaluate.features import FeatureExtractorUnavailable
+    from ..evaluate.metrics.features import FeatureExtractorUnavailable
     from ..images import ImageError
     from ..protector import ColumnError
     from ..sinks.atomic import OutputExistsError

@@ -12,11 +12,12 @@ from .exit_codes import EXIT_OK, EXIT_USAGE
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluate.attacks import ATTACKS
-    from ..evaluate.experiment import EvalSettings
-    from ..evaluate.pipeline import evaluate_bundled, evaluate_pair, load_images
+    from ..evaluate.data import load_images
+    from ..evaluate.experiments.evaluate_command import evaluate_bundled, evaluate_pair
+    from ..evaluate.experiments.victim_runs import EvalSettings
+    from ..evaluate.purify.filters import ATTACKS
     from ..evaluate.report import verdict
-    from ..evaluate.victim import VictimConfig
+    from ..evaluate.victims.pixel import VictimConfig
 
     attacks = () if args.attacks in ("", "none") else tuple(a.strip() for a in args.attacks.split(","))
     unknown = [a for a in attacks if a not in ATTACKS]
@@ -36,7 +37,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         protected = load_images(args.protected, args.image_column, args.limit)
         report = evaluate_pair(clean, protected, args.out, settings, args.holdout_fraction)
     else:
-        from ..evaluate.ablation import BASE
+        from ..evaluate.experiments.ablation import BASE
 
         # bundled mode protects with the ablation's CPU-sized recipe unless told otherwise
         config = config_from_args(args, base=None if args.config_file else BASE)
@@ -50,15 +51,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
-    from ..evaluate.ablation import run_ablation
-    from ..evaluate.experiment import EvalSettings
+    from ..evaluate.experiments.ablation import run_ablation
+    from ..evaluate.experiments.victim_runs import EvalSettings
     from ..evaluate.report import verdict
-    from ..evaluate.victim import VictimConfig
+    from ..evaluate.victims.pixel import VictimConfig
 
     victim = VictimConfig(resolution=args.size, train_steps=args.victim_steps, batch_size=args.victim_batch_size)
     settings = EvalSettings(victim=victim, num_samples=args.num_samples, attacks=())
     if getattr(args, "leads", False):
-        from ..evaluate.leads import run_leads
+        from ..evaluate.experiments.switch_ablation import run_leads
 
         result = run_leads(args.out, settings, count=args.count, size=args.size)
         print(verdict(result["victims"]))
@@ -73,8 +74,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 def cmd_latent_ablation(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..evaluate.experiment import EvalSettings
-    from ..evaluate.latent_ablation import LATENT_VICTIM, LatentSetup, run_latent_ablation
+    from ..evaluate.experiments.latent_ablation import LATENT_VICTIM, LatentSetup, run_latent_ablation
+    from ..evaluate.experiments.victim_runs import EvalSettings
     from ..evaluate.report import verdict
 
     setup = LatentSetup(pretrain_count=args.pretrain_count, train_count=args.train_count,
@@ -90,7 +91,8 @@ def cmd_latent_ablation(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_sd(args: argparse.Namespace) -> int:
-    from ..evaluate.dreambooth import DreamBoothError, DreamBoothSettings, evaluate_dreambooth, load_subject_images
+    from ..evaluate.experiments.evaluate_sd_command import evaluate_dreambooth
+    from ..evaluate.victims.sd_lora import DreamBoothError, DreamBoothSettings, load_subject_images
 
     try:
         settings = DreamBoothSettings(

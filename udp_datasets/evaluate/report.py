@@ -100,7 +100,7 @@ def write_report(report: dict[str, Any], samples: dict[str, np.ndarray], losses:
     side_by_side_grids(panels, Path(files["samples"]))
     loss_plot(losses, Path(files["loss_curves"]))
     report = {**report, "files": files}
-    Path(files["json"]).write_text(json.dumps(report, indent=2, default=_json_default))
+    Path(files["json"]).write_text(json.dumps(report, indent=2, default=json_default))
     Path(files["markdown"]).write_text(render_markdown(report))
     return files
 
@@ -145,7 +145,8 @@ def verdict(victims: dict[str, dict[str, Any]], goal: float = 3.0) -> str:
             f"{ratio:.2f}x over the clean-trained victim. On this setup the protection is not shown to work.")
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps(default=...)`` for numpy scalars and paths in a report."""
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating,)):

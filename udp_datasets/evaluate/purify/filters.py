@@ -1,13 +1,14 @@
-"""What an attacker tries first on protected images before training on them.
+"""Image filters an attacker tries first on protected images before training on them.
 
-Each attack maps (H, W, C) uint8 -> (H, W, C) uint8 and is deterministic, so the
-robustness columns of a report can be reproduced exactly.
+JPEG re-encoding, a down-up resize and a Gaussian blur (Pillow). Each attack maps (H, W, C)
+uint8 -> (H, W, C) uint8 and is deterministic, so the robustness columns of a report can be
+reproduced exactly. ``--attacks`` names the keys of :data:`ATTACKS`.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -54,3 +55,15 @@ ATTACKS: dict[str, Attack] = {
     "resize50": resize(0.5),
     "blur0.5": blur(0.5),
 }
+
+
+def with_attacks(protected: dict[str, Sequence[np.ndarray]], attacks: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """Each protected set, plus each attack applied to it (``name+attack``)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for name, images in protected.items():
+        out[name] = list(images)
+        for attack in attacks:
+            if attack not in ATTACKS:
+                raise ValueError(f"unknown attack {attack!r}; choose from {sorted(ATTACKS)}")
+            out[f"{name}+{attack}"] = [ATTACKS[attack](a) for a in images]
+    return out

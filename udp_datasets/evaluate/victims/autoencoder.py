@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.devices import resolve_device
+from ...models.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class AutoencoderResult:
 
 def build_autoencoder(config: AutoencoderConfig):
     """A seeded, randomly initialised SD-shaped ``AutoencoderKL``."""
-    from .tiny_models import build_vae
+    from ..tiny_models import build_vae
 
     return build_vae(config.block_out_channels, config.latent_channels, config.layers_per_block,
                      config.norm_num_groups, config.image_size, config.seed)
@@ -201,7 +201,7 @@ def latent_scaling_factor(vae, data: torch.Tensor, seed: int = 0, batch_size: in
 
 def reconstruction_psnr(vae, images: Sequence[np.ndarray]) -> float:
     """Mean per-image PSNR (dB) of D(E(x)) against x on the 0-255 grid."""
-    from .metrics import psnr
+    from ..metrics.fidelity import psnr
 
     rec = reconstruct(vae, images)
     a = np.stack([np.asarray(x) for x in images]).astype(np.float32) / 255

@@ -35,14 +35,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import ProtectionConfig
-from .ablation import _cached_protect, budget_sweep, random_noise, render_tables, sweep_plot
-from .autoencoder import (AutoencoderConfig, decode_latents, encode_distribution, load_autoencoder,
-                          reconstruction_psnr, train_autoencoder)
-from .experiment import EvalSettings, perturbation_cost, run_victims
-from .latent_victim import LatentRecipe, pretrain_config, pretrain_latent_denoiser, save_latent_surrogate
-from .report import fmt, side_by_side_grids
-from .victim import VictimConfig
+from ...config import ProtectionConfig
+from ..data import data_hash
+from ..metrics.fidelity import perturbation_cost, psnr, psnr_per_image
+from ..report import fmt, side_by_side_grids
+from ..victims.autoencoder import (AutoencoderConfig, decode_latents, encode_distribution, load_autoencoder,
+                                   reconstruction_psnr, train_autoencoder)
+from ..victims.latent import LatentRecipe, pretrain_config, pretrain_latent_denoiser, save_latent_surrogate
+from ..victims.pixel import VictimConfig
+from .ablation import budget_sweep, render_tables, sweep_plot
+from .protected_sets import cached_protect, random_noise
+from .victim_runs import EvalSettings, run_victims, victim_folder
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +95,7 @@ class LatentSetup:
 
 def split_data(setup: LatentSetup) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """(pretrain, train, holdout): disjoint sets of patches of the bundled photographs."""
-    from ..sources.bundled import photo_patches
+    from ...sources.bundled import photo_patches
 
     n = setup.pretrain_count + setup.train_count + setup.holdout_count
     images = photo_patches(setup.size, n, seed=setup.seed)
@@ -105,8 +108,6 @@ def split_data(setup: LatentSetup) -> tuple[list[np.ndarray], list[np.ndarray], 
 def cached_autoencoder(images: Sequence[np.ndarray], config: AutoencoderConfig, directory: Path,
                        progress: bool = True) -> dict[str, Any]:
     """Train the VAE once per (recipe, images); returns its training summary."""
-    from .experiment import data_hash
-
     key = {"config": config.to_dict(), "data": data_hash(images)}
     log = directory / "autoencoder_training.json"
     key_file = directory / "autoencoder_key.json"
@@ -126,8 +127,6 @@ def latent_amplification(vae, clean: Sequence[np.ndarray], perturbed: Sequence[n
     the amplification. ``decoded_psnr_db``: PSNR of D(E(x+d)) vs D(E(x)), to set beside the
     perturbation's own PSNR of x+d vs x.
     """
-    from . import metrics
-
     zc, _ = encode_distribution(vae, clean)
     zp, _ = encode_distribution(vae, perturbed)
     latent = ((zp - zc).flatten(1).norm(dim=1) / zc.flatten(1).norm(dim=1).clamp_min(1e-12)).mean().item()
@@ -139,7 +138,7 @@ def latent_amplification(vae, clean: Sequence[np.ndarray], perturbed: Sequence[n
     to01 = lambda a: a.astype(np.float32).transpose(0, 3, 1, 2) / 255  # noqa: E731
     return {"latent_shift": float(latent), "pixel_shift": pixel,
             "amplification": float(latent / pixel) if pixel > 0 else float("nan"),
-            "decoded_psnr_db": float(metrics.psnr(to01(dc), to01(dp)))}
+            "decoded_psnr_db": float(psnr(to01(dc), to01(dp)))}
 
 
 def run_latent_ablation(out: str | Path, settings: EvalSettings | None = None, setup: LatentSetup = LatentSetup(),
@@ -185,7 +184,7 @@ def run_latent_ablation(out: str | Path, settings: EvalSettings | None = None, s
     protected: dict[str, list[np.ndarray]] = {"random-noise": random_noise(train, levels_at_base)}
     for name, changes in variants.items():
         t0 = time.perf_counter()
-        protected[name] = _cached_protect(name, train, base.replace(**changes), out, salt=salt)
+        protected[name] = cached_protect(name, train, base.replace(**changes), out, salt=salt)
         lap(f"protect {name}", t0)
     cost = {name: perturbation_cost(train, imgs) for name, imgs in protected.items()}
     amplification = {name: latent_amplification(vae, train, imgs) for name, imgs in protected.items()}
@@ -203,7 +202,7 @@ def run_latent_ablation(out: str | Path, settings: EvalSettings | None = None, s
         t0 = time.perf_counter()
         sweep_rows = budget_sweep(
             best, base.replace(**variants[best]),
-            lambda name, cfg: _cached_protect(name, train, cfg, out, salt=salt),
+            lambda name, cfg: cached_protect(name, train, cfg, out, salt=salt),
             train, holdout, out, settings, victims, protected, recipe=recipe, levels=levels,
             measure=lambda imgs: latent_amplification(vae, train, imgs))
         sweep_plot(sweep_rows, out / "latent_budget_sweep.png", best, extra={
@@ -246,13 +245,10 @@ def paired_psnr(out: Path, name: str) -> float:
     The victims share initialisation, recipe and sampling noise, so this is how far the
     training data moved what the victim generates (FD can miss a shared texture or pattern).
     """
-    from . import metrics
-    from .experiment import _slug
-
-    load = lambda n: np.load(out / "victims" / _slug(n) / "samples.npz")["samples"]  # noqa: E731
+    load = lambda n: np.load(victim_folder(out, n) / "samples.npz")["samples"]  # noqa: E731
     a, b = load("clean"), load(name)
     to01 = lambda x: x.astype(np.float32).transpose(0, 3, 1, 2) / 255  # noqa: E731
-    return float(np.mean(np.minimum(metrics.psnr_per_image(to01(a), to01(b)), 100.0)))  # identical: 100 dB
+    return float(np.mean(np.minimum(psnr_per_image(to01(a), to01(b)), 100.0)))  # identical: 100 dB
 
 
 def protected_grid(train: Sequence[np.ndarray], protected: dict[str, list[np.ndarray]], vae, path: Path,

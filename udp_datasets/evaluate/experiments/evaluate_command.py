@@ -15,60 +15,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..config import ProtectionConfig
-from ..images import ImageError, load_image
-from .experiment import EvalSettings, perturbation_cost, resize_all, run_victims, with_attacks
-from .report import write_report
+from ...config import ProtectionConfig
+from ..data import resize_all, split_holdout
+from ..metrics.fidelity import perturbation_cost
+from ..purify.filters import with_attacks
+from ..report import write_report
+from .protected_sets import protect_arrays
+from .victim_runs import EvalSettings, run_victims
 
 logger = logging.getLogger(__name__)
-
-
-def load_images(src: str, image_column: str = "image", limit: int | None = None) -> list[np.ndarray]:
-    """Decode a dataset's images to (H, W, C) uint8 arrays (alpha dropped)."""
-    from ..protector import raw_image_column
-    from ..sources import open_source
-
-    ds = open_source(src)  # also understands the output folder of `udp-datasets protect`
-    ds = raw_image_column(ds, image_column)
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
-    out = []
-    for i, value in enumerate(ds[image_column]):
-        try:
-            out.append(load_image(value, key=str(i)).pixels)
-        except ImageError as exc:
-            raise ImageError(f"{src}: {exc}") from exc
-    return out
-
-
-def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    if not 0 < fraction < 1:
-        raise ValueError(f"holdout fraction {fraction} must be in (0, 1)")
-    perm = np.random.default_rng(seed).permutation(n)
-    k = max(1, int(round(n * fraction)))
-    return np.sort(perm[k:]), np.sort(perm[:k])
-
-
-def protect_arrays(images: Sequence[np.ndarray], config: ProtectionConfig, fit_dir: Path,
-                   progress: bool = True) -> list[np.ndarray]:
-    """Fit (if needed) and protect a list of arrays; refuses to return partial results.
-
-    Fits the built-in surrogate when none is given, and fine-tunes a copy of a given *latent*
-    surrogate for ``unlearnable`` (min-min needs a denoiser co-trained on the perturbed data;
-    a pretrained latent pair is only its starting point). The fitted copy goes to ``fit_dir``.
-    """
-    from ..images import decode_png_pixels
-    from ..protector import FailedImage, Protector
-    from ..models import is_latent_folder
-
-    protector = Protector(config, progress=progress)
-    if config.surrogate is None or (config.objective == "unlearnable" and is_latent_folder(config.surrogate)):
-        protector.fit(list(images), output_dir=fit_dir)
-    results = protector.protect_images(list(images))
-    failed = [r for r in results if isinstance(r, FailedImage)]
-    if failed:
-        raise ImageError(f"{len(failed)} images could not be protected, e.g. {failed[0].key}: {failed[0].reason}")
-    return [decode_png_pixels(r.png) for r in results]
 
 
 def evaluate_pair(clean: Sequence[np.ndarray], protected: Sequence[np.ndarray], out_dir: str | Path,
@@ -77,7 +32,7 @@ def evaluate_pair(clean: Sequence[np.ndarray], protected: Sequence[np.ndarray], 
     """Victims on clean vs protected (+ attacks), scored on a held-out clean split; writes the report."""
     import platform
 
-    from ..jobs.dataset_job import library_versions
+    from ...jobs.dataset_job import library_versions
 
     if len(clean) != len(protected):
         raise ValueError(f"--clean has {len(clean)} images but --protected has {len(protected)}; they must "
@@ -105,7 +60,7 @@ def evaluate_bundled(config: ProtectionConfig, out_dir: str | Path, settings: Ev
                      count: int = 1200, size: int = 16, holdout_fraction: float = 0.25,
                      progress: bool = True) -> dict[str, Any]:
     """Protect the bundled photo patches with ``config`` and evaluate them."""
-    from ..sources.bundled import photo_patches
+    from ...sources.bundled import photo_patches
 
     out_dir = Path(out_dir)
     clean = photo_patches(size, count, seed=settings.seed)

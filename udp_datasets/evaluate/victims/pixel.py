@@ -1,4 +1,4 @@
-"""Victim models: what an unauthorised trainer would do with the published images.
+"""Pixel-space victims: what an unauthorised trainer would do with the published images.
 
 An unconditional DDPM (diffusers ``UNet2DModel`` + ``DDPMScheduler``) trained with
 an accelerate loop in the style of diffusers' ``train_unconditional.py``: random
@@ -8,6 +8,9 @@ difference between them is the data.
 
 The default architecture deliberately differs from every built-in *surrogate*:
 a protection that only fools its own surrogate is not a protection.
+
+:func:`train_denoiser` and :func:`sample_tensors` are the one DDPM training loop and DDIM
+sampler; the latent victims (:mod:`.latent`) feed them latents instead of pixels.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..models.devices import resolve_device
+from ...models.devices import resolve_device
 
 logger = logging.getLogger(__name__)
+
+Images = Sequence[np.ndarray]
 
 VICTIM_ARCHITECTURES: dict[str, dict[str, Any]] = {
     # differs from the surrogates: wider last level, attention in the middle level, 2 layers
@@ -241,3 +246,24 @@ def sample_tensors(pipeline_dir: str | Path, num_images: int, seed: int = 0, ste
             x = scheduler.step(eps, t, x, eta=eta, generator=gen).prev_sample
         out.append(x.float().cpu())
     return torch.cat(out)
+
+
+class PixelRecipe:
+    """A pixel-space DDPM trained from scratch: the original evaluation."""
+
+    def __init__(self, victim: VictimConfig):
+        self.victim = victim
+
+    def cache_key(self) -> dict[str, Any] | None:
+        return None  # keeps the cache keys (and cached victims) of earlier runs valid
+
+    def train(self, images: Images, victim_dir: Path, desc: str, progress: bool) -> list[float]:
+        return train_victim(images, self.victim, victim_dir, desc=desc, progress=progress).loss_history
+
+    def sample(self, victim_dir: Path, num_samples: int, seed: int, progress: bool) -> np.ndarray:
+        return sample_victim(victim_dir, num_samples, seed=seed, steps=self.victim.sample_steps,
+                             device=self.victim.device, progress=progress, eta=self.victim.sample_eta)
+
+    def extra_scores(self, scorer: Any, images: Images, limit: int,
+                     samples: np.ndarray | None = None) -> dict[str, float]:
+        return {}

@@ -22,10 +22,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import ProtectionConfig
-from .experiment import EvalSettings, Images, VictimRecipe, perturbation_cost, run_victims
-from .pipeline import protect_arrays, split_holdout
-from .report import fmt, results_table, side_by_side_grids
+from ...config import ProtectionConfig
+from ..data import Images, split_holdout
+from ..metrics.fidelity import perturbation_cost
+from ..report import fmt, results_table, side_by_side_grids
+from .protected_sets import cached_protect, random_noise
+from .victim_runs import EvalSettings, VictimRecipe, run_victims
 
 logger = logging.getLogger(__name__)
 
@@ -41,30 +43,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 SWEEP_LEVELS = (4, 8, 16, 32)
 
 
-def random_noise(images: list[np.ndarray], levels: int, seed: int = 0) -> list[np.ndarray]:
-    """Uniform integer noise in [-levels, levels]: the 'no optimisation' control of equal budget."""
-    rng = np.random.default_rng(seed)
-    return [np.clip(a.astype(np.int16) + rng.integers(-levels, levels + 1, a.shape), 0, 255).astype(np.uint8)
-            for a in images]
-
-
-def _cached_protect(name: str, images: list[np.ndarray], config: ProtectionConfig, out: Path,
-                    salt: str = "") -> list[np.ndarray]:
-    """Protect (and fit, if the recipe needs it) once; ``salt`` ties the cache to e.g. surrogate weights."""
-    cache = out / "protected" / f"{name.replace('/', '_')}-{config.hash()}{'-' + salt if salt else ''}.npz"
-    if cache.exists():
-        return list(np.load(cache)["images"])
-    start = time.perf_counter()
-    protected = protect_arrays(images, config, out / "surrogates" / config.hash(), progress=True)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(cache, images=np.stack(protected))
-    logger.info("protected %s in %.0f s", name, time.perf_counter() - start)
-    return protected
-
-
 def run_ablation(out: str | Path, settings: EvalSettings, count: int = 1200, size: int = 16,
                  base: ProtectionConfig = BASE, sweep: bool = True) -> dict[str, Any]:
-    from ..sources.bundled import photo_patches
+    from ...sources.bundled import photo_patches
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +58,7 @@ def run_ablation(out: str | Path, settings: EvalSettings, count: int = 1200, siz
 
     protected: dict[str, list[np.ndarray]] = {"random-noise": random_noise(train, levels)}
     for name, changes in VARIANTS.items():
-        full = _cached_protect(name, clean, base.replace(**changes), out)
+        full = cached_protect(name, clean, base.replace(**changes), out)
         protected[name] = [full[i] for i in train_idx]
     cost = {name: perturbation_cost(train, imgs) for name, imgs in protected.items()}
     # the same clean images in another order: how much victims differ by training noise alone
@@ -90,7 +71,7 @@ def run_ablation(out: str | Path, settings: EvalSettings, count: int = 1200, siz
     sweep_rows: dict[str, dict[str, Any]] = {}
     if sweep:
         def protect(name: str, cfg: ProtectionConfig) -> list[np.ndarray]:
-            full = _cached_protect(name, clean, cfg, out)
+            full = cached_protect(name, clean, cfg, out)
             return [full[i] for i in train_idx]
 
         sweep_rows = budget_sweep(best, base.replace(**VARIANTS[best]), protect, train, holdout, out, settings,

@@ -9,7 +9,6 @@ perturbation itself stays small (its PSNR / SSIM / L-inf are reported too).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -20,10 +19,10 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
-from . import metrics
-from .attacks import ATTACKS
-from .features import get_feature_extractor
-from .victim import VictimConfig, sample_victim, train_victim
+from ..data import data_hash, resize_all
+from ..metrics.scorer import Scorer
+from ..purify.filters import ATTACKS
+from ..victims.pixel import PixelRecipe, VictimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,59 +42,6 @@ class EvalSettings:
         d = asdict(self)
         d["victim"] = self.victim.to_dict()
         return d
-
-
-def to_nchw(images: Images) -> np.ndarray:
-    """(H, W, C) uint8 arrays of one size -> (N, C, H, W) float32 in [0, 1]."""
-    return np.stack([np.asarray(a, dtype=np.float32) / 255.0 for a in images]).transpose(0, 3, 1, 2)
-
-
-def resize_all(images: Images, size: int) -> list[np.ndarray]:
-    from PIL import Image
-
-    out = []
-    for a in images:
-        if a.shape[:2] == (size, size):
-            out.append(a)
-            continue
-        img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).resize((size, size), Image.Resampling.BOX)
-        arr = np.asarray(img, dtype=np.uint8)
-        out.append(arr[:, :, None] if arr.ndim == 2 else arr)
-    return out
-
-
-def perturbation_cost(clean: Images, protected: Images) -> dict[str, float]:
-    """PSNR / SSIM / max L-inf of protected vs clean, paired by position."""
-    if len(clean) != len(protected):
-        raise ValueError(f"clean and protected sets differ in size ({len(clean)} vs {len(protected)})")
-    a, b = to_nchw(clean), to_nchw(protected)
-    return {"psnr_db": float(metrics.psnr(a, b)), "ssim": float(metrics.ssim(a, b)),
-            "linf_levels": int(metrics.linf_levels(a, b))}
-
-
-class Scorer:
-    """Scores sample sets against the held-out split with one fitted feature extractor."""
-
-    def __init__(self, train: Images, holdout: Images, settings: EvalSettings):
-        # kept so a recipe can build a second scorer from the same split (e.g. VAE round trips)
-        self.train_images, self.holdout_images, self.settings = train, holdout, settings
-        self.extractor = get_feature_extractor(settings.feature, **settings.feature_kwargs)
-        if hasattr(self.extractor, "fit"):
-            self.extractor.fit(to_nchw(train), seed=settings.seed)  # clean TRAINING images only
-        self.holdout = to_nchw(holdout)
-        self.holdout_features = self.extractor(self.holdout)
-
-    def score(self, samples: Images) -> dict[str, float]:
-        x = to_nchw(samples)
-        feats = self.extractor(x)
-        k = max(1, min(3, len(feats) - 1, len(self.holdout_features) - 1))  # tiny sets: smaller k
-        precision, recall = metrics.precision_recall(self.holdout_features, feats, k=k)
-        return {
-            "fd": float(metrics.frechet_distance_from_features(self.holdout_features, feats)),
-            "precision": float(precision), "recall": float(recall),
-            "artifact_ratio": float(metrics.artifact_ratio(x, self.holdout)),
-            "colour_noise_ratio": float(metrics.colour_noise_ratio(x, self.holdout)),
-        }
 
 
 class VictimRecipe(Protocol):
@@ -121,27 +67,6 @@ class VictimRecipe(Protocol):
         """Recipe-specific scores of one training set and its victim's ``samples`` (None: the
         clean reference row). Keys listed in an optional ``ratio_keys`` attribute also get
         ``KEY_ratio_vs_clean``."""
-
-
-class PixelRecipe:
-    """A pixel-space DDPM trained from scratch: the original evaluation."""
-
-    def __init__(self, victim: VictimConfig):
-        self.victim = victim
-
-    def cache_key(self) -> dict[str, Any] | None:
-        return None  # keeps the cache keys (and cached victims) of earlier runs valid
-
-    def train(self, images: Images, victim_dir: Path, desc: str, progress: bool) -> list[float]:
-        return train_victim(images, self.victim, victim_dir, desc=desc, progress=progress).loss_history
-
-    def sample(self, victim_dir: Path, num_samples: int, seed: int, progress: bool) -> np.ndarray:
-        return sample_victim(victim_dir, num_samples, seed=seed, steps=self.victim.sample_steps,
-                             device=self.victim.device, progress=progress, eta=self.victim.sample_eta)
-
-    def extra_scores(self, scorer: "Scorer", images: Images, limit: int,
-                     samples: np.ndarray | None = None) -> dict[str, float]:
-        return {}
 
 
 def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Images, out_dir: str | Path,
@@ -170,7 +95,7 @@ def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Ima
     for name, images in train_sets.items():
         start = time.perf_counter()
         images = resize_all(images, size)
-        victim_dir = out_dir / "victims" / _slug(name)
+        victim_dir = victim_folder(out_dir, name)
         key = {"victim": settings.victim.to_dict(), "data": data_hash(images), "samples": settings.num_samples,
                "seed": settings.seed}
         if recipe.cache_key() is not None:
@@ -207,27 +132,6 @@ def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Ima
     return {"victims": results, "samples": samples, "losses": losses}
 
 
-def with_attacks(protected: dict[str, Images], attacks: Sequence[str]) -> dict[str, list[np.ndarray]]:
-    """Each protected set, plus each attack applied to it (``name+attack``)."""
-    out: dict[str, list[np.ndarray]] = {}
-    for name, images in protected.items():
-        out[name] = list(images)
-        for attack in attacks:
-            if attack not in ATTACKS:
-                raise ValueError(f"unknown attack {attack!r}; choose from {sorted(ATTACKS)}")
-            out[f"{name}+{attack}"] = [ATTACKS[attack](a) for a in images]
-    return out
-
-
-def data_hash(images: Images) -> str:
-    """Content hash of a training set (order-sensitive)."""
-    h = hashlib.sha256()
-    for a in images:
-        h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
-
 SAMPLING_FIELDS = ("sample_steps", "sample_eta")
 
 
@@ -251,5 +155,7 @@ def _load_cached(victim_dir: Path, key: dict[str, Any]) -> tuple[list[float] | N
     return losses, (np.load(samples_file)["samples"] if same_sampling else None)
 
 
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+def victim_folder(out_dir: str | Path, name: str) -> Path:
+    """Where :func:`run_victims` keeps the victim of training set ``name`` (its weights, samples, cache key)."""
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return Path(out_dir) / "victims" / slug

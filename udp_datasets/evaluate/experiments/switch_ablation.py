@@ -25,10 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from .ablation import BASE, _cached_protect, random_noise
-from .experiment import EvalSettings, perturbation_cost, run_victims
-from .pipeline import split_holdout
-from .report import results_table, side_by_side_grids
+from ..data import split_holdout
+from ..metrics.fidelity import perturbation_cost
+from ..report import results_table, side_by_side_grids
+from .ablation import BASE
+from .protected_sets import cached_protect, random_noise
+from .victim_runs import EvalSettings, run_victims
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ REFERENCE = {"unlearnable+eudp": {"objective": "unlearnable", "timesteps": "eudp
 def run_leads(out: str | Path, settings: EvalSettings, count: int = 1200, size: int = 16,
               leads: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Protect with each lead, train one victim per protected set, write leads.json / leads_table.md."""
-    from ..sources.bundled import photo_patches
+    from ...sources.bundled import photo_patches
 
     leads = LEADS if leads is None else leads
     out = Path(out)
@@ -61,7 +63,7 @@ def run_leads(out: str | Path, settings: EvalSettings, count: int = 1200, size: 
     seconds: dict[str, float] = {}
     for name, changes in {**REFERENCE, **leads}.items():
         t0 = time.perf_counter()
-        full = _cached_protect(name, clean, BASE.replace(**changes), out)
+        full = cached_protect(name, clean, BASE.replace(**changes), out)
         seconds[name] = round(time.perf_counter() - t0, 1)
         protected[name] = [full[i] for i in train_idx]
     result_victims = run_victims({"clean": train, **protected}, holdout, train, out, settings)

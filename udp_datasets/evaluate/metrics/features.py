@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .metrics import ImageBatch, _as_images
+from .arrays import ImageBatch, as_images
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _iter_batches(images: Images, batch_size: int):
     A list may mix resolutions (each item is resized by the extractor); a 3-D item is one image.
     """
     if isinstance(images, (np.ndarray, torch.Tensor)):
-        yield from _split(_as_images(images), batch_size)
+        yield from _split(as_images(images), batch_size)
         return
     items = list(images)
     if not items:
@@ -69,7 +69,7 @@ def _iter_batches(images: Images, batch_size: int):
     pending: list[torch.Tensor] = []  # consecutive items of one shape, stacked into full batches
     count = 0
     for item in items:
-        t = _as_images(item)
+        t = as_images(item)
         if pending and pending[0].shape[1:] != t.shape[1:]:
             yield from _split(torch.cat(pending), batch_size)
             pending, count = [], 0
@@ -227,7 +227,7 @@ class FittedFeatureExtractor:
     @staticmethod
     def _auto_size(images: Images) -> int:
         first = images if isinstance(images, (np.ndarray, torch.Tensor)) else next(iter(images))
-        h, w = _as_images(first).shape[-2:]
+        h, w = as_images(first).shape[-2:]
         return int(min(max(4 * round(max(h, w) / 4), 16), 128))
 
     # -- public API

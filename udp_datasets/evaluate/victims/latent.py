@@ -10,8 +10,8 @@ latents are ``scaling_factor * E(x)`` with a fresh posterior *sample* at every
 step (SD's ``latent_dist.sample()``), and a random flip happens in pixel space
 (both mirror images are encoded). Samples are DDIM latents decoded by the VAE.
 
-Everything reuses the pixel victims' loop (:func:`~.victim.train_denoiser`) and
-sampler (:func:`~.victim.sample_tensors`); :func:`~.experiment.run_victims`
+Everything reuses the pixel victims' loop (:func:`~.pixel.train_denoiser`) and
+sampler (:func:`~.pixel.sample_tensors`); :func:`~..experiments.victim_runs.run_victims`
 caches, scores and reports both kinds the same way.
 """
 
@@ -26,9 +26,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..models.latent import sd_scheduler
+from ...models.latent import sd_scheduler
 from .autoencoder import decode_latents, encode_distribution, load_autoencoder, reconstruct
-from .victim import VictimConfig, VictimResult, sample_tensors, train_denoiser
+from ..data import data_hash
+from ..metrics.scorer import Scorer
+from .pixel import VictimConfig, VictimResult, sample_tensors, train_denoiser
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +80,7 @@ def pretrain_latent_denoiser(images: Images, config: VictimConfig, vae_dir: str 
     ``model`` None trains ``config.architecture``; the folder (``unet/``, ``scheduler/``) is then
     the ``init_dir`` of every fine-tuned victim.
     """
-    from ..models import weights_sha256
-    from .experiment import data_hash
+    from ...models import weights_sha256
 
     output_dir = Path(output_dir)
     # private config keys (e.g. _use_default_values, a set) are left out: their order varies per process
@@ -104,9 +105,9 @@ def save_latent_surrogate(images: Images, config: VictimConfig, vae_dir: str | P
     (``tiny_models.build_tiny_latent_unet``) pretrained on clean latents, as a latent pair folder."""
     from diffusers import DDPMScheduler, UNet2DModel
 
-    from ..models import weights_sha256
-    from ..models.latent import save_latent_pair
-    from .tiny_models import build_tiny_latent_unet
+    from ...models import weights_sha256
+    from ...models.latent import save_latent_pair
+    from ..tiny_models import build_tiny_latent_unet
 
     vae = load_autoencoder(vae_dir, device="cpu")
     latent = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
@@ -146,7 +147,7 @@ class LatentRecipe:
 
     def cache_key(self) -> dict[str, Any]:
         if self._key is None:
-            from ..models import weights_sha256
+            from ...models import weights_sha256
 
             self._key = {"kind": "latent", "vae": weights_sha256(self.vae_dir),
                          "init": weights_sha256(self.init_dir), "posterior": self.posterior}
@@ -180,9 +181,7 @@ class LatentRecipe:
         return out
 
     def _vae_scorer(self, scorer: Any):
-        """A :class:`~.experiment.Scorer` on the VAE round trips of ``scorer``'s own split (cached)."""
-        from .experiment import Scorer
-
+        """A :class:`~..metrics.scorer.Scorer` on the VAE round trips of ``scorer``'s own split (cached)."""
         if self._vae_scorer_for is not scorer:
             self._vae_scorer_obj = Scorer(list(reconstruct(self.vae, scorer.train_images)),
                                           list(reconstruct(self.vae, scorer.holdout_images)), scorer.settings)
