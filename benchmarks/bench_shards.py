@@ -128,7 +128,8 @@ def rss_child(args: argparse.Namespace) -> None:
     import torch
 
     from udp_datasets import ProtectionConfig
-    from udp_datasets.jobs.shard_job import make_state, run_shards
+    from udp_datasets.jobs.distributed import make_state
+    from udp_datasets.jobs.shard_job import run_shards
 
     torch.set_num_threads(args.threads)
     config = ProtectionConfig.from_json(args.config_json)

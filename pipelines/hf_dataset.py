@@ -12,7 +12,7 @@ with ``load_dataset(DESTINATION)`` or publish it with ``upload_folder``.
 
 import sys
 
-from udp_datasets.jobs.shard_job import run_pipeline
+from udp_datasets.cli.pipelines import run_pipeline
 
 if __name__ == "__main__":
     sys.exit(run_pipeline("hf_dataset"))

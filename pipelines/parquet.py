@@ -9,7 +9,7 @@ replaced by PNG bytes; the schema, its metadata and every other column are kept.
 
 import sys
 
-from udp_datasets.jobs.shard_job import run_pipeline
+from udp_datasets.cli.pipelines import run_pipeline
 
 if __name__ == "__main__":
     sys.exit(run_pipeline("parquet"))

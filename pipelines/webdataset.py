@@ -6,12 +6,12 @@
         pipelines/webdataset.py --config pipelines/webdataset.yaml --set protection.steps=20
 
 Each ``KEY.jpg`` (any image member) becomes ``KEY.png``; captions, json, cls and every
-other member are copied byte for byte. Re-running resumes; see udp_datasets/runner.py.
+other member are copied byte for byte. Re-running resumes; see udp_datasets/jobs/shard_job.py.
 """
 
 import sys
 
-from udp_datasets.jobs.shard_job import run_pipeline
+from udp_datasets.cli.pipelines import run_pipeline
 
 if __name__ == "__main__":
     sys.exit(run_pipeline("webdataset"))

@@ -19,8 +19,10 @@ from PIL import Image
 
 from udp_datasets import ProtectionConfig
 from udp_datasets.cli.app import EXIT_QUARANTINED, EXIT_USAGE, main
-from udp_datasets.jobs.shard_job import (BOOKKEEPING, ConfigMismatchError, OutputExistsError, launch_command, run_pipeline,
-                                 run_shards, strip_option)
+from udp_datasets.cli.launch import launch_command, strip_option
+from udp_datasets.cli.pipelines import run_pipeline
+from udp_datasets.jobs.shard_job import BOOKKEEPING, ConfigMismatchError, run_shards
+from udp_datasets.sinks.atomic import OutputExistsError
 
 REPO = Path(__file__).resolve().parents[1]
 FLAGS = ["--resolution", "16", "--batch-size", "4"]

@@ -11,7 +11,7 @@ from .exit_codes import EXIT_OK, EXIT_QUARANTINED
 
 def cmd_protect(args: argparse.Namespace) -> int:
     from ..jobs.dataset_job import format_summary, protect_dataset
-    from ..jobs.shard_job import run_cli, wants_runner
+    from .launch import run_cli, wants_runner
 
     config = config_from_args(args)
     if wants_runner(args):  # shards, --format parquet, --num-processes, accelerate launch

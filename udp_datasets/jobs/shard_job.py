@@ -62,350 +62,35 @@ import json
 import logging
 import math
 import os
-import queue
 import shutil
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable
 
 from ..config import ConfigError, ProtectionConfig
 from ..images import ImageError
 from ..protector import FailedImage, ProtectedImage, Protector
-from .manifest import MANIFEST_SCHEMA, manifest_table
 from ..sinks.atomic import (OutputExistsError, atomic_directory, atomic_file, is_temp_name, remove_path,
                             write_bytes_atomic, write_json_atomic)
-from ..sinks.parquet_writer import ParquetShardWriter, parquet_compression, replace_image_column
-from ..sinks.tar_writer import TarShardWriter
 from ..sources.hf import SourceError
-from ..sources.keys import IMAGE_EXTENSIONS, png_member_name, split_key
-from ..sources.shards import (Shard, ShardReadError, discover_shards, find_image_column, iter_parquet_batches,
-                              iter_tar_samples, looks_like_shards, open_parquet)
+from ..sources.keys import IMAGE_EXTENSIONS
+from ..sources.shards import discover_shards
+from ..sources.tar import ShardReadError
+from .background import ReadAhead, WriteBehind
+from .codecs import Chunk, ShardCodec, WorkUnit, dataset_units, make_codec, shard_units
+from .distributed import main_then_broadcast, make_state
+from .manifest import MANIFEST_SCHEMA, manifest_table
 
 logger = logging.getLogger(__name__)
 
 BOOKKEEPING = ".udp"
 RUNNER_VERSION = 1
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_QUARANTINED = 0, 1, 2, 3
-CHILD_ENV = "UDP_DATASETS_LAUNCHED"  # set by --num-processes in the processes it starts
 
 
 class ConfigMismatchError(ConfigError):
     """DST holds shards (or a fitted surrogate) made with another config."""
-
-
-# ======================================================================= units
-@dataclass
-class WorkUnit:
-    """One shard of work. ``name`` is the output path relative to DST (posix)."""
-
-    name: str
-    kind: str  # "tar" | "parquet" | "hf"
-    source: str  # where the input comes from (for the manifest and messages)
-    shard: Shard | None = None
-    index: int = 0  # hf: which slice
-    count: int = 1  # hf: how many slices
-
-
-@dataclass
-class Chunk:
-    """A batch of records (tar samples or table rows) read from one unit.
-
-    ``images`` are the payloads to protect, ``owners[j]`` the record image j belongs
-    to; ``image_keys`` seed the per-sample randomness (``None``: the protector's
-    default, the pixel hash). ``problems`` marks records refused before protection.
-    """
-
-    keys: list[str | None]
-    images: list[Any]
-    owners: list[int]
-    image_keys: list[str] | None
-    names: list[str]
-    data: Any
-    group: Any = 0
-    problems: dict[int, str] = field(default_factory=dict)
-    rows: list[int] | None = None  # table rows: index within the unit, for error records
-
-
-class _CodecBase:
-    """What every shard codec shares: closing or aborting its (temporary-file) writer."""
-
-    writer: Any = None
-
-    def close(self) -> None:
-        assert self.writer is not None
-        self.writer.close()
-
-    def abort(self) -> None:
-        if self.writer is not None:
-            self.writer.abort()
-
-
-class _TarCodec(_CodecBase):
-    """WebDataset tar shards: samples grouped by key, members copied or re-encoded."""
-
-    def __init__(self, unit: WorkUnit, batch_size: int, image_extensions: frozenset[str]):
-        assert unit.shard is not None
-        self.unit = unit
-        self.batch_size = batch_size
-        self.image_extensions = image_extensions
-        self.writer: TarShardWriter | None = None
-
-    def chunks(self) -> Iterator[Chunk]:
-        pending: list[Any] = []
-        n_images = n_bytes = 0
-        for sample in iter_tar_samples(self.unit.shard.url, self.image_extensions):  # type: ignore[union-attr]
-            pending.append(sample)
-            n_images += len(sample.images)
-            n_bytes += sum(len(m.data or b"") for m in sample.members)
-            if n_images >= self.batch_size or n_bytes >= (32 << 20) or len(pending) >= 4096:
-                yield self._chunk(pending)
-                pending, n_images, n_bytes = [], 0, 0
-        if pending:
-            yield self._chunk(pending)
-
-    def _chunk(self, samples: list[Any]) -> Chunk:
-        chunk = Chunk(keys=[], images=[], owners=[], image_keys=[], names=[], data=samples)
-        for i, sample in enumerate(samples):
-            chunk.keys.append(sample.key if sample.key is not None else
-                              (sample.members[0].info.name if sample.images else None))
-            problem = sample.problem
-            if problem is None and sample.images:
-                names = [m.info.name for m in sample.members]
-                for j in sample.images:
-                    new = png_member_name(names[j])
-                    if new != names[j] and new in names:
-                        problem = (f"cannot rename {names[j]!r} to {new!r}: the sample already has a "
-                                   f"member of that name")
-            if problem is not None:
-                chunk.problems[i] = problem
-            for j in sample.images:
-                name = sample.members[j].info.name
-                ext = split_key(name)[1] or name
-                chunk.images.append(sample.members[j].data)
-                chunk.owners.append(i)
-                single = len(sample.images) == 1 and sample.key is not None
-                chunk.image_keys.append(sample.key if single else f"{sample.key}.{ext}")  # type: ignore[union-attr]
-                chunk.names.append(name)
-        return chunk
-
-    def open(self, tmp: Path) -> None:
-        self.writer = TarShardWriter(tmp, compress=self.unit.shard.compressed)  # type: ignore[union-attr]
-
-    def write(self, chunk: Chunk, ok: list[bool], pngs: list[bytes | None]) -> None:
-        assert self.writer is not None
-        image_at = 0
-        for i, sample in enumerate(chunk.data):
-            n = len(sample.images)
-            mine = pngs[image_at:image_at + n]
-            image_at += n
-            if not ok[i]:
-                continue
-            replaced = dict(zip(sample.images, mine))
-            for j, member in enumerate(sample.members):
-                if j in replaced:
-                    png = replaced[j]
-                    assert png is not None  # an ok sample has every image protected
-                    self.writer.add_renamed(member.info, png_member_name(member.info.name), png)
-                else:
-                    self.writer.add(member.info, member.data)
-
-
-class _TableCodec(_CodecBase):
-    """Arrow tables (Parquet files, ``datasets`` slices): one row = one record."""
-
-    def __init__(self, unit: WorkUnit, batch_size: int, image_column: str | None, key_column: str | None,
-                 dataset: Any = None):
-        self.unit = unit
-        self.batch_size = batch_size
-        self.key_column = key_column
-        self.dataset = dataset
-        self.writer: ParquetShardWriter | None = None
-        if unit.kind == "parquet":
-            assert unit.shard is not None
-            self.pf = open_parquet(unit.shard.url)
-            self.schema = self.pf.schema_arrow
-            self.compression = parquet_compression(self.pf)
-        else:
-            self.pf = None
-            self.schema = _dataset_schema(dataset)
-            self.compression = "snappy"
-        self.image_column = find_image_column(self.schema, image_column)
-        _check_image_type(self.schema, self.image_column, unit.source)
-        if key_column is not None and key_column not in self.schema.names:
-            raise SourceError(f"{unit.source} has no key column {key_column!r}; its columns are "
-                              f"{self.schema.names}")
-        if self.key_column is None and "__key__" in self.schema.names:
-            self.key_column = "__key__"
-
-    def _tables(self) -> Iterator[tuple[Any, Any]]:
-        if self.pf is not None:
-            yield from iter_parquet_batches(self.pf, self.batch_size)
-            return
-        part = _dataset_slice(self.dataset, self.unit.index, self.unit.count)
-        for table in part.with_format("arrow").iter(batch_size=self.batch_size):
-            if table.num_rows:
-                yield 0, table
-
-    def chunks(self) -> Iterator[Chunk]:
-        row = 0
-        for group, table in self._tables():
-            images = table.column(self.image_column).to_pylist()
-            keys = ([None if k is None else str(k) for k in table.column(self.key_column).to_pylist()]
-                    if self.key_column else None)
-            rows = list(range(row, row + len(images)))
-            row += len(images)
-            names = [f"{self.unit.name} row {r}" for r in rows]
-            chunk = Chunk(keys=keys if keys is not None else [None] * len(images), images=images,
-                          owners=list(range(len(images))), image_keys=None, names=names, data=table,
-                          group=group, rows=rows)
-            if keys is not None:
-                chunk.image_keys = [k if k is not None else "" for k in keys]
-                for i, k in enumerate(keys):
-                    if k is None:
-                        chunk.problems[i] = f"key column {self.key_column!r} is null"
-            yield chunk
-
-    def open(self, tmp: Path) -> None:
-        self.writer = ParquetShardWriter(tmp, self.schema, compression=self.compression)
-
-    def write(self, chunk: Chunk, ok: list[bool], pngs: list[bytes | None]) -> None:
-        assert self.writer is not None
-        kept = [p for p, good in zip(pngs, ok) if good]
-        table = replace_image_column(chunk.data, self.image_column, ok, kept)  # type: ignore[arg-type]
-        self.writer.write(table, chunk.group)
-
-
-def _check_image_type(schema: Any, column: str, source: str) -> None:
-    import pyarrow as pa
-
-    typ = schema.field(column).type
-    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
-        return
-    if pa.types.is_struct(typ) and typ.get_field_index("bytes") >= 0:
-        return
-    raise SourceError(f"{source}: image column {column!r} has type {typ}; it must hold the image bytes "
-                      "(binary, or a Hugging Face Image struct<bytes, path>)")
-
-
-def _dataset_schema(ds: Any) -> Any:
-    features = getattr(ds, "features", None)
-    if features is None and hasattr(ds, "_resolve_features"):
-        features = ds._resolve_features().features
-    if features is None:
-        raise SourceError("the dataset's features are unknown; pass features= when loading it")
-    return features.arrow_schema
-
-
-def _dataset_slice(ds: Any, index: int, count: int) -> Any:
-    import datasets
-
-    if isinstance(ds, datasets.IterableDataset):
-        return ds.shard(num_shards=count, index=index)
-    return ds.shard(num_shards=count, index=index, contiguous=True)
-
-
-def dataset_units(ds: Any, rows_per_shard: int = 10_000, split: str | None = None) -> list[WorkUnit]:
-    """Work units for a ``datasets.Dataset`` (contiguous slices of ``rows_per_shard``) or an
-    ``IterableDataset`` (its own shards), named like the Hub's Parquet layout:
-    ``data/{split}-00000-of-00004.parquet``. The names depend on the data and
-    ``rows_per_shard`` only, never on the world size, so a resumed job may use
-    another number of processes."""
-    import datasets
-
-    split = split or (str(ds.split) if getattr(ds, "split", None) else "train")
-    if isinstance(ds, datasets.IterableDataset):
-        count = ds.n_shards
-    else:
-        count = max(1, math.ceil(len(ds) / rows_per_shard))
-    return [WorkUnit(name=f"data/{split}-{i:05d}-of-{count:05d}.parquet", kind="hf",
-                     source=f"{getattr(ds, 'info', None) and ds.info.dataset_name or 'dataset'}[{split}] "
-                            f"shard {i}/{count}", index=i, count=count)
-            for i in range(count)]
-
-
-# ================================================================= background
-class _Prefetch:
-    """Run an iterator in a thread, ``depth`` items ahead; exceptions re-raise in the consumer."""
-
-    _END = object()
-
-    def __init__(self, iterable: Iterable[Any], depth: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(iterable,), daemon=True, name="udp-prefetch")
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, iterable: Iterable[Any]) -> None:
-        try:
-            for item in iterable:
-                if not self._put(item):
-                    return
-            self._put(self._END)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            self._put(exc)
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
-class _Writer:
-    """Call ``fn(*args)`` in order on a thread, ``depth`` calls queued at most."""
-
-    _END = object()
-
-    def __init__(self, fn: Callable[..., None], depth: int):
-        self._fn = fn
-        self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True, name="udp-writer")
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if self._error is None:
-                try:
-                    self._fn(*item)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in put()/finish()
-                    self._error = exc
-
-    def put(self, *args: Any) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(args)
-
-    def finish(self) -> None:
-        self._queue.put(self._END)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 # ================================================================== the job
@@ -441,23 +126,6 @@ class ShardJobSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def make_state() -> Any:
-    """``accelerate.PartialState`` for this process (CPU-aware, long barrier timeout).
-
-    On a machine without CUDA, ``PartialState()`` ignores the process group that
-    ``accelerate launch --multi_gpu`` / torchrun set up, so ``cpu=True`` is passed
-    there. Barriers wait for the slowest rank's shards: the timeout is 7 days
-    (``UDP_DATASETS_BARRIER_TIMEOUT`` seconds to change it).
-    """
-    import datetime
-
-    import torch
-    from accelerate import PartialState
-
-    seconds = float(os.environ.get("UDP_DATASETS_BARRIER_TIMEOUT", 7 * 24 * 3600))
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(seconds=seconds))
 
 
 def job_hash(config: ProtectionConfig, surrogate_sha256: str | None, *, image_column: str | None,
@@ -521,14 +189,11 @@ class ShardRunner:
     def units(self) -> list[WorkUnit]:
         if self._dataset is not None:
             return dataset_units(self._dataset, self.rows_per_shard, self.split)
-        shards = discover_shards(self.src if isinstance(self.src, (list, tuple)) else str(self.src))
-        return [WorkUnit(name=s.name, kind=s.kind, source=s.url, shard=s) for s in shards]
+        return shard_units(discover_shards(self.src if isinstance(self.src, (list, tuple)) else str(self.src)))
 
-    def _codec(self, unit: WorkUnit) -> _TarCodec | _TableCodec:
-        batch = max(self.config.batch_size, 1)
-        if unit.kind == "tar":
-            return _TarCodec(unit, batch, self.image_extensions)
-        return _TableCodec(unit, batch, self.image_column, self.key_column, dataset=self._dataset)
+    def _codec(self, unit: WorkUnit) -> ShardCodec:
+        return make_codec(unit, self.config.batch_size, image_extensions=self.image_extensions,
+                          image_column=self.image_column, key_column=self.key_column, dataset=self._dataset)
 
     def marker_path(self, unit_name: str) -> Path:
         return self.book / "shards" / f"{unit_name}.done.json"
@@ -543,7 +208,7 @@ class ShardRunner:
         self._check_paths(units)
 
         # 1. main process: prepare DST, fit the surrogate if needed; everyone gets the outcome
-        config_dict, fit_info = _main_then_broadcast(state, lambda: self._prepare(units), "prepare")
+        config_dict, fit_info = main_then_broadcast(state, lambda: self._prepare(units), "prepare")
         config = ProtectionConfig.from_dict(config_dict)
         if config.device == "auto" and world > 1:
             config = config.replace(device=str(state.device))
@@ -556,7 +221,7 @@ class ShardRunner:
                          key_column=self.key_column, image_extensions=self.image_extensions)
 
         # 3. main scans the markers; everyone works on the same pending list
-        pending, skipped = _main_then_broadcast(state, lambda: self._scan(units, jhash), "scan")
+        pending, skipped = main_then_broadcast(state, lambda: self._scan(units, jhash), "scan")
         mine = pending[rank::world]
         logger.info("rank %d/%d: %d of %d pending shards (%d complete already)", rank, world, len(mine),
                     len(pending), len(skipped))
@@ -646,8 +311,8 @@ class ShardRunner:
         images: list[Any] = []
         for unit in units:
             for chunk in self._codec(unit).chunks():
-                images.extend(img for img, owner in zip(chunk.images, chunk.owners)
-                              if owner not in chunk.problems and img is not None)
+                images.extend(img for img, record in zip(chunk.images, chunk.record_of_image)
+                              if record not in chunk.problems and img is not None)
                 if len(images) >= limit:
                     return images[:limit]
         if not images:
@@ -706,8 +371,8 @@ class ShardRunner:
         with atomic_file(final) as tmp, atomic_file(manifest_final) as mtmp:
             codec.open(tmp)
             mwriter = pq.ParquetWriter(str(mtmp), MANIFEST_SCHEMA)
-            writer = _Writer(codec.write, self.prefetch)
-            reader = _Prefetch(codec.chunks(), self.prefetch)
+            writer = WriteBehind(codec.write, self.prefetch)
+            reader = ReadAhead(codec.chunks(), self.prefetch)
             try:
                 for chunk in reader:
                     ok, pngs, good = self._protect_chunk(chunk, protector, state, unit, errors, stats)
@@ -756,39 +421,39 @@ class ShardRunner:
     def _protect_chunk(self, chunk: Chunk, protector: Protector, state: Any, unit: WorkUnit,
                        errors: list[dict[str, Any]], stats: dict[str, Any],
                        ) -> tuple[list[bool], list[bytes | None], list[ProtectedImage]]:
-        n = len(chunk.keys)
-        todo = [j for j, owner in enumerate(chunk.owners) if owner not in chunk.problems]
+        n = len(chunk.record_keys)
+        todo = [j for j, record in enumerate(chunk.record_of_image) if record not in chunk.problems]
         results: list[ProtectedImage | FailedImage | None] = [None] * len(chunk.images)
         if todo:
             keys = [chunk.image_keys[j] for j in todo] if chunk.image_keys is not None else None
             got = protector.protect_images([chunk.images[j] for j in todo], keys=keys,
-                                           rank=state.local_process_index, names=[chunk.names[j] for j in todo])
+                                           rank=state.local_process_index, names=[chunk.image_names[j] for j in todo])
             for j, r in zip(todo, got):
                 results[j] = r
         reasons: dict[int, str] = dict(chunk.problems)
-        per_owner = Counter(chunk.owners)
-        for j, owner in enumerate(chunk.owners):
+        images_of = Counter(chunk.record_of_image)
+        for j, record in enumerate(chunk.record_of_image):
             r = results[j]
-            if isinstance(r, FailedImage) and owner not in reasons:
-                reasons[owner] = r.reason if per_owner[owner] == 1 else f"{chunk.names[j]}: {r.reason}"
+            if isinstance(r, FailedImage) and record not in reasons:
+                reasons[record] = r.reason if images_of[record] == 1 else f"{chunk.image_names[j]}: {r.reason}"
         ok = [i not in reasons for i in range(n)]
         for i in range(n):
             if not ok[i]:
-                record: dict[str, Any] = {"key": chunk.keys[i] if chunk.keys[i] is not None else
-                                          _first_name(chunk, i), "shard": unit.name, "reason": reasons[i]}
+                error: dict[str, Any] = {"key": chunk.record_keys[i] if chunk.record_keys[i] is not None else
+                                         chunk.record_name(i), "shard": unit.name, "reason": reasons[i]}
                 if chunk.rows is not None:
-                    record["row"] = chunk.rows[i]
-                errors.append(record)
+                    error["row"] = chunk.rows[i]
+                errors.append(error)
                 stats["errors"] += 1
-            elif per_owner[i]:
+            elif images_of[i]:
                 stats["count"] += 1
             else:
                 stats["passthrough"] += 1
         pngs: list[bytes | None] = []
         good: list[ProtectedImage] = []
-        for j, owner in enumerate(chunk.owners):
+        for j, record in enumerate(chunk.record_of_image):
             r = results[j]
-            if ok[owner] and isinstance(r, ProtectedImage):
+            if ok[record] and isinstance(r, ProtectedImage):
                 pngs.append(r.png)
                 good.append(r)
                 stats["images"] += 1
@@ -859,13 +524,6 @@ def run_shards(src: Any, dst: str | os.PathLike, config: ProtectionConfig, **kwa
     return ShardRunner(src, dst, config, **kwargs).run()
 
 
-def _first_name(chunk: Chunk, i: int) -> str:
-    for j, owner in enumerate(chunk.owners):
-        if owner == i:
-            return chunk.names[j]
-    return f"record {i}"
-
-
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -873,37 +531,6 @@ def _file_sha256(path: Path) -> str:
             digest.update(block)
     return digest.hexdigest()
 
-
-
-def _main_then_broadcast(state: Any, compute: Callable[[], Any], what: str) -> Any:
-    """Run ``compute`` on the main process only and give every rank its result.
-
-    An exception on the main process is sent instead and re-raised on every rank, so no
-    rank waits forever at the next collective.
-    """
-    from accelerate.utils import broadcast_object_list
-
-    box: list[Any] = [None]
-    if state.is_main_process:
-        try:
-            box[0] = ("ok", compute())
-        except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
-            logger.debug("%s failed", what, exc_info=True)
-            box[0] = ("error", _portable_error(exc))
-    broadcast_object_list(box)
-    status, value = box[0]
-    if status == "error":
-        raise value
-    return value
-
-def _portable_error(exc: Exception) -> Exception:
-    """An exception that survives pickling to the other ranks with its message."""
-    try:
-        import pickle
-
-        return pickle.loads(pickle.dumps(exc))
-    except Exception:  # noqa: BLE001
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
 def _describe_source(src: Any) -> str:
@@ -943,221 +570,3 @@ def format_shard_summary(summary: ShardJobSummary) -> str:
     return "\n".join(lines)
 
 
-# ======================================================================== CLI
-def wants_runner(args: Any) -> bool:
-    """Whether ``udp-datasets protect`` should use the shard runner for these arguments."""
-    return (getattr(args, "format", None) == "parquet" or looks_like_shards(str(args.src))
-            or _launched_world_size() > 1 or bool(getattr(args, "num_processes", None) and args.num_processes > 1))
-
-
-def _launched_world_size() -> int:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
-
-
-def run_cli(args: Any, config: ProtectionConfig) -> int:
-    """``udp-datasets protect`` through the runner (shards, --format parquet, --num-processes)."""
-    if getattr(args, "num_processes", None) and args.num_processes > 1 and _launched_world_size() <= 1:
-        return relaunch(args)
-    src: Any = args.src
-    state = make_state()
-    if not looks_like_shards(str(args.src)):
-        if args.format not in (None, "parquet", "arrow") or (args.format == "arrow" and _explicit_format(args)):
-            raise SourceError(f"--format {args.format} is not available for multi-process runs; "
-                              "they write Parquet shards (--format parquet)")
-        from ..sources import open_source
-
-        with state.main_process_first():  # one process downloads / prepares the cache
-            src = open_source(args.src, split=args.split)
-    elif args.format == "imagefolder":
-        raise SourceError("--format imagefolder does not apply to shard sources: the output keeps the "
-                          "input's shard format")
-    extensions = ([e.strip() for e in args.image_ext.split(",") if e.strip()]
-                  if getattr(args, "image_ext", None) else IMAGE_EXTENSIONS)
-    summary = run_shards(src, args.dst, config, image_column=_image_column(args), key_column=args.key_column,
-                         overwrite=args.overwrite, image_extensions=extensions,
-                         rows_per_shard=getattr(args, "rows_per_shard", None) or 10_000, split=args.split,
-                         state=state)
-    is_main = state.is_main_process
-    if is_main:
-        print(format_shard_summary(summary))
-    if summary.shards_failed:
-        return EXIT_FAILED
-    if summary.errors and not args.allow_errors and not os.environ.get(CHILD_ENV):
-        return EXIT_QUARANTINED if is_main else EXIT_OK
-    return EXIT_OK
-
-
-def _explicit_format(args: Any) -> bool:
-    argv = getattr(args, "_argv", None) or []
-    return any(a == "--format" or a.startswith("--format=") for a in argv)
-
-
-def _image_column(args: Any) -> str | None:
-    """``--image-column`` if the user gave one (its CLI default ``image`` means "auto" here)."""
-    argv = getattr(args, "_argv", None)
-    if argv is None:
-        return args.image_column
-    return args.image_column if any(a == "--image-column" or a.startswith("--image-column=")
-                                    for a in argv) else None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch_command(argv: Sequence[str], num_processes: int, port: int | None = None) -> list[str]:
-    """``accelerate launch`` for ``udp-datasets ARGV`` on ``num_processes`` local processes.
-
-    ``--multi_gpu`` is what starts N processes (torchrun underneath) on a CPU-only
-    machine too; ``--cpu --num_processes N`` would start only one.
-    """
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(port or free_port())]
-    if num_processes > 1:
-        cmd.append("--multi_gpu")
-    return cmd + ["-m", "udp_datasets.cli", *argv]
-
-
-def strip_option(argv: Sequence[str], option: str) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == option:
-            skip = True
-            continue
-        if a.startswith(option + "="):
-            continue
-        out.append(a)
-    return out
-
-
-def relaunch(args: Any) -> int:
-    """Run this same ``protect`` command under ``accelerate launch`` with N processes and
-    map the outcome to the CLI's exit codes (the launched ranks exit 0 on quarantine,
-    since torchrun reports any non-zero status as a crash)."""
-    argv = strip_option(getattr(args, "_argv", None) or sys.argv[1:], "--num-processes")
-    cmd = launch_command(argv, args.num_processes)
-    env = {**os.environ, CHILD_ENV: "1"}
-    logger.info("launching %d processes: %s", args.num_processes, " ".join(cmd))
-    code = subprocess.call(cmd, env=env)
-    if code != 0:
-        return code if code in (EXIT_USAGE,) else EXIT_FAILED
-    job = Path(args.dst).expanduser() / BOOKKEEPING / "job.json"
-    try:
-        summary = json.loads(job.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return EXIT_FAILED
-    if summary.get("shards_failed"):
-        return EXIT_FAILED
-    if summary.get("errors") and not args.allow_errors:
-        return EXIT_QUARANTINED
-    return EXIT_OK
-
-
-# ================================================================== pipelines
-PIPELINE_KINDS = ("hf_dataset", "webdataset", "parquet")
-PIPELINE_KEYS = frozenset({"source", "destination", "split", "streaming", "rows_per_shard", "image_column",
-                           "key_column", "image_extensions", "overwrite", "allow_errors", "protection"})
-
-
-def load_pipeline_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """A pipeline YAML (see ``pipelines/*.yaml``) with ``KEY=VALUE`` overrides applied.
-
-    ``protection.steps=10`` sets a field of the ``protection:`` mapping (any
-    :class:`ProtectionConfig` field); values are parsed as YAML (``null``, numbers...).
-    """
-    import yaml
-
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of pipeline settings")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. protection.steps=10)")
-        target = data
-        *parents, leaf = key.strip().split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = yaml.safe_load(value)
-    unknown = sorted(set(data) - PIPELINE_KEYS)
-    if unknown:
-        raise ConfigError(f"{path}: unknown setting(s) {unknown}; known: {sorted(PIPELINE_KEYS)}")
-    for required in ("source", "destination"):
-        if not data.get(required):
-            raise ConfigError(f"{path}: '{required}' is required")
-    return data
-
-
-def open_hf_source(source: str, split: str | None = None, streaming: bool = False) -> Any:
-    """A Hub id or local dataset (``save_to_disk`` folder, image folder, data files folder)
-    as a ``Dataset``, or as an ``IterableDataset`` with ``streaming=True``."""
-    import datasets
-
-    from ..sources.hf import pick_split, is_saved_dataset, open_source
-
-    if not streaming:
-        return open_source(source, split=split)
-    path = Path(source).expanduser()
-    if path.is_dir() and is_saved_dataset(path):
-        ds = pick_split(datasets.load_from_disk(str(path)), split, source)
-        return ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files)))
-    if path.is_dir():
-        return pick_split(datasets.load_dataset(str(path), streaming=True), split, source)
-    return pick_split(datasets.load_dataset(source, streaming=True), split, source)
-
-
-def run_pipeline(kind: str, argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``pipelines/<kind>.py``: ``--config FILE [--set KEY=VALUE ...]``.
-
-    Runs under ``accelerate launch`` (any number of processes) or plain ``python``.
-    Exit status: 0 done, 3 samples quarantined (unless ``allow_errors``), 1 failed
-    shards, 2 bad configuration or source.
-    """
-    import argparse
-
-    if kind not in PIPELINE_KINDS:
-        raise ValueError(f"unknown pipeline {kind!r}; one of {PIPELINE_KINDS}")
-    parser = argparse.ArgumentParser(prog=f"pipelines/{kind}.py", description=f"udp-datasets {kind} pipeline")
-    parser.add_argument("--config", required=True, help=f"pipeline YAML (see pipelines/{kind}.yaml)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set destination=out --set protection.steps=10")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        settings = load_pipeline_config(args.config, args.set)
-        config = ProtectionConfig.from_dict(settings.get("protection") or {})
-        state = make_state()
-        src: Any = settings["source"]
-        if kind == "hf_dataset":
-            with state.main_process_first():
-                src = open_hf_source(str(src), split=settings.get("split"),
-                                     streaming=bool(settings.get("streaming", False)))
-        else:
-            want = "tar" if kind == "webdataset" else "parquet"
-            wrong = [s.name for s in discover_shards(src) if s.kind != want]
-            if wrong:
-                raise SourceError(f"the {kind} pipeline takes {want} shards; got {wrong[:3]}")
-        extensions = settings.get("image_extensions") or IMAGE_EXTENSIONS
-        summary = run_shards(src, settings["destination"], config, image_column=settings.get("image_column"),
-                             key_column=settings.get("key_column"), overwrite=bool(settings.get("overwrite")),
-                             image_extensions=extensions, rows_per_shard=int(settings.get("rows_per_shard") or 10_000),
-                             split=settings.get("split"), state=state)
-    except (ConfigError, SourceError, OutputExistsError, ImageError) as exc:
-        print(f"{kind} pipeline: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if state.is_main_process:
-        print(format_shard_summary(summary))
-    if summary.shards_failed:
-        return EXIT_FAILED
-    if summary.errors and not settings.get("allow_errors") and state.is_main_process:
-        return EXIT_QUARANTINED
-    return EXIT_OK

@@ -106,3 +106,23 @@ def license_value(value: Any) -> str | list[str] | None:
     if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
         return value
     return None
+
+
+def open_hf_source(source: str, split: str | None = None, streaming: bool = False) -> Any:
+    """A Hub id or local dataset (``save_to_disk`` folder, image folder, data files folder)
+    as a ``Dataset``, or as an ``IterableDataset`` with ``streaming=True``.
+
+    Streaming is what lets a shard job start on a large Hub dataset without downloading it
+    first (one work unit per stream shard); a ``save_to_disk`` folder streams by its cache files.
+    """
+    import datasets
+
+    if not streaming:
+        return open_source(source, split=split)
+    path = Path(source).expanduser()
+    if path.is_dir() and is_saved_dataset(path):
+        ds = pick_split(datasets.load_from_disk(str(path)), split, source)
+        return ds.to_iterable_dataset(num_shards=max(1, len(ds.cache_files)))
+    if path.is_dir():
+        return pick_split(datasets.load_dataset(str(path), streaming=True), split, source)
+    return pick_split(datasets.load_dataset(source, streaming=True), split, source)

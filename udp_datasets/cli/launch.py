@@ -1,0 +1,150 @@
+"""``udp-datasets protect`` on the shard job, and ``--num-processes`` through accelerate.
+
+Why in cli/: deciding which job a command line wants, re-launching the very same command
+line under ``accelerate launch`` and mapping the outcome to an exit status are matters of the
+command line; the shard job itself (:mod:`udp_datasets.jobs.shard_job`) takes plain Python
+arguments and knows nothing of flags, argv or exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import ProtectionConfig
+from ..jobs.shard_job import BOOKKEEPING, format_shard_summary, make_state, run_shards
+from ..sources.hf import SourceError
+from ..sources.keys import IMAGE_EXTENSIONS
+from ..sources.shards import looks_like_shards
+from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE
+
+logger = logging.getLogger(__name__)
+
+CHILD_ENV = "UDP_DATASETS_LAUNCHED"  # set by --num-processes in the processes it starts
+
+
+def wants_runner(args: Any) -> bool:
+    """Whether ``udp-datasets protect`` should use the shard runner for these arguments."""
+    return (getattr(args, "format", None) == "parquet" or looks_like_shards(str(args.src))
+            or launched_world_size() > 1 or bool(getattr(args, "num_processes", None) and args.num_processes > 1))
+
+
+def launched_world_size() -> int:
+    """The world size a launcher (accelerate, torchrun) gave this process; 1 when none did."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def run_cli(args: Any, config: ProtectionConfig) -> int:
+    """``udp-datasets protect`` through the runner (shards, --format parquet, --num-processes)."""
+    if getattr(args, "num_processes", None) and args.num_processes > 1 and launched_world_size() <= 1:
+        return relaunch(args)
+    src: Any = args.src
+    state = make_state()
+    if not looks_like_shards(str(args.src)):
+        if args.format not in (None, "parquet", "arrow") or (args.format == "arrow" and _explicit_format(args)):
+            raise SourceError(f"--format {args.format} is not available for multi-process runs; "
+                              "they write Parquet shards (--format parquet)")
+        from ..sources import open_source
+
+        with state.main_process_first():  # one process downloads / prepares the cache
+            src = open_source(args.src, split=args.split)
+    elif args.format == "imagefolder":
+        raise SourceError("--format imagefolder does not apply to shard sources: the output keeps the "
+                          "input's shard format")
+    extensions = ([e.strip() for e in args.image_ext.split(",") if e.strip()]
+                  if getattr(args, "image_ext", None) else IMAGE_EXTENSIONS)
+    summary = run_shards(src, args.dst, config, image_column=_image_column(args), key_column=args.key_column,
+                         overwrite=args.overwrite, image_extensions=extensions,
+                         rows_per_shard=getattr(args, "rows_per_shard", None) or 10_000, split=args.split,
+                         state=state)
+    is_main = state.is_main_process
+    if is_main:
+        print(format_shard_summary(summary))
+    if summary.shards_failed:
+        return EXIT_FAILED
+    if summary.errors and not args.allow_errors and not os.environ.get(CHILD_ENV):
+        return EXIT_QUARANTINED if is_main else EXIT_OK
+    return EXIT_OK
+
+
+def _explicit_format(args: Any) -> bool:
+    argv = getattr(args, "_argv", None) or []
+    return any(a == "--format" or a.startswith("--format=") for a in argv)
+
+
+def _image_column(args: Any) -> str | None:
+    """``--image-column`` if the user gave one (its CLI default ``image`` means "auto" here)."""
+    argv = getattr(args, "_argv", None)
+    if argv is None:
+        return args.image_column
+    return args.image_column if any(a == "--image-column" or a.startswith("--image-column=")
+                                    for a in argv) else None
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for the launcher's rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(argv: Sequence[str], num_processes: int, port: int | None = None) -> list[str]:
+    """``accelerate launch`` for ``udp-datasets ARGV`` on ``num_processes`` local processes.
+
+    ``--multi_gpu`` is what starts N processes (torchrun underneath) on a CPU-only
+    machine too; ``--cpu --num_processes N`` would start only one.
+    """
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(port or free_port())]
+    if num_processes > 1:
+        cmd.append("--multi_gpu")
+    return cmd + ["-m", "udp_datasets.cli", *argv]
+
+
+def strip_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--opt V`` or ``--opt=V``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == option:
+            skip = True
+            continue
+        if a.startswith(option + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def relaunch(args: Any) -> int:
+    """Run this same ``protect`` command under ``accelerate launch`` with N processes and
+    map the outcome to the CLI's exit codes (the launched ranks exit 0 on quarantine,
+    since torchrun reports any non-zero status as a crash)."""
+    argv = strip_option(getattr(args, "_argv", None) or sys.argv[1:], "--num-processes")
+    cmd = launch_command(argv, args.num_processes)
+    env = {**os.environ, CHILD_ENV: "1"}
+    logger.info("launching %d processes: %s", args.num_processes, " ".join(cmd))
+    code = subprocess.call(cmd, env=env)
+    if code != 0:
+        return code if code in (EXIT_USAGE,) else EXIT_FAILED
+    job = Path(args.dst).expanduser() / BOOKKEEPING / "job.json"
+    try:
+        summary = json.loads(job.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return EXIT_FAILED
+    if summary.get("shards_failed"):
+        return EXIT_FAILED
+    if summary.get("errors") and not args.allow_errors:
+        return EXIT_QUARANTINED
+    return EXIT_OK
