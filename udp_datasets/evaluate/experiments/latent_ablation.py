@@ -155,37 +155,17 @@ def run_latent_ablation(out: str | Path, settings: EvalSettings | None = None, s
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     timings: dict[str, float] = {}
-
-    def lap(name: str, t0: float) -> None:
-        timings[name] = round(time.perf_counter() - t0, 1)
-
     pretrain, train, holdout = split_data(setup)
-    t0 = time.perf_counter()
-    vae_dir = out / "autoencoder"
-    vae_summary = cached_autoencoder(pretrain, setup.autoencoder, vae_dir, progress)
-    lap("autoencoder", t0)
-    vae = load_autoencoder(vae_dir, device=settings.victim.device)
-    vae_summary["holdout_reconstruction_psnr_db"] = reconstruction_psnr(vae, holdout)
+    models = _build_models(out, setup, settings, pretrain, holdout, timings, progress)
+    vae = models.vae
+    base = base.replace(surrogate=str(models.pair_dir.resolve()))
+    recipe = LatentRecipe(settings.victim, models.vae_dir, models.init_dir)
 
-    t0 = time.perf_counter()
-    pre_cfg = pretrain_config(settings.victim, setup.pretrain_steps, setup.pretrain_lr)
-    init_dir = pretrain_latent_denoiser(pretrain, pre_cfg, vae_dir, out / "pretrained" / "victim", progress=progress)
-    lap("pretrain victim", t0)
-    t0 = time.perf_counter()
-    sur_cfg = pretrain_config(settings.victim, setup.surrogate_steps, setup.pretrain_lr)
-    pair_dir = save_latent_surrogate(pretrain, sur_cfg, vae_dir, out / "surrogate-pair",
-                                     out / "pretrained" / "surrogate", progress=progress)
-    lap("pretrain surrogate", t0)
-    salt = (pair_dir / "source_sha256.txt").read_text()[:12]
-    base = base.replace(surrogate=str(pair_dir.resolve()))
-    recipe = LatentRecipe(settings.victim, vae_dir, init_dir)
-
-    levels_at_base = base.budget_levels
-    protected: dict[str, list[np.ndarray]] = {"random-noise": random_noise(train, levels_at_base)}
+    protected: dict[str, list[np.ndarray]] = {"random-noise": random_noise(train, base.budget_levels)}
     for name, changes in variants.items():
         t0 = time.perf_counter()
-        protected[name] = cached_protect(name, train, base.replace(**changes), out, salt=salt)
-        lap(f"protect {name}", t0)
+        protected[name] = cached_protect(name, train, base.replace(**changes), out, salt=models.salt)
+        _lap(timings, f"protect {name}", t0)
     cost = {name: perturbation_cost(train, imgs) for name, imgs in protected.items()}
     amplification = {name: latent_amplification(vae, train, imgs) for name, imgs in protected.items()}
 
@@ -193,7 +173,7 @@ def run_latent_ablation(out: str | Path, settings: EvalSettings | None = None, s
     reshuffled = [train[i] for i in np.random.default_rng(1).permutation(len(train))]
     phase1 = run_victims({"clean": train, "clean (reshuffled)": reshuffled, **protected}, holdout, train, out,
                          settings, progress=progress, recipe=recipe)
-    lap("victims at base budget", t0)
+    _lap(timings, "victims at base budget", t0)
     victims = phase1["victims"]
     best = max(variants, key=lambda n: victims[n]["fd_ratio_vs_clean"]) if variants else None
 
@@ -202,34 +182,19 @@ def run_latent_ablation(out: str | Path, settings: EvalSettings | None = None, s
         t0 = time.perf_counter()
         sweep_rows = budget_sweep(
             best, base.replace(**variants[best]),
-            lambda name, cfg: cached_protect(name, train, cfg, out, salt=salt),
+            lambda name, cfg: cached_protect(name, train, cfg, out, salt=models.salt),
             train, holdout, out, settings, victims, protected, recipe=recipe, levels=levels,
             measure=lambda imgs: latent_amplification(vae, train, imgs))
         sweep_plot(sweep_rows, out / "latent_budget_sweep.png", best, extra={
             "vae_fd_ratio_vs_clean": (f"{best}: FD vs D(E(held-out)) / clean", "o-"),
             "random_noise_vae_fd_ratio_vs_clean": ("random noise: FD vs D(E(held-out)) / clean", "s--")})
-        lap("budget sweep", t0)
+        _lap(timings, "budget sweep", t0)
 
-    # same seeds, same init and recipe: each victim's samples pair with the clean victim's
-    for name, row in victims.items():
-        if name not in ("reference", "clean"):
-            row["sample_psnr_vs_clean_victim_db"] = paired_psnr(out, name)
-    for row in sweep_rows.values():
-        row["sample_psnr_vs_clean_victim_db"] = paired_psnr(out, row["victim_name"])
-        row["random_noise_sample_psnr_vs_clean_victim_db"] = paired_psnr(out, row["random_noise_victim_name"])
-
-    side_by_side_grids({"held-out real": np.stack(holdout),
-                        **{f"victim: {k}": v for k, v in phase1["samples"].items()}},
-                       out / "latent_samples.png", rows=3, cols=3, cell=64)
-    if variants:
-        changed = min(variants, key=lambda n: victims[n]["sample_psnr_vs_clean_victim_db"])
-        focus = dict.fromkeys(["clean", "random-noise", best, changed])
-        side_by_side_grids({f"victim: {k}": phase1["samples"][k] for k in focus}, out / "latent_samples_zoom.png",
-                           rows=4, cols=4, cell=64)
-    protected_grid(train, protected, vae, out / "latent_protected.png")
+    _add_paired_psnr(out, victims, sweep_rows)
+    _write_grids(out, holdout, train, protected, phase1["samples"], victims, variants, best, vae)
     result = {
         "kind": "latent", "settings": settings.to_dict(), "setup": setup.to_dict(), "base_config": base.to_dict(),
-        "variants": variants, "autoencoder": vae_summary,
+        "variants": variants, "autoencoder": models.vae_summary,
         "data": {"source": f"bundled photo patches at {setup.size}px", "pretrain": len(pretrain),
                  "train": len(train), "holdout": len(holdout)},
         "victims": victims, "perturbation": cost, "amplification": amplification, "best_variant": best,
@@ -237,6 +202,72 @@ def run_latent_ablation(out: str | Path, settings: EvalSettings | None = None, s
     (out / "latent_ablation.json").write_text(json.dumps(result, indent=2))
     (out / "latent_ablation_table.md").write_text(render_latent_tables(result))
     return result
+
+
+def _lap(timings: dict[str, float], name: str, t0: float) -> None:
+    timings[name] = round(time.perf_counter() - t0, 1)
+
+
+@dataclass
+class _LatentModels:
+    """What the latent ablation builds before any protection (all cached under ``out``)."""
+
+    vae_dir: Path
+    vae: Any
+    vae_summary: dict[str, Any]
+    init_dir: Path
+    pair_dir: Path
+    salt: str
+    """Ties cached protected sets to the surrogate pair's weights."""
+
+
+def _build_models(out: Path, setup: LatentSetup, settings: EvalSettings, pretrain: list[np.ndarray],
+                  holdout: list[np.ndarray], timings: dict[str, float], progress: bool) -> _LatentModels:
+    """The VAE, the victims' pretrained initialisation and the protector's latent surrogate pair."""
+    t0 = time.perf_counter()
+    vae_dir = out / "autoencoder"
+    vae_summary = cached_autoencoder(pretrain, setup.autoencoder, vae_dir, progress)
+    _lap(timings, "autoencoder", t0)
+    vae = load_autoencoder(vae_dir, device=settings.victim.device)
+    vae_summary["holdout_reconstruction_psnr_db"] = reconstruction_psnr(vae, holdout)
+
+    t0 = time.perf_counter()
+    pre_cfg = pretrain_config(settings.victim, setup.pretrain_steps, setup.pretrain_lr)
+    init_dir = pretrain_latent_denoiser(pretrain, pre_cfg, vae_dir, out / "pretrained" / "victim", progress=progress)
+    _lap(timings, "pretrain victim", t0)
+    t0 = time.perf_counter()
+    sur_cfg = pretrain_config(settings.victim, setup.surrogate_steps, setup.pretrain_lr)
+    pair_dir = save_latent_surrogate(pretrain, sur_cfg, vae_dir, out / "surrogate-pair",
+                                     out / "pretrained" / "surrogate", progress=progress)
+    _lap(timings, "pretrain surrogate", t0)
+    salt = (pair_dir / "source_sha256.txt").read_text()[:12]
+    return _LatentModels(vae_dir=vae_dir, vae=vae, vae_summary=vae_summary, init_dir=init_dir, pair_dir=pair_dir,
+                         salt=salt)
+
+
+def _add_paired_psnr(out: Path, victims: dict[str, Any], sweep_rows: dict[str, dict[str, Any]]) -> None:
+    """Same seeds, same init and recipe: each victim's samples pair with the clean victim's."""
+    for name, row in victims.items():
+        if name not in ("reference", "clean"):
+            row["sample_psnr_vs_clean_victim_db"] = paired_psnr(out, name)
+    for row in sweep_rows.values():
+        row["sample_psnr_vs_clean_victim_db"] = paired_psnr(out, row["victim_name"])
+        row["random_noise_sample_psnr_vs_clean_victim_db"] = paired_psnr(out, row["random_noise_victim_name"])
+
+
+def _write_grids(out: Path, holdout: list[np.ndarray], train: list[np.ndarray],
+                 protected: dict[str, list[np.ndarray]], samples: dict[str, np.ndarray], victims: dict[str, Any],
+                 variants: dict[str, dict[str, Any]], best: str | None, vae: Any) -> None:
+    """latent_samples.png (every victim), latent_samples_zoom.png (the telling ones), latent_protected.png."""
+    side_by_side_grids({"held-out real": np.stack(holdout),
+                        **{f"victim: {k}": v for k, v in samples.items()}},
+                       out / "latent_samples.png", rows=3, cols=3, cell=64)
+    if variants:
+        changed = min(variants, key=lambda n: victims[n]["sample_psnr_vs_clean_victim_db"])
+        focus = dict.fromkeys(["clean", "random-noise", best, changed])
+        side_by_side_grids({f"victim: {k}": samples[k] for k in focus}, out / "latent_samples_zoom.png",
+                           rows=4, cols=4, cell=64)
+    protected_grid(train, protected, vae, out / "latent_protected.png")
 
 
 def paired_psnr(out: Path, name: str) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 from ..data import data_hash, resize_all
 from ..metrics.scorer import Scorer
 from ..purify.filters import ATTACKS
-from ..victims.pixel import PixelRecipe, VictimConfig
+from ..victims.pixel import PixelRecipe, VictimConfig, final_loss
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ def run_victims(train_sets: dict[str, Images], holdout: Images, clean_train: Ima
         # the training images themselves, as many as samples: what a perfect victim would score
         scores["training_data_fd"] = scorer.score(images[: settings.num_samples])["fd"]
         scores.update(recipe.extra_scores(scorer, images, settings.num_samples, samples[name]))
-        tail = losses_i[-100:]
-        scores["final_train_loss"] = float(np.mean(tail)) if tail else math.nan
+        scores["final_train_loss"] = final_loss(losses_i)
         scores["seconds"] = round(time.perf_counter() - start, 1)
         results[name] = scores
         losses[name] = losses_i

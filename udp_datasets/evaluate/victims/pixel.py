@@ -79,6 +79,12 @@ class VictimConfig:
         return asdict(self)
 
 
+def final_loss(loss_history: Sequence[float], window: int = 100) -> float:
+    """Mean of the last ``window`` training losses (NaN if there are none): a victim's final loss."""
+    tail = list(loss_history)[-window:]
+    return float(np.mean(tail)) if tail else math.nan
+
+
 @dataclass
 class VictimResult:
     pipeline_dir: str
@@ -86,8 +92,7 @@ class VictimResult:
     seconds: float = 0.0
 
     def final_loss(self, window: int = 100) -> float:
-        tail = self.loss_history[-window:]
-        return float(np.mean(tail)) if tail else math.nan
+        return final_loss(self.loss_history, window)
 
 
 def build_victim(config: VictimConfig, channels: int, sample_size: int | None = None):
@@ -141,13 +146,33 @@ def train_denoiser(data: torch.Tensor, config: VictimConfig, output_dir: str | P
       ``x_0 = data + std * N(0, 1)``, as SD fine-tuning calls ``latent_dist.sample()``.
     """
     from accelerate import Accelerator
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
+    from diffusers import DDPMPipeline
 
     start = time.perf_counter()
     cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
     accelerator = Accelerator(cpu=cpu)
+    model, scheduler = _denoiser_and_schedule(config, data, model, init_dir, scheduler)
+    if flipped is not None and flipped.shape != data.shape:
+        raise ValueError(f"flipped has shape {tuple(flipped.shape)}, data {tuple(data.shape)}")
+    unet, losses = _fit_denoiser(accelerator, model, scheduler, config, desc, progress,
+                                 _Batches(data, config, flipped, std, flipped_std))
+    output_dir = Path(output_dir)
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(output_dir, safe_serialization=True)
+    log = {"config": config.to_dict(), "loss_history": losses, **(log_extra or {})}
+    if init_dir is not None:
+        log["init_dir"] = str(init_dir)
+    (output_dir / "victim_training.json").write_text(json.dumps(log))
+    seconds = time.perf_counter() - start
+    logger.info("victim %s: %d steps in %.0f s, final loss %.4f", desc, config.train_steps, seconds,
+                final_loss(losses))
+    return VictimResult(pipeline_dir=str(output_dir), loss_history=losses, seconds=seconds)
+
+
+def _denoiser_and_schedule(config: VictimConfig, data: torch.Tensor, model: torch.nn.Module | None,
+                           init_dir: str | Path | None, scheduler: Any) -> tuple[torch.nn.Module, Any]:
+    """The UNet and DDPM schedule to train: loaded from ``init_dir``, given, or fresh from ``config``."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
     if init_dir is not None:
         model = UNet2DModel.from_pretrained(Path(init_dir) / "unet", use_safetensors=True)
         scheduler = DDPMScheduler.from_pretrained(Path(init_dir) / "scheduler")
@@ -156,8 +181,40 @@ def train_denoiser(data: torch.Tensor, config: VictimConfig, output_dir: str | P
     if scheduler is None:
         scheduler = DDPMScheduler(num_train_timesteps=config.num_train_timesteps,
                                   beta_schedule=config.beta_schedule)
-    if flipped is not None and flipped.shape != data.shape:
-        raise ValueError(f"flipped has shape {tuple(flipped.shape)}, data {tuple(data.shape)}")
+    return model, scheduler
+
+
+class _Batches:
+    """Seeded training batches of x_0: random indices, random flips, fresh posterior samples."""
+
+    def __init__(self, data: torch.Tensor, config: VictimConfig, flipped: torch.Tensor | None,
+                 std: torch.Tensor | None, flipped_std: torch.Tensor | None):
+        self.data, self.config, self.flipped, self.std, self.flipped_std = data, config, flipped, std, flipped_std
+
+    def draw(self, gen: torch.Generator, num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x0, noise, t) of one batch; the draws from ``gen`` keep one fixed order."""
+        config, std, flipped, flipped_std = self.config, self.std, self.flipped, self.flipped_std
+        idx = torch.randint(0, self.data.shape[0], (config.batch_size,), generator=gen)
+        x0 = self.data[idx]
+        sd = std[idx] if std is not None else None
+        if config.random_flip:
+            flip = torch.rand(x0.shape[0], generator=gen) < 0.5
+            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1) if flipped is None else flipped[idx], x0)
+            if sd is not None:
+                sd = torch.where(flip.view(-1, 1, 1, 1), sd.flip(-1) if flipped_std is None else flipped_std[idx], sd)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=gen)
+        if sd is not None:  # a fresh posterior sample of each latent
+            x0 = x0 + sd * torch.randn(x0.shape, generator=gen)
+        return x0, noise, t
+
+
+def _fit_denoiser(accelerator: Any, model: torch.nn.Module, scheduler: Any, config: VictimConfig, desc: str,
+                  progress: bool, batches: _Batches) -> tuple[torch.nn.Module, list[float]]:
+    """AdamW + cosine warm-up + optional EMA on the epsilon loss; the trained (EMA) UNet and its losses."""
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
     num_train_timesteps = scheduler.config.num_train_timesteps
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=1e-6)
     lr_schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.train_steps)
@@ -171,19 +228,7 @@ def train_denoiser(data: torch.Tensor, config: VictimConfig, output_dir: str | P
     bar = tqdm(range(config.train_steps), desc=f"train {desc}", disable=not progress, mininterval=2)
     model.train()
     for _ in bar:
-        idx = torch.randint(0, data.shape[0], (config.batch_size,), generator=gen)
-        x0 = data[idx]
-        sd = std[idx] if std is not None else None
-        if config.random_flip:
-            flip = torch.rand(x0.shape[0], generator=gen) < 0.5
-            x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(-1) if flipped is None else flipped[idx], x0)
-            if sd is not None:
-                sd = torch.where(flip.view(-1, 1, 1, 1), sd.flip(-1) if flipped_std is None else flipped_std[idx], sd)
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, num_train_timesteps, (x0.shape[0],), generator=gen)
-        if sd is not None:  # a fresh posterior sample of each latent
-            x0 = x0 + sd * torch.randn(x0.shape, generator=gen)
-        x0, noise, t = x0.to(accelerator.device), noise.to(accelerator.device), t.to(accelerator.device)
+        x0, noise, t = (v.to(accelerator.device) for v in batches.draw(gen, num_train_timesteps))
         noisy = scheduler.add_noise(x0, noise, t)
         loss = torch.nn.functional.mse_loss(model(noisy, t).sample, noise)
         accelerator.backward(loss)
@@ -199,16 +244,7 @@ def train_denoiser(data: torch.Tensor, config: VictimConfig, output_dir: str | P
     unet = accelerator.unwrap_model(model)
     if ema is not None:
         ema.copy_to(unet.parameters())
-    output_dir = Path(output_dir)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(output_dir, safe_serialization=True)
-    log = {"config": config.to_dict(), "loss_history": losses, **(log_extra or {})}
-    if init_dir is not None:
-        log["init_dir"] = str(init_dir)
-    (output_dir / "victim_training.json").write_text(json.dumps(log))
-    seconds = time.perf_counter() - start
-    logger.info("victim %s: %d steps in %.0f s, final loss %.4f", desc, config.train_steps, seconds,
-                float(np.mean(losses[-100:])) if losses else math.nan)
-    return VictimResult(pipeline_dir=str(output_dir), loss_history=losses, seconds=seconds)
+    return unet, losses
 
 
 def sample_victim(pipeline_dir: str | Path, num_images: int, seed: int = 0, steps: int = 100,

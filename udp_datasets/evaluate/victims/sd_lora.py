@@ -24,7 +24,6 @@ are read as safetensors only.
 from __future__ import annotations
 
 import logging
-import math
 import resource
 import sys
 from dataclasses import asdict, dataclass, field
@@ -36,6 +35,7 @@ import torch
 
 from ...images import load_image
 from ..data import load_images
+from .pixel import final_loss
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ class LoraVictimResult:
     memory: dict[str, Any] = field(default_factory=dict)
 
     def final_loss(self, window: int = 100) -> float:
-        tail = self.loss_history[-window:]
-        return float(np.mean(tail)) if tail else math.nan
+        return final_loss(self.loss_history, window)
 
 
 # ------------------------------------------------------------------ devices and memory
