@@ -18,6 +18,7 @@ from typing import Sequence
 from ..config import ConfigError
 from . import evaluate_commands, protect_commands, publish_commands
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE
+from .logs import configure_logging
 
 logger = logging.getLogger("udp_datasets")
 
@@ -39,9 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args._argv = list(sys.argv[1:] if argv is None else argv)  # --num-processes re-launches with these
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # --num-processes re-launches with these
+    configure_logging(args.verbose)
     from ..evaluate.metrics.features import FeatureExtractorUnavailable
     from ..images import ImageError
     from ..protector import ColumnError

@@ -44,13 +44,17 @@ def launched_world_size() -> int:
 
 
 def run_cli(args: Any, config: ProtectionConfig) -> int:
-    """``udp-datasets protect`` through the runner (shards, --format parquet, --num-processes)."""
+    """``udp-datasets protect`` through the runner (shards, --format parquet, --num-processes).
+
+    No ``--image-column`` (None) lets the runner find the image column; no ``--format`` (None)
+    means Parquet shards for a ``datasets`` source and the input's own format for shards.
+    """
     if getattr(args, "num_processes", None) and args.num_processes > 1 and launched_world_size() <= 1:
         return relaunch(args)
     src: Any = args.src
     state = make_state()
     if not looks_like_shards(str(args.src)):
-        if args.format not in (None, "parquet", "arrow") or (args.format == "arrow" and _explicit_format(args)):
+        if args.format not in (None, "parquet"):
             raise SourceError(f"--format {args.format} is not available for multi-process runs; "
                               "they write Parquet shards (--format parquet)")
         from ..sources import open_source
@@ -62,7 +66,7 @@ def run_cli(args: Any, config: ProtectionConfig) -> int:
                           "input's shard format")
     extensions = ([e.strip() for e in args.image_ext.split(",") if e.strip()]
                   if getattr(args, "image_ext", None) else IMAGE_EXTENSIONS)
-    summary = run_shards(src, args.dst, config, image_column=_image_column(args), key_column=args.key_column,
+    summary = run_shards(src, args.dst, config, image_column=args.image_column, key_column=args.key_column,
                          overwrite=args.overwrite, image_extensions=extensions,
                          rows_per_shard=getattr(args, "rows_per_shard", None) or 10_000, split=args.split,
                          state=state)
@@ -74,20 +78,6 @@ def run_cli(args: Any, config: ProtectionConfig) -> int:
     if summary.errors and not args.allow_errors and not os.environ.get(CHILD_ENV):
         return EXIT_QUARANTINED if is_main else EXIT_OK
     return EXIT_OK
-
-
-def _explicit_format(args: Any) -> bool:
-    argv = getattr(args, "_argv", None) or []
-    return any(a == "--format" or a.startswith("--format=") for a in argv)
-
-
-def _image_column(args: Any) -> str | None:
-    """``--image-column`` if the user gave one (its CLI default ``image`` means "auto" here)."""
-    argv = getattr(args, "_argv", None)
-    if argv is None:
-        return args.image_column
-    return args.image_column if any(a == "--image-column" or a.startswith("--image-column=")
-                                    for a in argv) else None
 
 
 def free_port() -> int:
@@ -130,8 +120,9 @@ def strip_option(argv: Sequence[str], option: str) -> list[str]:
 def relaunch(args: Any) -> int:
     """Run this same ``protect`` command under ``accelerate launch`` with N processes and
     map the outcome to the CLI's exit codes (the launched ranks exit 0 on quarantine,
-    since torchrun reports any non-zero status as a crash)."""
-    argv = strip_option(getattr(args, "_argv", None) or sys.argv[1:], "--num-processes")
+    since torchrun reports any non-zero status as a crash). The command line is the one
+    :func:`udp_datasets.cli.app.main` was given (``args.argv``), else this process's."""
+    argv = strip_option(getattr(args, "argv", None) or sys.argv[1:], "--num-processes")
     cmd = launch_command(argv, args.num_processes)
     env = {**os.environ, CHILD_ENV: "1"}
     logger.info("launching %d processes: %s", args.num_processes, " ".join(cmd))

@@ -8,6 +8,8 @@ import sys
 from .config_flags import add_config_arguments, config_from_args
 from .exit_codes import EXIT_OK, EXIT_QUARANTINED
 
+DEFAULT_IMAGE_COLUMN = "image"
+
 
 def cmd_protect(args: argparse.Namespace) -> int:
     from ..jobs.dataset_job import format_summary, protect_dataset
@@ -16,8 +18,10 @@ def cmd_protect(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if wants_runner(args):  # shards, --format parquet, --num-processes, accelerate launch
         return run_cli(args, config)
-    summary = protect_dataset(args.src, args.dst, config, split=args.split, image_column=args.image_column,
-                              key_column=args.key_column, output_format=args.format,
+    # the datasets path: no --image-column means "image", no --format means Arrow
+    summary = protect_dataset(args.src, args.dst, config, split=args.split,
+                              image_column=args.image_column or DEFAULT_IMAGE_COLUMN,
+                              key_column=args.key_column, output_format=args.format or "arrow",
                               fit_output=args.fit_output, num_proc=args.num_proc,
                               overwrite=args.overwrite)
     print(format_summary(summary))
@@ -64,10 +68,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    ".parquet file, brace pattern ('data-{000000..000099}.tar'), URL or folder of them")
     p.add_argument("dst", help="output folder (created; must not exist unless --overwrite)")
     p.add_argument("--split", help="split to protect when SRC has several")
-    p.add_argument("--image-column", default="image")
+    p.add_argument("--image-column", help=f"image column (default: {DEFAULT_IMAGE_COLUMN}; shards and Parquet "
+                   "output: the Image feature, else 'image', else the only binary column)")
     p.add_argument("--key-column", help="column of stable ids that seed per-sample randomness")
-    p.add_argument("--format", choices=["arrow", "imagefolder", "parquet"], default="arrow",
-                   help="arrow: save_to_disk folder in DST/data; imagefolder: PNG files + metadata.jsonl")
+    p.add_argument("--format", choices=["arrow", "imagefolder", "parquet"],
+                   help="arrow (default): save_to_disk folder in DST/data; imagefolder: PNG files + "
+                   "metadata.jsonl; parquet: Parquet shards through the shard runner")
     p.add_argument("--fit-output", help="where the fitted surrogate is saved (default: cache folder)")
     p.add_argument("--num-proc", type=int, help="worker processes for datasets.map (one per GPU)")
     p.add_argument("--num-processes", type=int, help="shard runner: re-launch on N processes with accelerate")
