@@ -270,3 +270,35 @@ def test_cli_image_folder_to_parquet_shards(tmp_path, photos32, unlearnable_surr
     assert sorted(paths) == ["p0.png", "p1.png", "p2.png", "p3.png", "p4.png"]  # no local paths leak
     error = json.loads((dst / BOOKKEEPING / "errors.jsonl").read_text())
     assert error["shard"] == "data/train-00001-of-00002.parquet" and error["row"] == 0  # row within the shard
+
+
+def test_one_summary_type_and_one_exit_code_mapping():
+    from udp_datasets.cli.exit_codes import EXIT_FAILED, EXIT_OK, exit_code
+    from udp_datasets.jobs.summary import JobSummary, format_summary
+
+    base = dict(source="s", destination="d", count=3, errors=1, seconds=1.0, images_per_second=3.0,
+                max_linf_levels=2, budget_levels=8, mean_psnr_db=40.0, config={}, config_hash="h", surrogate=None)
+    rows = JobSummary(**base)
+    shards = JobSummary(**base, images=4, shards=2, shards_done=2, shards_skipped=0, world_size=1,
+                        record_file="d/.udp/job.json")
+    assert not rows.sharded and shards.sharded
+    assert format_summary(rows).startswith("protected   3 images -> d")
+    assert "in 2 shards" in format_summary(shards) and "summary     d/.udp/job.json" in format_summary(shards)
+    assert JobSummary.from_dict({**shards.to_dict(), "added_later": 1}) == shards  # newer keys are ignored
+    for summary in (rows, shards):
+        assert exit_code(summary, allow_errors=False) == EXIT_QUARANTINED
+        assert exit_code(summary, allow_errors=True) == EXIT_OK
+        assert exit_code(summary, allow_errors=False, report_quarantine=False) == EXIT_OK
+    failed = JobSummary(**base, shards=2, shards_failed=[{"shard": "a.tar", "reason": "unreadable"}])
+    assert exit_code(failed, allow_errors=True) == EXIT_FAILED
+
+
+def test_old_runner_path_serves_every_moved_name():
+    sys.modules.pop("udp_datasets.runner", None)
+    with pytest.warns(DeprecationWarning, match="udp_datasets.runner moved"):
+        import udp_datasets.runner  # noqa: F401 - the import is what is tested
+    from udp_datasets.runner import (EXIT_QUARANTINED as OLD_EXIT, ShardJobSummary, format_shard_summary,  # noqa: F401
+                                     launch_command as old_launch, open_hf_source, run_pipeline as old_pipeline,
+                                     run_shards as old_run, dataset_units, make_state, wants_runner)
+
+    assert (old_run, old_launch, old_pipeline, OLD_EXIT) == (run_shards, launch_command, run_pipeline, EXIT_QUARANTINED)

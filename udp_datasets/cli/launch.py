@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import ProtectionConfig
-from ..jobs.shard_job import BOOKKEEPING, format_shard_summary, make_state, run_shards
+from ..jobs.distributed import make_state
+from ..jobs.shard_job import BOOKKEEPING, run_shards
+from ..jobs.summary import JobSummary, format_summary
 from ..sources.hf import SourceError
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import looks_like_shards
-from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE
+from .exit_codes import EXIT_FAILED, EXIT_USAGE, exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +72,10 @@ def run_cli(args: Any, config: ProtectionConfig) -> int:
                          overwrite=args.overwrite, image_extensions=extensions,
                          rows_per_shard=getattr(args, "rows_per_shard", None) or 10_000, split=args.split,
                          state=state)
-    is_main = state.is_main_process
-    if is_main:
-        print(format_shard_summary(summary))
-    if summary.shards_failed:
-        return EXIT_FAILED
-    if summary.errors and not args.allow_errors and not os.environ.get(CHILD_ENV):
-        return EXIT_QUARANTINED if is_main else EXIT_OK
-    return EXIT_OK
+    if state.is_main_process:
+        print(format_summary(summary))
+    return exit_code(summary, args.allow_errors,
+                     report_quarantine=state.is_main_process and not os.environ.get(CHILD_ENV))
 
 
 def free_port() -> int:
@@ -129,13 +127,9 @@ def relaunch(args: Any) -> int:
     code = subprocess.call(cmd, env=env)
     if code != 0:
         return code if code in (EXIT_USAGE,) else EXIT_FAILED
-    job = Path(args.dst).expanduser() / BOOKKEEPING / "job.json"
+    record = Path(args.dst).expanduser() / BOOKKEEPING / "job.json"
     try:
-        summary = json.loads(job.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        summary = JobSummary.from_dict(json.loads(record.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
         return EXIT_FAILED
-    if summary.get("shards_failed"):
-        return EXIT_FAILED
-    if summary.get("errors") and not args.allow_errors:
-        return EXIT_QUARANTINED
-    return EXIT_OK
+    return exit_code(summary, args.allow_errors)

@@ -16,12 +16,14 @@ from typing import Any, Sequence
 
 from ..config import ConfigError, ProtectionConfig
 from ..images import ImageError
-from ..jobs.shard_job import format_shard_summary, make_state, run_shards
+from ..jobs.distributed import make_state
+from ..jobs.shard_job import run_shards
+from ..jobs.summary import format_summary
 from ..sinks.atomic import OutputExistsError
 from ..sources.hf import SourceError, open_hf_source
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import discover_shards
-from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE
+from .exit_codes import EXIT_USAGE, exit_code
 from .logs import configure_logging
 
 PIPELINE_KINDS = ("hf_dataset", "webdataset", "parquet")
@@ -99,9 +101,5 @@ def run_pipeline(kind: str, argv: Sequence[str] | None = None) -> int:
         print(f"{kind} pipeline: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if state.is_main_process:
-        print(format_shard_summary(summary))
-    if summary.shards_failed:
-        return EXIT_FAILED
-    if summary.errors and not settings.get("allow_errors") and state.is_main_process:
-        return EXIT_QUARANTINED
-    return EXIT_OK
+        print(format_summary(summary))
+    return exit_code(summary, bool(settings.get("allow_errors")), report_quarantine=state.is_main_process)

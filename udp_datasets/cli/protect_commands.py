@@ -6,13 +6,14 @@ import argparse
 import sys
 
 from .config_flags import add_config_arguments, config_from_args
-from .exit_codes import EXIT_OK, EXIT_QUARANTINED
+from .exit_codes import EXIT_OK, EXIT_QUARANTINED, exit_code
 
 DEFAULT_IMAGE_COLUMN = "image"
 
 
 def cmd_protect(args: argparse.Namespace) -> int:
-    from ..jobs.dataset_job import format_summary, protect_dataset
+    from ..jobs.dataset_job import protect_dataset
+    from ..jobs.summary import format_summary
     from .launch import run_cli, wants_runner
 
     config = config_from_args(args)
@@ -25,9 +26,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
                               fit_output=args.fit_output, num_proc=args.num_proc,
                               overwrite=args.overwrite)
     print(format_summary(summary))
-    if summary.errors and not args.allow_errors:
-        return EXIT_QUARANTINED
-    return EXIT_OK
+    return exit_code(summary, args.allow_errors)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

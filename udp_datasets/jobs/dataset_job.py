@@ -5,79 +5,41 @@ This is what ``udp-datasets protect`` runs; it is also callable from Python
 left out; the output appears under its final name only when complete.
 
 Beside the data, DST gets ``manifest.parquet`` (one row per image, see
-:mod:`udp_datasets.provenance`) and ``udp_protection.json``: the :class:`JobSummary`
-(full config and hash, surrogate reference with revision and weights SHA-256, library
-versions, start/end times, counts, the quarantined samples, the source's id, revision
-and license). ``udp-datasets verify`` and ``publish`` read both.
+:mod:`udp_datasets.jobs.manifest`) and ``udp_protection.json``: the
+:class:`~udp_datasets.jobs.summary.JobSummary` (full config and hash, surrogate reference
+with revision and weights SHA-256, library versions, start/end times, counts, the
+quarantined samples, the source's id, revision and license). ``udp-datasets verify`` and
+``publish`` read both.
+
+Why beside :mod:`udp_datasets.jobs.shard_job`: a ``datasets`` source read whole and mapped
+with ``ds.map(protector)`` keeps everything ``datasets`` offers (its cache, ``num_proc``,
+Arrow or image-folder output in one atomic folder); the shard job is for data too large or
+too many processes for that, and writes shard files instead.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from ..config import ProtectionConfig
-from .manifest import MANIFEST_SCHEMA, write_manifest
 from ..protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_column
 from ..sinks import atomic_directory, save_dataset, save_imagefolder
 from ..sources import open_source
+from ..sources.keys import MANIFEST_FILE, RECORD_FILE
+from .manifest import manifest_table, write_manifest
+from .summary import JobSummary, format_summary, library_versions, mean_psnr, rate, utc_now
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["JobSummary", "RECORD_FILE", "format_summary", "library_versions", "load_protected", "protect_dataset"]
+
 SOURCE_PATH_COLUMN = "udp_source_path"
-RECORD_FILE = "udp_protection.json"
-RECORD_FORMAT_VERSION = 1
 MAX_ERROR_RECORDS = 1000  # quarantined samples listed in the record (all are in errors.jsonl)
-
-
-@dataclass
-class JobSummary:
-    """What a protect run did; written to ``udp_protection.json`` beside the output."""
-
-    source: str
-    destination: str
-    count: int
-    errors: int
-    seconds: float
-    images_per_second: float
-    max_linf_levels: int
-    budget_levels: int
-    mean_psnr_db: float | None
-    config: dict[str, Any]
-    config_hash: str
-    surrogate: dict[str, Any] | None
-    fit: dict[str, Any] | None = None
-    errors_file: str | None = None
-    versions: dict[str, str] = field(default_factory=dict)
-    started_at: str | None = None  # ISO 8601, UTC
-    finished_at: str | None = None
-    source_info: dict[str, Any] | None = None  # id, type, revision, license (sources.hf.describe_source)
-    output_format: str | None = None
-    image_column: str | None = None
-    split: str | None = None
-    error_records: list[dict[str, Any]] = field(default_factory=list)  # key (relative), index, reason
-    format: str = "udp-protection"
-    format_version: int = RECORD_FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def library_versions() -> dict[str, str]:
-    import datasets
-    import diffusers
-    import torch
-
-    from .. import __version__
-
-    return {"udp_datasets": __version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "datasets": datasets.__version__}
 
 
 def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, *,
@@ -91,7 +53,7 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
     from ..sources.hf import describe_source
 
     start = time.perf_counter()
-    started_at = _utc_now()
+    started_at = utc_now()
     ds = open_source(src, split=split)
     if image_column not in ds.column_names:
         raise ColumnError(f"{src} has no image column {image_column!r}; its columns are "
@@ -118,8 +80,7 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
         manifest = out.select_columns([c for c in PROVENANCE_COLUMNS if c in out.column_names])
         sources = [s if s is not None else _source_label(src) for s in out[SOURCE_PATH_COLUMN]]
         out = out.remove_columns(list(manifest.column_names))
-        write_manifest([_manifest_from_columns(manifest, sources, protector.config.hash())],
-                       tmp / "manifest.parquet")
+        write_manifest([manifest_table(manifest, sources, protector.config.hash())], tmp / MANIFEST_FILE)
         if output_format == "imagefolder":
             save_imagefolder(out, tmp, image_column=image_column, path_column=SOURCE_PATH_COLUMN)
         else:
@@ -133,15 +94,15 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
         seconds = time.perf_counter() - start
         summary = JobSummary(
             source=src, destination=str(dst), count=len(out), errors=errors, seconds=round(seconds, 3),
-            images_per_second=round(len(out) / seconds, 3) if seconds > 0 else 0.0,
-            max_linf_levels=max(linf, default=0), budget_levels=config.budget_levels,
-            mean_psnr_db=round(sum(psnrs) / len(psnrs), 3) if psnrs else None,
+            images_per_second=rate(len(out), seconds), max_linf_levels=max(linf, default=0),
+            budget_levels=config.budget_levels, mean_psnr_db=mean_psnr(sum(psnrs), len(psnrs)),
             config=protector.config.to_dict(), config_hash=protector.config.hash(),
             surrogate=protector.surrogate_ref.to_dict() if protector.surrogate_ref else None,
             fit=fit_info, errors_file=str(dst / "errors.jsonl") if errors else None,
-            versions=library_versions(), started_at=started_at, finished_at=_utc_now(),
+            versions=library_versions(), started_at=started_at, finished_at=utc_now(),
             source_info=describe_source(src), output_format=output_format, image_column=image_column,
-            split=split, error_records=_error_records(errors_file, src))
+            split=split, error_records=_error_records(errors_file, src), images=len(out),
+            record_file=str(dst / RECORD_FILE))
         if summary.max_linf_levels > config.budget_levels:  # defence in depth: never publish this
             raise RuntimeError(f"internal error: max L-inf {summary.max_linf_levels} exceeds budget")
         (tmp / RECORD_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
@@ -154,17 +115,6 @@ def load_protected(directory: str | os.PathLike):
     import datasets
 
     return datasets.load_from_disk(str(Path(directory) / "data"))
-
-
-def _manifest_from_columns(columns: Any, sources: list[Any], config_hash: str):
-    import pyarrow as pa
-
-    return pa.table({
-        "key": columns["udp_key"], "source": [str(s) if s is not None else None for s in sources],
-        "source_sha256": columns["udp_source_sha256"], "sha256": columns["udp_sha256"],
-        "width": columns["udp_width"], "height": columns["udp_height"], "linf": columns["udp_linf"],
-        "psnr": columns["udp_psnr"], "config_hash": [config_hash] * len(columns),
-    }, schema=MANIFEST_SCHEMA)
 
 
 def _relative_paths(values: list[dict[str, Any]], src: str) -> list[str | None]:
@@ -180,12 +130,6 @@ def _relative_paths(values: list[dict[str, Any]], src: str) -> list[str | None]:
         except ValueError:
             out.append(Path(p).name)
     return out
-
-
-def _utc_now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _source_label(src: str) -> str:
@@ -218,17 +162,3 @@ def _count_lines(path: Path) -> int:
         return 0
     with open(path, encoding="utf-8") as fh:
         return sum(1 for line in fh if line.strip())
-
-
-def format_summary(summary: JobSummary) -> str:
-    psnr = "n/a" if summary.mean_psnr_db is None else f"{summary.mean_psnr_db:.2f} dB"
-    lines = [
-        f"protected   {summary.count} images -> {summary.destination}",
-        f"quarantined {summary.errors}" + (f" (see {summary.errors_file})" if summary.errors else ""),
-        f"time        {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)",
-        f"L-inf       max {summary.max_linf_levels} levels (budget {summary.budget_levels})",
-        f"PSNR        mean {psnr}",
-    ]
-    if summary.mean_psnr_db is not None and not math.isfinite(summary.mean_psnr_db):
-        lines.append("warning: infinite PSNR means some images were unchanged")
-    return "\n".join(lines)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,22 +29,26 @@ MANIFEST_SCHEMA = pa.schema([
     ("psnr", pa.float64()),  # dB; null when infinite
     ("config_hash", pa.string()),
 ])
+_PER_IMAGE = ("key", "source_sha256", "sha256", "width", "height", "linf", "psnr")  # from each protected image
 
 
-def manifest_table(protected: Sequence, source: str | Sequence[str], config_hash: str) -> pa.Table:
-    """Build manifest rows from :class:`~udp_datasets.protector.ProtectedImage` records."""
-    sources = [source] * len(protected) if isinstance(source, str) else list(source)
-    return pa.table({
-        "key": [p.key for p in protected],
-        "source": sources,
-        "source_sha256": [p.source_sha256 for p in protected],
-        "sha256": [p.sha256 for p in protected],
-        "width": [p.width for p in protected],
-        "height": [p.height for p in protected],
-        "linf": [p.linf for p in protected],
-        "psnr": [p.psnr if math.isfinite(p.psnr) else None for p in protected],
-        "config_hash": [config_hash] * len(protected),
-    }, schema=MANIFEST_SCHEMA)
+def manifest_table(protected: Any, source: str | Sequence[str | None], config_hash: str) -> pa.Table:
+    """Manifest rows for protected images, from either side of the protector.
+
+    ``protected`` is a sequence of :class:`~udp_datasets.protector.ProtectedImage` (the shard
+    job) or a table of the protector's provenance columns ``udp_key``, ``udp_sha256``... (a
+    ``datasets.Dataset`` or a mapping of lists: the dataset job). ``source`` names the shard
+    or file of every row, or of each row. An infinite PSNR (an unchanged image) is null.
+    """
+    if hasattr(protected, "column_names") or isinstance(protected, Mapping):
+        columns = {name: list(protected[f"udp_{name}"]) for name in _PER_IMAGE}
+    else:
+        columns = {name: [getattr(p, name) for p in protected] for name in _PER_IMAGE}
+    n = len(columns["key"])
+    sources = [source] * n if isinstance(source, str) else [None if s is None else str(s) for s in source]
+    columns["psnr"] = [p if p is not None and math.isfinite(p) else None for p in columns["psnr"]]
+    return pa.table({**columns, "source": sources, "config_hash": [config_hash] * n},
+                    schema=MANIFEST_SCHEMA)
 
 
 def write_manifest(tables: Iterable[pa.Table], path: str | os.PathLike) -> Path:

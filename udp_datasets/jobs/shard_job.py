@@ -65,7 +65,6 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -82,6 +81,7 @@ from .background import ReadAhead, WriteBehind
 from .codecs import Chunk, ShardCodec, WorkUnit, dataset_units, make_codec, shard_units
 from .distributed import main_then_broadcast, make_state
 from .manifest import MANIFEST_SCHEMA, manifest_table
+from .summary import JobSummary, library_versions, mean_psnr, rate, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -94,40 +94,6 @@ class ConfigMismatchError(ConfigError):
 
 
 # ================================================================== the job
-@dataclass
-class ShardJobSummary:
-    """What a sharded protect job wrote; saved as ``DST/.udp/job.json``."""
-
-    source: str
-    destination: str
-    shards: int
-    shards_done: int  # by this run
-    shards_skipped: int  # already complete with the same job hash
-    shards_failed: list[dict[str, str]]
-    count: int  # protected samples in DST (all shards)
-    images: int
-    errors: int  # quarantined samples
-    passthrough: int  # tar entries with no image, copied unchanged
-    seconds: float  # this run, wall clock
-    images_per_second: float  # this run
-    max_linf_levels: int
-    budget_levels: int
-    mean_psnr_db: float | None
-    config: dict[str, Any]
-    config_hash: str  # the job hash the markers carry
-    protection_config_hash: str  # ProtectionConfig.hash() of the resolved config
-    surrogate: dict[str, Any] | None
-    world_size: int
-    ranks: list[dict[str, Any]]
-    fit: dict[str, Any] | None = None
-    errors_file: str | None = None
-    manifest: str | None = None
-    versions: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def job_hash(config: ProtectionConfig, surrogate_sha256: str | None, *, image_column: str | None,
              key_column: str | None, image_extensions: Iterable[str]) -> str:
     """The identity of a job's output bytes (see module docstring)."""
@@ -183,6 +149,7 @@ class ShardRunner:
         self.progress = progress
         self.state = state
         self.book = self.dst / BOOKKEEPING
+        self.record_file = self.book / "job.json"
         self._dataset = None if isinstance(src, (str, os.PathLike, list, tuple)) else src
 
     # ------------------------------------------------------------------ units
@@ -199,8 +166,8 @@ class ShardRunner:
         return self.book / "shards" / f"{unit_name}.done.json"
 
     # -------------------------------------------------------------------- run
-    def run(self) -> ShardJobSummary:
-        start = time.perf_counter()
+    def run(self) -> JobSummary:
+        start, started_at = time.perf_counter(), utc_now()
         state = self.state if self.state is not None else make_state()
         rank, world = state.process_index, state.num_processes
         units = self.units()
@@ -239,19 +206,18 @@ class ShardRunner:
                 logger.error("shard %s failed: %s", name, exc)
                 failed.append({"shard": name, "reason": str(exc)})
         write_json_atomic(self.book / "ranks" / f"rank-{rank:05d}.json",
-                          {"rank": rank, "world_size": world, "device": str(protector.prepare_surrogate(state.local_process_index).device),
-                           "shards": done, "failed": failed,
+                          {"rank": rank, "world_size": world, "shards": done, "failed": failed,
+                           "device": str(protector.prepare_surrogate(state.local_process_index).device),
                            "seconds": round(time.perf_counter() - start, 3)})
 
         # 5. main merges and summarises once every rank is done
         state.wait_for_everyone()
         if state.is_main_process:
             summary = self._finish(units, config, ref, jhash, fit_info, world, skipped,
-                                   time.perf_counter() - start)
-            write_json_atomic(self.book / "job.json", summary.to_dict())
+                                   time.perf_counter() - start, started_at)
+            write_json_atomic(self.record_file, summary.to_dict())
         state.wait_for_everyone()
-        data = json.loads((self.book / "job.json").read_text(encoding="utf-8"))
-        return ShardJobSummary(**data)
+        return JobSummary.from_dict(json.loads(self.record_file.read_text(encoding="utf-8")))
 
     # -------------------------------------------------------------- stages
     def _check_paths(self, units: list[WorkUnit]) -> None:
@@ -402,9 +368,8 @@ class ShardRunner:
             "shard": unit.name, "source": unit.source, "status": "done", "config_hash": jhash,
             "count": stats["count"], "images": stats["images"], "errors": stats["errors"],
             "passthrough": stats["passthrough"], "seconds": round(seconds, 3),
-            "images_per_second": round(stats["images"] / seconds, 3) if seconds > 0 else 0.0,
-            "max_linf_levels": stats["max_linf"],
-            "mean_psnr_db": (round(stats["psnr_sum"] / stats["psnr_count"], 3) if stats["psnr_count"] else None),
+            "images_per_second": rate(stats["images"], seconds), "max_linf_levels": stats["max_linf"],
+            "mean_psnr_db": mean_psnr(stats["psnr_sum"], stats["psnr_count"]),
             "psnr_sum": stats["psnr_sum"], "psnr_count": stats["psnr_count"],
             "bytes": final.stat().st_size, "sha256": _file_sha256(final),
             "rank": state.process_index, "world_size": state.num_processes,
@@ -468,10 +433,8 @@ class ShardRunner:
     # --------------------------------------------------------------- finish
     def _finish(self, units: list[WorkUnit], config: ProtectionConfig, ref: Any, jhash: str,
                 fit_info: dict[str, Any] | None, world: int, skipped: list[str], seconds: float,
-                ) -> ShardJobSummary:
+                started_at: str) -> JobSummary:
         import pyarrow.parquet as pq
-
-        from .dataset_job import library_versions
 
         ranks = []
         for path in sorted((self.book / "ranks").glob("rank-*.json")):
@@ -503,23 +466,23 @@ class ShardRunner:
             writer.close()
         if totals["errors"] == 0:
             errors_path.unlink(missing_ok=True)
-        return ShardJobSummary(
+        return JobSummary(
             source=_describe_source(self.src), destination=str(self.dst), shards=len(units),
             shards_done=done_now, shards_skipped=len(skipped), shards_failed=failed,
             count=totals["count"], images=totals["images"], errors=totals["errors"],
             passthrough=totals["passthrough"], seconds=round(seconds, 3),
-            images_per_second=round(images_now / seconds, 3) if seconds > 0 else 0.0,
-            max_linf_levels=totals["max_linf"], budget_levels=config.budget_levels,
-            mean_psnr_db=(round(totals["psnr_sum"] / totals["psnr_count"], 3) if totals["psnr_count"] else None),
+            images_per_second=rate(images_now, seconds), max_linf_levels=totals["max_linf"],
+            budget_levels=config.budget_levels, mean_psnr_db=mean_psnr(totals["psnr_sum"], totals["psnr_count"]),
             config=config.replace(device="auto").to_dict(), config_hash=jhash,
             protection_config_hash=config.hash(), surrogate=ref.to_dict() if ref else None, world_size=world,
             ranks=[{k: r[k] for k in ("rank", "device", "seconds")} | {"shards": [d["shard"] for d in r["shards"]]}
                    for r in ranks],
             fit=fit_info, errors_file=str(errors_path) if totals["errors"] else None,
-            manifest=str(manifest_path), versions=library_versions())
+            manifest=str(manifest_path), versions=library_versions(), started_at=started_at,
+            finished_at=utc_now(), record_file=str(self.record_file))
 
 
-def run_shards(src: Any, dst: str | os.PathLike, config: ProtectionConfig, **kwargs: Any) -> ShardJobSummary:
+def run_shards(src: Any, dst: str | os.PathLike, config: ProtectionConfig, **kwargs: Any) -> JobSummary:
     """Protect every shard of SRC into DST; see :class:`ShardRunner` for the options."""
     return ShardRunner(src, dst, config, **kwargs).run()
 
@@ -548,25 +511,3 @@ def _progress(items: list[str], enabled: bool, world: int) -> Iterable[str]:
     from tqdm.auto import tqdm
 
     return tqdm(items, desc="shards" + (f" (rank 0 of {world})" if world > 1 else ""), unit="shard")
-
-
-def format_shard_summary(summary: ShardJobSummary) -> str:
-    psnr = "n/a" if summary.mean_psnr_db is None else f"{summary.mean_psnr_db:.2f} dB"
-    book = Path(summary.destination) / BOOKKEEPING
-    lines = [
-        f"protected   {summary.count} samples ({summary.images} images) in {summary.shards} shards -> "
-        f"{summary.destination}",
-        f"shards      {summary.shards_done} done now, {summary.shards_skipped} already complete"
-        + (f", {len(summary.shards_failed)} FAILED (re-run to retry)" if summary.shards_failed else "")
-        + (f", {summary.world_size} processes" if summary.world_size > 1 else ""),
-        f"quarantined {summary.errors}" + (f" (see {summary.errors_file})" if summary.errors else ""),
-        f"time        {summary.seconds:.1f} s ({summary.images_per_second:.2f} images/s)",
-        f"L-inf       max {summary.max_linf_levels} levels (budget {summary.budget_levels})",
-        f"PSNR        mean {psnr}",
-        f"summary     {book / 'job.json'}",
-    ]
-    for f in summary.shards_failed[:5]:
-        lines.append(f"failed      {f['shard']}: {f['reason']}")
-    return "\n".join(lines)
-
-
