@@ -240,7 +240,8 @@ def test_colour_noise(photo_split, faces):
 def test_psnr_known_offset():
     a = torch.rand((3, 3, 16, 16), generator=torch.Generator().manual_seed(0)) * 0.9
     b = a + 1 / 255
-    assert psnr(a, b) == pytest.approx(20 * math.log10(255), abs=1e-6)  # 48.1308 dB
+    # 48.1308 dB; torchmetrics' float32 10 / ln(10) costs up to ~2e-6 dB
+    assert psnr(a, b) == pytest.approx(20 * math.log10(255), abs=1e-5)
     assert psnr(a, b) == pytest.approx(48.13, abs=0.005)
     per = psnr_per_image(a, b)
     assert per.shape == (3,) and np.allclose(per, 48.1308, atol=1e-3)
@@ -251,7 +252,7 @@ def test_psnr_matches_skimage(photo_split):
     a = photo_split[1][:4].double().numpy()
     b = np.clip(a + np.random.default_rng(0).normal(0, 0.02, a.shape), 0, 1)
     ref = [skmetrics.peak_signal_noise_ratio(x, y, data_range=1) for x, y in zip(a, b)]
-    np.testing.assert_allclose(psnr_per_image(a, b), ref, atol=1e-9)
+    np.testing.assert_allclose(psnr_per_image(a, b), ref, atol=1e-5)  # torchmetrics takes log(10) in float32
 
 
 def _sk_ssim(x: np.ndarray, y: np.ndarray) -> float:
@@ -273,6 +274,49 @@ def test_ssim_matches_skimage(photo_split, faces):
     assert ssim(cases[0], cases[0]) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         ssim(np.zeros((1, 1, 8, 8)), np.zeros((1, 1, 8, 8)))  # smaller than the 11x11 window
+
+
+def _psnr_before_torchmetrics(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """The hand-written PSNR the reports used before torchmetrics (float64, 10 log10(1 / MSE))."""
+    mse = (a - b).square().flatten(1).mean(dim=1).numpy()
+    return 10.0 * np.log10(1.0 / mse)
+
+
+def _ssim_before_torchmetrics(a: torch.Tensor, b: torch.Tensor, sigma: float = 1.5) -> np.ndarray:
+    """The hand-written SSIM the reports used before torchmetrics: separable Gaussian (truncate 3.5)
+    with scipy 'reflect' borders, population covariances, the window radius cropped."""
+    r = int(3.5 * sigma + 0.5)
+    g = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / sigma) ** 2)
+    g = g / g.sum()
+    n, c, h, w = a.shape
+
+    def reflect(m: int) -> torch.Tensor:
+        idx = torch.arange(-r, m + r) % (2 * m)
+        return torch.where(idx >= m, 2 * m - 1 - idx, idx)
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        x = x.index_select(-2, reflect(h)).index_select(-1, reflect(w))
+        return F.conv2d(F.conv2d(x, g.view(1, 1, -1, 1)), g.view(1, 1, 1, -1))
+
+    x, y = a.reshape(-1, 1, h, w), b.reshape(-1, 1, h, w)
+    ux, uy, uxx, uyy, uxy = blur(torch.cat([x, y, x * x, y * y, x * y])).chunk(5)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s[..., r:h - r, r:w - r].reshape(n, c, -1).mean(dim=2).mean(dim=1).numpy()
+
+
+def test_torchmetrics_psnr_and_ssim_agree_with_the_earlier_hand_written_ones(photo_split, faces):
+    """PSNR / SSIM now come from torchmetrics; the committed reports' numbers must not move."""
+    rng = np.random.default_rng(1)
+    photos = [torch.from_numpy(p[:128, :128, :3].copy()).permute(2, 0, 1)[None].double() / 255
+              for p in (skdata.astronaut(), skdata.coffee(), skdata.chelsea())]
+    cases = [*photos, photo_split[1][:8].double(), faces[:6].double(), torch.rand(3, 3, 16, 16, dtype=torch.float64)]
+    for a in cases:
+        for budget in (2 / 255, 8 / 255, 0.05):
+            b = (a + torch.from_numpy(rng.uniform(-budget, budget, tuple(a.shape)))).clamp(0, 1)
+            np.testing.assert_allclose(psnr_per_image(a, b), _psnr_before_torchmetrics(a, b), rtol=0, atol=1e-5)
+            np.testing.assert_allclose(ssim_per_image(a, b), _ssim_before_torchmetrics(a, b), rtol=0, atol=1e-8)
 
 
 def test_linf_levels():

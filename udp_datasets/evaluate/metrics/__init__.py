@@ -8,7 +8,7 @@ what they generate with held-out clean images. Each module answers one question:
   precision / recall);
 * ``artifacts`` — does the victim make noisy or textured samples? (high-frequency energy,
   colour noise);
-* ``fidelity`` — how visible is the protection itself? (PSNR, SSIM, L-inf);
+* ``fidelity`` — how visible is the protection itself? (PSNR and SSIM from torchmetrics, L-inf);
 * ``features`` — the feature extractors (fitted offline default, Inception if on disk);
 * ``scorer`` — one sample set against a held-out split, in one fitted feature space.
 
