@@ -134,6 +134,9 @@ def test_evaluate_dreambooth_writes_grid_and_consistent_report(tiny_sd, subject,
     cost = saved["perturbation"]["protected"]
     assert f"PSNR {cost['psnr_db']:.2f} dB" in md and f"max L-inf {cost['linf_levels']} levels" in md
     assert "noisy" in md and saved["verdict"] in md
+    card = saved["card_markdown"]  # what the dataset card embeds: verdict, then the victims' table
+    assert card.startswith(saved["verdict"] + "\n\n") and card == report["card_markdown"]
+    assert "| training set | FD | FD / clean |" in card and "| protected |" in card
 
 
 def test_cli_evaluate_sd_end_to_end(tiny_sd, subject, tmp_path, capsys, one_torch_thread):

@@ -12,6 +12,7 @@ from udp_datasets.evaluate.experiments.evaluate_command import evaluate_pair
 from udp_datasets.evaluate.experiments.victim_runs import EvalSettings
 from udp_datasets.evaluate.metrics.fidelity import perturbation_cost
 from udp_datasets.evaluate.purify.filters import ATTACKS
+from udp_datasets.evaluate.report import results_table, verdict
 from udp_datasets.evaluate.victims.pixel import VictimConfig, sample_victim, train_victim
 
 TINY_VICTIM = VictimConfig(resolution=16, train_steps=12, batch_size=8, warmup_steps=2, sample_steps=5)
@@ -68,6 +69,12 @@ def test_evaluate_pair_writes_a_consistent_report(photos32, tmp_path):
         assert re.search(rf"\| {re.escape(name)} \| {fd:.3f} \|", md), name
     assert f"max L-inf {saved['perturbation']['protected']['linf_levels']} levels" in md
     assert report["victims"]["protected"]["fd"] == saved["victims"]["protected"]["fd"]
+    # the dataset card embeds this block verbatim (publish/ reads report.json, never evaluate/)
+    card = saved["card_markdown"]
+    assert card == report["card_markdown"] and card.startswith(verdict(saved["victims"]) + "\n\n")
+    assert results_table({k: v for k, v in saved["victims"].items() if k != "reference"}) in card
+    assert "| protected+jpeg75 |" in card and "| reference |" not in card
+    assert f"Victim `victim-tiny`, {TINY_VICTIM.train_steps} training steps at 16 px" in card
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Reports a person can read: report.json, report.md, sample grids, loss curves."""
+"""Reports a person can read: report.json, report.md, sample grids, loss curves, the card's block."""
 
 from __future__ import annotations
 
@@ -128,6 +128,22 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"SSIM {fmt(c.get('ssim'), '{:.4f}')}, max L-inf {c.get('linf_levels')} levels")
     lines += ["", "## Verdict", "", verdict(victims), "",
               "![samples](samples.png)", "", "![loss curves](loss_curves.png)", ""]
+    return "\n".join(lines)
+
+
+def card_markdown(report: dict[str, Any]) -> str:
+    """The block a dataset card embeds verbatim: the verdict, the results table and what it measured.
+
+    Stored in report.json as ``card_markdown`` by ``evaluate`` and ``evaluate-sd``, so the card
+    (``publish/``) shows an evaluation without importing this package.
+    """
+    victims = report["victims"]
+    lines = [verdict(victims), "", results_table({k: v for k, v in victims.items() if k != "reference"}), ""]
+    victim = (report.get("settings") or {}).get("victim") or {}
+    if victim:
+        lines.append(f"Victim `{victim.get('architecture')}`, {victim.get('train_steps')} training steps at "
+                     f"{victim.get('resolution')} px; FD / clean is the protected victim's Fréchet "
+                     "distance over the clean-trained victim's (higher = better protection).")
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from ...config import ProtectionConfig
 from ..data import resize_all, split_holdout
 from ..metrics.fidelity import perturbation_cost
 from ..purify.filters import with_attacks
-from ..report import write_report
+from ..report import card_markdown, write_report
 from .protected_sets import protect_arrays
 from .victim_runs import EvalSettings, run_victims
 
@@ -51,6 +51,7 @@ def evaluate_pair(clean: Sequence[np.ndarray], protected: Sequence[np.ndarray], 
         "perturbation": cost, "victims": out["victims"], "seconds": round(time.perf_counter() - start, 1),
         "versions": {**library_versions(), "python": platform.python_version()}, **(extra or {}),
     }
+    report["card_markdown"] = card_markdown(report)
     size = settings.victim.resolution
     write_report(report, out["samples"], out["losses"], np.stack(resize_all(holdout, size)), out_dir)
     return report

@@ -22,7 +22,7 @@ import torch
 from ...models.devices import resolve_device
 from ..metrics.fidelity import perturbation_cost
 from ..metrics.scorer import Scorer
-from ..report import fmt, json_default, loss_plot, results_table, side_by_side_grids, verdict
+from ..report import card_markdown, fmt, json_default, loss_plot, results_table, side_by_side_grids, verdict
 from ..victims.sd_lora import (LORA_WEIGHT_NAME, DreamBoothError, DreamBoothSettings, ImageInput, load_subject_images,
                                peak_memory, reset_peak_memory, resolve_precision, training_view)
 from ..victims.sd_lora_sampling import sample_lora_victim, sample_prompts
@@ -131,6 +131,7 @@ def evaluate_dreambooth(model: str, clean_images: ImageInput, protected_images: 
         "seconds": round(time.perf_counter() - start, 1),
         "versions": {**library_versions(), "python": platform.python_version()},
     }
+    report["card_markdown"] = card_markdown(report)
     _write_files(report, out_dir, views, samples, losses, n=min(len(clean), settings.num_samples),
                  window=max(1, min(50, settings.train_steps // 8)))
     logger.info("SD evaluation written to %s (%.0f s)", out_dir, report["seconds"])
