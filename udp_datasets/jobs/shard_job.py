@@ -349,14 +349,13 @@ class ShardRunner:
                 codec.close()
                 mwriter.close()
             except BaseException:
-                reader.close()
-                with contextlib.suppress(Exception):
-                    writer.finish()
+                writer.close()
                 codec.abort()
                 with contextlib.suppress(Exception):
                     mwriter.close()
                 raise
-            reader.close()
+            finally:
+                reader.close()
         errors_file = base.parent / f"{base.name}.errors.jsonl"
         if errors:
             write_bytes_atomic(errors_file, "".join(json.dumps(e, ensure_ascii=False) + "\n"
