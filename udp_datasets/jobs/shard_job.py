@@ -1,25 +1,35 @@
-"""Shard runner: protect sharded datasets at scale, resumable, crash-safe, on many processes.
+"""The shard job: protect sharded datasets at scale, resumable, crash-safe, on many processes.
 
     udp-datasets protect 'data/shard-{000000..000099}.tar' out/ --surrogate S --num-processes 4
     accelerate launch -m udp_datasets.cli protect data/ out/ --surrogate S
     run_shards("data/*.parquet", "out", config)                       # Python
 
+Why a second job beside :mod:`udp_datasets.jobs.dataset_job`: data that does not fit one
+``datasets`` cache, or that must be spread over many GPUs and nodes and survive being killed,
+is protected one input shard at a time, each shard written, checked and marked done on its
+own. This module is that job's bookkeeping (what is pending, done or foreign, what each rank
+does, the merged record); the pieces it stands on are :mod:`~udp_datasets.jobs.codecs` (a shard
+in and out), :mod:`~udp_datasets.jobs.background` (reading and writing behind protection),
+:mod:`~udp_datasets.jobs.distributed` (accelerate) and :mod:`~udp_datasets.jobs.summary` (the
+record). The command line around it is :mod:`udp_datasets.cli.launch`.
+
 **Work units.** One input shard (a WebDataset tar, a Parquet file, or a slice of a
 ``datasets`` dataset) is one unit: read -> protect -> write to a hidden temporary
 name -> fsync -> atomic rename to the shard's own name under DST -> per-shard
-errors and manifest -> completion marker, written last (also temp + rename). A
-unit whose marker is present is complete; anything else is redone from scratch,
-so a run killed at any moment (SIGKILL included) resumes to output that is byte
-for byte what an uninterrupted run writes (tar and Parquet output is deterministic,
-see :mod:`udp_datasets.sinks.shards`; per-sample randomness is keyed by the sample
-key, so batching and the rank that runs a shard do not matter).
+errors and manifest -> completion marker, written last (also temp + rename, all through
+:mod:`udp_datasets.sinks.atomic`). A unit whose marker is present is complete; anything else
+is redone from scratch, so a run killed at any moment (SIGKILL included) resumes to output
+that is byte for byte what an uninterrupted run writes (tar and Parquet output is
+deterministic, see :mod:`udp_datasets.sinks.tar_writer` and
+:mod:`udp_datasets.sinks.parquet_writer`; per-sample randomness is keyed by the sample key, so
+batching and the rank that runs a shard do not matter).
 
 **Layout.** DST mirrors the input: same shard names (and sub-folders), same samples
 in the same order, every non-image member / column unchanged; images become PNG
-(``KEY.jpg`` -> ``KEY.png``). The runner's own files live in ``DST/.udp/``:
+(``KEY.jpg`` -> ``KEY.png``). The job's own files live in ``DST/.udp/``:
 
     .udp/job.json                  job summary (main process, when every rank is done)
-    .udp/manifest.parquet          all per-shard manifests merged (provenance.MANIFEST_SCHEMA)
+    .udp/manifest.parquet          all per-shard manifests merged (jobs.manifest.MANIFEST_SCHEMA)
     .udp/errors.jsonl              every quarantined sample: key, shard, reason
     .udp/surrogate/                the surrogate fitted for this job (when none was given)
     .udp/shards/NAME.done.json     completion marker with the shard's stats
@@ -30,12 +40,12 @@ A hidden folder rather than files beside the shards, because ``datasets`` and sh
 globs skip hidden paths: ``load_dataset("parquet", data_dir=DST)``,
 ``wds.WebDataset("DST/*.tar")`` and ``upload_folder`` of the shards see only data.
 
-**Markers and resume.** A marker records the *job hash*: the protection config's
-hash with the surrogate identified by its weights' SHA-256 (not its path, so a
-moved DST still resumes), plus the runner options that change output bytes
-(image column, key column, image extensions). A re-run skips shards whose marker
-matches and whose output file has the recorded size, redoes the rest, and refuses
-shards marked with another hash unless ``overwrite=True``.
+**Markers and resume.** A marker records the *job id* (:func:`job_hash`; the markers' and
+the summary's ``config_hash``): the protection config's hash with the surrogate identified by
+its weights' SHA-256 (not its path, so a moved DST still resumes), plus the options that
+change output bytes (image column, key column, image extensions). A re-run skips shards
+whose marker matches and whose output file has the recorded size, redoes the rest, and
+refuses shards marked with another job id unless ``overwrite=True``.
 
 **Distribution.** Rank, world size and device come from ``accelerate.PartialState``
 (``accelerate launch``, torchrun, Slurm through accelerate's launcher). The main
@@ -48,10 +58,9 @@ and errors and writes ``.udp/job.json``. DST must be on a file system every node
 sees.
 
 **Bounded memory.** Samples stream shard by shard in chunks of ``config.batch_size``
-images: a reader thread fills a queue of ``prefetch`` chunks (tar / Parquet reading
-and sample grouping) while the current chunk is protected, and a writer thread
-drains a queue of the same depth to the output file. Nothing is kept per sample
-across chunks except small manifest rows, which stream into a per-shard Parquet.
+images, read ``prefetch`` chunks ahead and written ``prefetch`` chunks behind the
+protector. Nothing is kept per sample across chunks except small manifest rows, which
+stream into a per-shard Parquet.
 """
 
 from __future__ import annotations
@@ -93,10 +102,14 @@ class ConfigMismatchError(ConfigError):
     """DST holds shards (or a fitted surrogate) made with another config."""
 
 
-# ================================================================== the job
 def job_hash(config: ProtectionConfig, surrogate_sha256: str | None, *, image_column: str | None,
              key_column: str | None, image_extensions: Iterable[str]) -> str:
-    """The identity of a job's output bytes (see module docstring)."""
+    """The job id: the identity of a job's output bytes (see the module docstring).
+
+    Two runs with the same job id write the same bytes for the same shard, so a marker
+    carrying it proves the shard need not be redone; ``batch_size`` and ``device`` are
+    left out because they do not change the bytes.
+    """
     payload = {
         "config": config.replace(surrogate=None, surrogate_revision=None).hash(),
         "surrogate_sha256": surrogate_sha256 if config.surrogate is not None else None,
@@ -154,6 +167,7 @@ class ShardRunner:
 
     # ------------------------------------------------------------------ units
     def units(self) -> list[WorkUnit]:
+        """Every unit of SRC in order; their names are the output names (see the codecs)."""
         if self._dataset is not None:
             return dataset_units(self._dataset, self.rows_per_shard, self.split)
         return shard_units(discover_shards(self.src if isinstance(self.src, (list, tuple)) else str(self.src)))
@@ -163,10 +177,12 @@ class ShardRunner:
                           image_column=self.image_column, key_column=self.key_column, dataset=self._dataset)
 
     def marker_path(self, unit_name: str) -> Path:
+        """Where a unit's completion marker lives; its presence is what "done" means."""
         return self.book / "shards" / f"{unit_name}.done.json"
 
     # -------------------------------------------------------------------- run
     def run(self) -> JobSummary:
+        """Protect the pending shards on this rank; every rank returns the merged summary."""
         start, started_at = time.perf_counter(), utc_now()
         state = self.state if self.state is not None else make_state()
         rank, world = state.process_index, state.num_processes
@@ -184,11 +200,11 @@ class ShardRunner:
         protector = Protector(config, progress=False)
         protector.prepare_surrogate(state.local_process_index)
         ref = protector.surrogate_ref
-        jhash = job_hash(config, ref.sha256 if ref else None, image_column=self.image_column,
+        job_id = job_hash(config, ref.sha256 if ref else None, image_column=self.image_column,
                          key_column=self.key_column, image_extensions=self.image_extensions)
 
         # 3. main scans the markers; everyone works on the same pending list
-        pending, skipped = main_then_broadcast(state, lambda: self._scan(units, jhash), "scan")
+        pending, skipped = main_then_broadcast(state, lambda: self._scan(units, job_id), "scan")
         mine = pending[rank::world]
         logger.info("rank %d/%d: %d of %d pending shards (%d complete already)", rank, world, len(mine),
                     len(pending), len(skipped))
@@ -199,7 +215,7 @@ class ShardRunner:
         for name in bar:
             unit = by_name[name]
             try:
-                stats = self._process(unit, protector, state, jhash)
+                stats = self._process(unit, protector, state, job_id)
                 done.append({"shard": name, "count": stats["count"], "errors": stats["errors"],
                              "seconds": stats["seconds"]})
             except (ShardReadError, SourceError, ImageError, OSError, ValueError, TypeError) as exc:
@@ -213,7 +229,7 @@ class ShardRunner:
         # 5. main merges and summarises once every rank is done
         state.wait_for_everyone()
         if state.is_main_process:
-            summary = self._finish(units, config, ref, jhash, fit_info, world, skipped,
+            summary = self._finish(units, config, ref, job_id, fit_info, world, skipped,
                                    time.perf_counter() - start, started_at)
             write_json_atomic(self.record_file, summary.to_dict())
         state.wait_for_everyone()
@@ -221,6 +237,7 @@ class ShardRunner:
 
     # -------------------------------------------------------------- stages
     def _check_paths(self, units: list[WorkUnit]) -> None:
+        """Refuse a DST that is a file or would overwrite the job's own input, before any work."""
         if self.dst.exists() and not self.dst.is_dir():
             raise OutputExistsError(f"{self.dst} exists and is not a folder")
         dst = self.dst.resolve()
@@ -251,6 +268,8 @@ class ShardRunner:
         return self._fitted_surrogate(units)
 
     def _fitted_surrogate(self, units: list[WorkUnit]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The surrogate in ``.udp/surrogate``: reused when fitted with this config, else fitted
+        once here, so every rank and every re-run protects with the same weights."""
         folder = self.book / "surrogate"
         info_file = folder / "udp_fit.json"
         if info_file.exists():
@@ -285,14 +304,17 @@ class ShardRunner:
             raise ImageError("fit: the source has no images")
         return images
 
-    def _scan(self, units: list[WorkUnit], jhash: str) -> tuple[list[str], list[str]]:
+    def _scan(self, units: list[WorkUnit], job_id: str) -> tuple[list[str], list[str]]:
+        """Main process: (pending, skipped) unit names. A shard is skipped only if its marker
+        carries this job id and its output still has the recorded size; shards of another
+        job id are refused unless ``overwrite`` (they would mix two configs in one dataset)."""
         pending, skipped, foreign = [], [], []
         for unit in units:
             marker = self._read_marker(unit.name)
             if marker is None:
                 pending.append(unit.name)
                 continue
-            if marker.get("config_hash") != jhash:
+            if marker.get("config_hash") != job_id:
                 foreign.append(f"{unit.name} (hash {marker.get('config_hash')})")
                 pending.append(unit.name)
                 continue
@@ -306,10 +328,11 @@ class ShardRunner:
             listing = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise ConfigMismatchError(
                 f"{len(foreign)} shard(s) in {self.dst} were protected with another config than this job's "
-                f"(hash {jhash}): {listing}; use another DST, or --overwrite to redo them")
+                f"(hash {job_id}): {listing}; use another DST, or --overwrite to redo them")
         return pending, skipped
 
     def _read_marker(self, name: str) -> dict[str, Any] | None:
+        """A unit's marker, or None when it is missing or unreadable (the unit is then redone)."""
         path = self.marker_path(name)
         try:
             return json.loads(path.read_text(encoding="utf-8"))
@@ -320,7 +343,9 @@ class ShardRunner:
             return None
 
     # ------------------------------------------------------------- one shard
-    def _process(self, unit: WorkUnit, protector: Protector, state: Any, jhash: str) -> dict[str, Any]:
+    def _process(self, unit: WorkUnit, protector: Protector, state: Any, job_id: str) -> dict[str, Any]:
+        """Protect one unit: shard and manifest through temporaries, then errors, then the marker
+        (last, so a shard is done only once everything it leaves is in place); returns the marker."""
         t0 = time.perf_counter()
         final = self.dst / unit.name
         base = self.book / "shards" / unit.name
@@ -344,7 +369,7 @@ class ShardRunner:
                     ok, pngs, good = self._protect_chunk(chunk, protector, state, unit, errors, stats)
                     writer.put(chunk, ok, pngs)
                     if good:
-                        mwriter.write_table(manifest_table(good, unit.name, jhash))
+                        mwriter.write_table(manifest_table(good, unit.name, job_id))
                 writer.finish()
                 codec.close()
                 mwriter.close()
@@ -364,7 +389,7 @@ class ShardRunner:
             errors_file.unlink(missing_ok=True)
         seconds = time.perf_counter() - t0
         record = {
-            "shard": unit.name, "source": unit.source, "status": "done", "config_hash": jhash,
+            "shard": unit.name, "source": unit.source, "status": "done", "config_hash": job_id,
             "count": stats["count"], "images": stats["images"], "errors": stats["errors"],
             "passthrough": stats["passthrough"], "seconds": round(seconds, 3),
             "images_per_second": rate(stats["images"], seconds), "max_linf_levels": stats["max_linf"],
@@ -385,6 +410,11 @@ class ShardRunner:
     def _protect_chunk(self, chunk: Chunk, protector: Protector, state: Any, unit: WorkUnit,
                        errors: list[dict[str, Any]], stats: dict[str, Any],
                        ) -> tuple[list[bool], list[bytes | None], list[ProtectedImage]]:
+        """Protect a chunk's images; returns (ok per record, PNG per image, protected images).
+
+        A record with any image that fails is quarantined whole (its other images are not
+        written either: a sample is never published half protected) and logged in ``errors``.
+        """
         n = len(chunk.record_keys)
         todo = [j for j, record in enumerate(chunk.record_of_image) if record not in chunk.problems]
         results: list[ProtectedImage | FailedImage | None] = [None] * len(chunk.images)
@@ -430,9 +460,11 @@ class ShardRunner:
         return ok, pngs, good
 
     # --------------------------------------------------------------- finish
-    def _finish(self, units: list[WorkUnit], config: ProtectionConfig, ref: Any, jhash: str,
+    def _finish(self, units: list[WorkUnit], config: ProtectionConfig, ref: Any, job_id: str,
                 fit_info: dict[str, Any] | None, world: int, skipped: list[str], seconds: float,
                 started_at: str) -> JobSummary:
+        """Main process, after every rank is done: merge the markers of this job id (shards done
+        by earlier runs included) into one manifest, one errors file and the summary."""
         import pyarrow.parquet as pq
 
         ranks = []
@@ -450,7 +482,7 @@ class ShardRunner:
             writer = pq.ParquetWriter(str(mtmp), MANIFEST_SCHEMA)
             for unit in units:
                 marker = self._read_marker(unit.name)
-                if marker is None or marker.get("config_hash") != jhash:
+                if marker is None or marker.get("config_hash") != job_id:
                     continue
                 for key in ("count", "images", "errors", "passthrough", "psnr_count"):
                     totals[key] += int(marker.get(key) or 0)
@@ -466,13 +498,13 @@ class ShardRunner:
         if totals["errors"] == 0:
             errors_path.unlink(missing_ok=True)
         return JobSummary(
-            source=_describe_source(self.src), destination=str(self.dst), shards=len(units),
+            source=_source_text(self.src), destination=str(self.dst), shards=len(units),
             shards_done=done_now, shards_skipped=len(skipped), shards_failed=failed,
             count=totals["count"], images=totals["images"], errors=totals["errors"],
             passthrough=totals["passthrough"], seconds=round(seconds, 3),
             images_per_second=rate(images_now, seconds), max_linf_levels=totals["max_linf"],
             budget_levels=config.budget_levels, mean_psnr_db=mean_psnr(totals["psnr_sum"], totals["psnr_count"]),
-            config=config.replace(device="auto").to_dict(), config_hash=jhash,
+            config=config.replace(device="auto").to_dict(), config_hash=job_id,
             protection_config_hash=config.hash(), surrogate=ref.to_dict() if ref else None, world_size=world,
             ranks=[{k: r[k] for k in ("rank", "device", "seconds")} | {"shards": [d["shard"] for d in r["shards"]]}
                    for r in ranks],
@@ -495,7 +527,8 @@ def _file_sha256(path: Path) -> str:
 
 
 
-def _describe_source(src: Any) -> str:
+def _source_text(src: Any) -> str:
+    """SRC as the summary's ``source`` names it (a spec as given, or a dataset's type and name)."""
     if isinstance(src, (str, os.PathLike)):
         return str(src)
     if isinstance(src, (list, tuple)):
