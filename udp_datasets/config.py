@@ -26,13 +26,16 @@ EncoderTarget = Literal["away", "pattern"]
 TimestepSchedule = Literal["uniform", "eudp", "snr", "range"]
 TimestepMode = Literal["sample", "weight"]
 Dtype = Literal["float32", "float16", "bfloat16"]
+Autocast = Literal["auto", "off", "bfloat16", "float16"]
+Switch = Literal["auto", "on", "off"]
 EOT_NAMES = ("blur", "resize", "jpeg", "noise")  # method/eot.py implements them
 PRESET_NAMES = ("advdm", "photoguard", "mist", "sds", "aspl", "metacloak", "udp", "eudp")  # method/presets.py
 
 # Fields that change where or how fast a job runs but not what it computes (up to
 # floating-point rounding on another device). They are left out of the hash so a
 # job moved from a laptop to a GPU box keeps its identity.
-RUNTIME_FIELDS = frozenset({"device", "batch_size", "gradient_checkpointing"})
+RUNTIME_FIELDS = frozenset({"device", "batch_size", "gradient_checkpointing", "batch_pixels", "autocast",
+                            "channels_last", "torch_compile"})
 
 # Fields added after config version 1 shipped, with their defaults. While a field is at its default
 # it is left out of the hash, so adding a field never changes the identity of an existing job
@@ -181,6 +184,17 @@ class ProtectionConfig:
     """Precision of the frozen surrogate in the transform (float16 / bfloat16 on GPUs)."""
     gradient_checkpointing: bool = False
     """Trade compute for memory in the surrogate's UNet / VAE (large Stable Diffusion images)."""
+    batch_pixels: int = 0
+    """Pixel budget of one transform batch (the sum of height x width of its images), which bounds
+    its memory; images of different sizes share batches up to it. 0 = auto, from the device's
+    memory (docs/performance.md). An image over the budget on its own is quarantined, by name."""
+    autocast: Autocast = "auto"
+    """Mixed precision of the transform's forward and backward passes: ``off``, ``bfloat16``,
+    ``float16``, or ``auto`` (per device and surrogate, see docs/performance.md)."""
+    channels_last: Switch = "auto"
+    """NHWC memory layout for the surrogate's convolutions (``auto``: see docs/performance.md)."""
+    torch_compile: bool = False
+    """``torch.compile`` the surrogate's networks for the transform (pays off only on long jobs)."""
 
     version: int = CONFIG_VERSION
 
@@ -195,6 +209,11 @@ class ProtectionConfig:
         _choice("timestep_mode", self.timestep_mode, TimestepMode)
         _choice("dtype", self.dtype, Dtype)
         _choice("encoder_target", self.encoder_target, EncoderTarget)
+        _choice("autocast", self.autocast, Autocast)
+        _choice("channels_last", self.channels_last, Switch)
+        _non_negative_int("batch_pixels", self.batch_pixels)
+        if not isinstance(self.torch_compile, bool):
+            raise ConfigError(f"torch_compile={self.torch_compile!r} must be true or false")
         if not isinstance(self.encoder_weight, (int, float)) or not math.isfinite(self.encoder_weight) \
                 or self.encoder_weight < 0:
             raise ConfigError(f"encoder_weight={self.encoder_weight!r} must be a finite number >= 0")

@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
@@ -29,10 +30,12 @@ import torch
 from .config import ProtectionConfig
 from .method.fit import FitResult, fit_surrogate
 from .images import DecodedImage, ImageError, encode_png, load_image
+from .method.batches import plan_batches
 from .method.objectives import ProtectionObjective
 from .method.pgd import BudgetError, check_budget, pgd, quantize_within_budget, random_start, sample_generator
 from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 from .models.devices import resolve_device
+from .models.runtime import Tuning, apply_tuning, autocast, grad_scale, resolve_tuning
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +99,16 @@ class Protector:
             levels, PSNR) that manifests are built from.
         surrogate: an already loaded surrogate (kept in this process only; workers reload
             it from ``config.surrogate``).
+        tuning: ``{switch: value}`` overriding the speed switches that the config's runtime
+            fields and the device choose (:class:`udp_datasets.models.runtime.Tuning`: ``freeze``,
+            ``reuse_buffers``, ``mixed_shapes``, ``overlap``, ``sdpa``, ...); for benchmarks and tests.
     """
 
     def __init__(self, config: ProtectionConfig | None = None, image_column: str = "image",
                  key_column: str | None = None, errors: Literal["raise", "quarantine"] = "raise",
                  errors_file: str | os.PathLike | None = None, provenance_columns: bool = False,
                  max_pixels: int | None = None, progress: bool = True,
-                 surrogate: Surrogate | None = None):
+                 surrogate: Surrogate | None = None, tuning: dict[str, Any] | None = None):
         if errors not in ("raise", "quarantine"):
             raise ValueError(f"errors={errors!r} must be 'raise' or 'quarantine'")
         if errors == "quarantine" and errors_file is None:
@@ -118,6 +124,8 @@ class Protector:
         self._surrogate = surrogate
         self._objective: ProtectionObjective | None = None
         self._lock = threading.Lock()
+        self.tuning_overrides = dict(tuning) if tuning else None
+        self._tuning: Tuning | None = None
         self.surrogate_ref: SurrogateRef | None = surrogate.ref if surrogate is not None else None
         if self.surrogate_ref is None and self.config.surrogate is not None:
             self.surrogate_ref = self._peek_ref()
@@ -127,7 +135,9 @@ class Protector:
     def __getstate__(self) -> dict[str, Any]:
         """Config + surrogate reference + options: never the weights (stable fingerprint)."""
         state = {k: v for k, v in self.__dict__.items()
-                 if k not in ("_surrogate", "_objective", "_lock", "fit_result", "progress")}
+                 if k not in ("_surrogate", "_objective", "_lock", "fit_result", "progress", "_tuning")}
+        if state.get("tuning_overrides") is None:  # default protectors keep their old fingerprint
+            state.pop("tuning_overrides", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -137,6 +147,8 @@ class Protector:
         self._lock = threading.Lock()
         self.fit_result = None
         self.progress = False
+        self.tuning_overrides = state.get("tuning_overrides")
+        self._tuning = None
 
     def _peek_ref(self) -> SurrogateRef | None:
         """Hash local weights up front so the fingerprint changes when they do."""
@@ -185,10 +197,21 @@ class Protector:
                 self._objective = None
                 if self.config.gradient_checkpointing and hasattr(self._surrogate, "enable_memory_savers"):
                     self._surrogate.enable_memory_savers()
-            self._surrogate.freeze()
             if self._objective is None:
+                self._surrogate.freeze()
+                self._tuning = resolve_tuning(self.config, device, self._surrogate.kind, dtype, self.tuning_overrides)
+                apply_tuning(self._surrogate, self._tuning)
+                logger.debug("transform tuning on %s: %s", device, self._tuning)
                 self._objective = ProtectionObjective(self._surrogate, self.config)
             return self._surrogate
+
+    @property
+    def tuning(self) -> Tuning:
+        """The speed switches in force (resolved for the device by :meth:`prepare_surrogate`)."""
+        if self._tuning is None:
+            self.prepare_surrogate()
+        assert self._tuning is not None
+        return self._tuning
 
     # ------------------------------------------------------------------ fit
     def fit(self, data: Any, output_dir: str | os.PathLike | None = None,
@@ -294,44 +317,96 @@ class Protector:
         ]
         results: list[ProtectedImage | FailedImage | None] = [
             d if isinstance(d, FailedImage) else None for d in decoded]
-        buckets: dict[tuple[int, int, int], list[int]] = {}
-        for i, d in enumerate(decoded):
-            if isinstance(d, DecodedImage):
-                buckets.setdefault(d.shape, []).append(i)
-        if buckets:
+        todo = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
+        if todo:
             surrogate = self.prepare_surrogate(rank)
-            for shape, members in buckets.items():
-                for start in range(0, len(members), self.config.batch_size):
-                    chunk = members[start:start + self.config.batch_size]
-                    self._protect_chunk([decoded[i] for i in chunk], [final_keys[i] for i in chunk],
-                                        chunk, surrogate, results,
-                                        None if captions is None else [captions[i] for i in chunk])
+            self._protect_decoded(decoded, todo, final_keys, captions, surrogate, results)
         return results  # type: ignore[return-value]
 
-    def _protect_chunk(self, items: list[DecodedImage], keys: list[str], indices: list[int],
-                       surrogate: Surrogate, results: list, captions: list[Any] | None = None) -> None:
-        cfg = self.config
+    def _protect_decoded(self, decoded: list, todo: list[int], keys: list[str], captions: Sequence[Any] | None,
+                         surrogate: Surrogate, results: list) -> None:
+        """Batch the decoded images (size buckets under the pixel budget) and protect each batch; with
+        ``overlap`` the rounding and PNG encoding of a batch run while the next one is optimised."""
+        tuning = self.tuning
+        batches, too_big = plan_batches([decoded[i].shape for i in todo], self.config.batch_size,
+                                        tuning.batch_pixels, mixed=tuning.mixed_shapes)
+        for j in too_big:
+            i = todo[j]
+            h, w = decoded[i].shape[:2]
+            results[i] = FailedImage(key=keys[i], index=i, reason=(
+                f"image is {w}x{h} = {w * h} pixels, more than the batch pixel budget of {tuning.batch_pixels} "
+                "(batch_pixels): it cannot be protected within this device's memory; raise --batch-pixels on a "
+                "machine with more memory, or downscale it"))
+        pool = ThreadPoolExecutor(1, thread_name_prefix="udp-finish") if tuning.overlap and len(batches) > 1 else None
+        pending: list[Future] = []
+        try:
+            for batch in batches:
+                chunk = [todo[j] for j in batch]
+                items = [decoded[i] for i in chunk]
+                chunk_keys = [keys[i] for i in chunk]
+                perturbed = self._optimise(items, chunk_keys, surrogate,
+                                           None if captions is None else [captions[i] for i in chunk])
+                if pool is None:
+                    self._finish(items, chunk_keys, chunk, perturbed, results)
+                else:
+                    pending.append(pool.submit(self._finish, items, chunk_keys, chunk, perturbed, results))
+            for future in pending:
+                future.result()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def _optimise(self, items: list[DecodedImage], keys: list[str], surrogate: Surrogate,
+                  captions: list[Any] | None = None) -> list[np.ndarray]:
+        """PGD on one batch; returns each image's perturbed pixels, (H, W, C) float in [0, 1]."""
+        cfg, tuning = self.config, self.tuning
         device = surrogate.device
-        clean = np.stack([d.pixels for d in items])  # (B, H, W, C) uint8
-        x = torch.from_numpy(clean).permute(0, 3, 1, 2).float().div(255).to(device)
+        same = len({d.shape for d in items}) == 1
+        if same:
+            clean = np.stack([d.pixels for d in items])  # (B, H, W, C) uint8
+            x: Any = torch.from_numpy(clean).permute(0, 3, 1, 2).float().div(255).to(device)
+        else:  # a mixed batch: one (1, C, H, W) tensor per image
+            x = [torch.from_numpy(np.stack([d.pixels])).permute(0, 3, 1, 2).float().div(255).to(device) for d in items]
         gens = [sample_generator(cfg.seed, k) for k in keys]
         eps = cfg.budget_levels / 255.0
+        objective = self._objective
+        assert objective is not None
+        init = self._initial_delta(x, gens, eps, surrogate, same)
+        with autocast(device, tuning):
+            delta = pgd(x, objective.loss_fn(gens, x, captions), epsilon=eps, alpha=cfg.step_size,
+                        steps=cfg.steps, maximize=objective.maximize, init=init, in_place=tuning.reuse_buffers,
+                        grad_scale=grad_scale(tuning))
+        if same:
+            return list((x + delta).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
+        return [(xi + di).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy() for xi, di in zip(x, delta)]
+
+    def _initial_delta(self, x: Any, gens: list[torch.Generator], eps: float, surrogate: Surrogate,
+                       same: bool) -> Any:
+        """Where PGD starts: zero, a random point of the ball, and/or the image's cluster's shared delta."""
         assert self._objective is not None
-        init = random_start(x.shape[1:], gens, eps) if cfg.random_start or self._objective.needs_random_start \
+        if not same:  # per image, with the same draws as in a batch of its own shape
+            inits = [self._initial_delta(xi, [g], eps, surrogate, True) for xi, g in zip(x, gens)]
+            return None if all(d is None for d in inits) else [torch.zeros_like(xi) if d is None else d
+                                                                for xi, d in zip(x, inits)]
+        init = random_start(x.shape[1:], gens, eps) if self.config.random_start or self._objective.needs_random_start \
             else None
         if "clusters.centroids" in surrogate.extras:  # start from the cluster's shared shortcut
             from .method.clusters import cluster_init
 
             shared = cluster_init(x, surrogate.extras["clusters.centroids"], surrogate.extras["clusters.deltas"], eps)
             init = shared if init is None else (shared + init).clamp(-eps, eps)
-        delta = pgd(x, self._objective.loss_fn(gens, x, captions), epsilon=eps, alpha=cfg.step_size,
-                    steps=cfg.steps, maximize=self._objective.maximize, init=init)
-        perturbed = (x + delta).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        for item, key, index, clean_i, pert_i in zip(items, keys, indices, clean, perturbed):
+        return init
+
+    def _finish(self, items: list[DecodedImage], keys: list[str], indices: list[int], perturbed: list[np.ndarray],
+                results: list) -> None:
+        """Round each image to 8 bits, prove the budget, encode the PNG and record the result."""
+        levels = self.config.budget_levels
+        for item, key, index, pert_i in zip(items, keys, indices, perturbed):
+            clean_i = item.pixels
             try:
-                out = quantize_within_budget(clean_i, pert_i, cfg.budget_levels)
+                out = quantize_within_budget(clean_i, pert_i, levels)
                 png = encode_png(out, item.alpha, item.icc_profile)
-                linf = check_budget(clean_i, out, cfg.budget_levels)
+                linf = check_budget(clean_i, out, levels)
             except BudgetError as exc:  # never let an over-budget image through
                 results[index] = FailedImage(key=key, index=index, reason=f"budget check failed: {exc}")
                 continue

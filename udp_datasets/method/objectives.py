@@ -208,13 +208,24 @@ class ProtectionObjective:
         fill the prompt template of a text-conditioned surrogate.
         """
         cond = self.condition(len(generators), captions)
+        if isinstance(clean, (list, tuple)):  # a mixed batch: images of several sizes
+            clean = self.working_batch(clean)
         reference = self.reference(clean)
 
-        def fn(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+        def fn(x_adv: torch.Tensor | Sequence[torch.Tensor], step: int) -> torch.Tensor:
             t, w, noise = self.draw(generators)
-            return self.loss(apply_eot(x_adv, self.eot, generators), t, w, noise, cond, reference, step)
+            if isinstance(x_adv, (list, tuple)):
+                x = self.working_batch([apply_eot(xi, self.eot, [g]) for xi, g in zip(x_adv, generators)])
+            else:
+                x = apply_eot(x_adv, self.eot, generators)
+            return self.loss(x, t, w, noise, cond, reference, step)
 
         return fn
+
+    def working_batch(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Images of different sizes (each (1, C_i, H_i, W_i)) -> one batch at the surrogate's working
+        size: each is resized (differentiably) on its own, so one forward pass serves them all."""
+        return torch.cat([self.surrogate.fit_pixels(x) for x in images])
 
     @torch.no_grad()
     def evaluate(self, x01: torch.Tensor, generators: Sequence[torch.Generator], repeats: int = 4,
