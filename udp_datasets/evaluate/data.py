@@ -42,6 +42,17 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
+def bundled_split(count: int, size: int, seed: int, fraction: float = 0.25
+                  ) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """The pixel ablations' data: ``count`` bundled photo patches of ``size`` px (always patch seed 0)
+    and their split by ``seed``: (all images, train indices, train images, held-out images)."""
+    from ..sources.bundled import photo_patches
+
+    clean = photo_patches(size, count, seed=0)
+    train_idx, hold_idx = split_holdout(len(clean), fraction, seed)
+    return clean, train_idx, [clean[i] for i in train_idx], [clean[i] for i in hold_idx]
+
+
 def resize_all(images: Images, size: int) -> list[np.ndarray]:
     """Every image at ``size`` x ``size`` (box filter); images already that size are kept as they are."""
     from PIL import Image

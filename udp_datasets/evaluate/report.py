@@ -161,6 +161,15 @@ def verdict(victims: dict[str, dict[str, Any]], goal: float = 3.0) -> str:
             f"{ratio:.2f}x over the clean-trained victim. On this setup the protection is not shown to work.")
 
 
+def run_versions() -> dict[str, str]:
+    """Library and Python versions of this run, for report.json."""
+    import platform
+
+    from ..jobs.summary import library_versions
+
+    return {**library_versions(), "python": platform.python_version()}
+
+
 def json_default(obj: Any) -> Any:
     """``json.dumps(default=...)`` for numpy scalars and paths in a report."""
     if isinstance(obj, (np.integer,)):

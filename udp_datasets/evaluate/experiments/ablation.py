@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ...config import ProtectionConfig
-from ..data import Images, split_holdout
+from ..data import Images, bundled_split
 from ..metrics.fidelity import perturbation_cost
 from ..report import fmt, results_table, side_by_side_grids
 from .protected_sets import cached_protect, random_noise
@@ -45,15 +45,10 @@ SWEEP_LEVELS = (4, 8, 16, 32)
 
 def run_ablation(out: str | Path, settings: EvalSettings, count: int = 1200, size: int = 16,
                  base: ProtectionConfig = BASE, sweep: bool = True) -> dict[str, Any]:
-    from ...sources.bundled import photo_patches
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    clean = photo_patches(size, count, seed=0)
-    train_idx, hold_idx = split_holdout(len(clean), 0.25, settings.seed)
-    holdout = [clean[i] for i in hold_idx]
-    train = [clean[i] for i in train_idx]
+    clean, train_idx, train, holdout = bundled_split(count, size, settings.seed)
     levels = base.budget_levels
 
     protected: dict[str, list[np.ndarray]] = {"random-noise": random_noise(train, levels)}

@@ -19,7 +19,7 @@ from ...config import ProtectionConfig
 from ..data import resize_all, split_holdout
 from ..metrics.fidelity import perturbation_cost
 from ..purify.filters import with_attacks
-from ..report import card_markdown, write_report
+from ..report import card_markdown, run_versions, write_report
 from .protected_sets import protect_arrays
 from .victim_runs import EvalSettings, run_victims
 
@@ -30,10 +30,6 @@ def evaluate_pair(clean: Sequence[np.ndarray], protected: Sequence[np.ndarray], 
                   settings: EvalSettings, holdout_fraction: float = 0.25, label: str = "protected",
                   extra: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Victims on clean vs protected (+ attacks), scored on a held-out clean split; writes the report."""
-    import platform
-
-    from ...jobs.dataset_job import library_versions
-
     if len(clean) != len(protected):
         raise ValueError(f"--clean has {len(clean)} images but --protected has {len(protected)}; they must "
                          "be the same images in the same order (quarantined samples removed from both)")
@@ -49,7 +45,7 @@ def evaluate_pair(clean: Sequence[np.ndarray], protected: Sequence[np.ndarray], 
         "settings": settings.to_dict(),
         "data": {"train": len(train_idx), "holdout": len(hold_idx), "holdout_fraction": holdout_fraction},
         "perturbation": cost, "victims": out["victims"], "seconds": round(time.perf_counter() - start, 1),
-        "versions": {**library_versions(), "python": platform.python_version()}, **(extra or {}),
+        "versions": run_versions(), **(extra or {}),
     }
     report["card_markdown"] = card_markdown(report)
     size = settings.victim.resolution

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +21,8 @@ import torch
 from ...models.devices import resolve_device
 from ..metrics.fidelity import perturbation_cost
 from ..metrics.scorer import Scorer
-from ..report import card_markdown, fmt, json_default, loss_plot, results_table, side_by_side_grids, verdict
+from ..report import (card_markdown, fmt, json_default, loss_plot, results_table, run_versions, side_by_side_grids,
+                      verdict)
 from ..victims.sd_lora import (LORA_WEIGHT_NAME, DreamBoothError, DreamBoothSettings, ImageInput, load_subject_images,
                                peak_memory, reset_peak_memory, resolve_precision, training_view)
 from ..victims.sd_lora_sampling import sample_lora_victim, sample_prompts
@@ -91,8 +91,6 @@ def evaluate_dreambooth(model: str, clean_images: ImageInput, protected_images: 
     victims' samples side by side), ``loss_curves.png`` and ``victims/{clean,protected}/`` (LoRA
     weights, ``samples.png``, ``victim_training.json``). Returns the report dict.
     """
-    from ...jobs.dataset_job import library_versions
-
     settings = settings or DreamBoothSettings()
     start = time.perf_counter()
     clean = load_subject_images(clean_images)
@@ -129,7 +127,7 @@ def evaluate_dreambooth(model: str, clean_images: ImageInput, protected_images: 
                   "final losses compare directly."],
         "verdict": verdict(victims),
         "seconds": round(time.perf_counter() - start, 1),
-        "versions": {**library_versions(), "python": platform.python_version()},
+        "versions": run_versions(),
     }
     report["card_markdown"] = card_markdown(report)
     _write_files(report, out_dir, views, samples, losses, n=min(len(clean), settings.num_samples),

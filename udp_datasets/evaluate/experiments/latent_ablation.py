@@ -37,13 +37,14 @@ import numpy as np
 
 from ...config import ProtectionConfig
 from ..data import data_hash
+from ..metrics.arrays import hwc_to_nchw
 from ..metrics.fidelity import perturbation_cost, psnr, psnr_per_image
 from ..report import fmt, side_by_side_grids
 from ..victims.autoencoder import (AutoencoderConfig, decode_latents, encode_distribution, load_autoencoder,
                                    reconstruction_psnr, train_autoencoder)
 from ..victims.latent import LatentRecipe, pretrain_config, pretrain_latent_denoiser, save_latent_surrogate
 from ..victims.pixel import VictimConfig
-from .ablation import budget_sweep, render_tables, sweep_plot
+from .ablation import VARIANTS, budget_sweep, render_tables, sweep_plot
 from .protected_sets import cached_protect, random_noise
 from .victim_runs import EvalSettings, run_victims, victim_folder
 
@@ -57,10 +58,7 @@ ENCODER_WEIGHT = 10.0
 """At the ball's random start the encoder term's pixel gradient is ~10x smaller than the
 denoising loss's (measured on this setup's surrogate): 10 gives the two an equal share."""
 LATENT_VARIANTS: dict[str, dict[str, Any]] = {
-    "adversarial+uniform": {"objective": "adversarial", "timesteps": "uniform"},
-    "adversarial+eudp": {"objective": "adversarial", "timesteps": "eudp"},
-    "unlearnable+uniform": {"objective": "unlearnable", "timesteps": "uniform"},
-    "unlearnable+eudp": {"objective": "unlearnable", "timesteps": "eudp"},
+    **VARIANTS,  # the pixel ablation's four, then the encoder objective and term
     "encoder(away)": {"objective": "encoder", "encoder_target": "away"},
     "encoder(pattern)": {"objective": "encoder", "encoder_target": "pattern"},
     "adversarial+eudp+encoder": {"objective": "adversarial", "timesteps": "eudp", "encoder_weight": ENCODER_WEIGHT},
@@ -135,10 +133,9 @@ def latent_amplification(vae, clean: Sequence[np.ndarray], perturbed: Sequence[n
     pixel = float(np.mean(np.linalg.norm((xp - xc).reshape(len(xc), -1), axis=1)
                           / np.maximum(np.linalg.norm(xc.reshape(len(xc), -1), axis=1), 1e-12)))
     dc, dp = decode_latents(vae, zc), decode_latents(vae, zp)
-    to01 = lambda a: a.astype(np.float32).transpose(0, 3, 1, 2) / 255  # noqa: E731
     return {"latent_shift": float(latent), "pixel_shift": pixel,
             "amplification": float(latent / pixel) if pixel > 0 else float("nan"),
-            "decoded_psnr_db": float(psnr(to01(dc), to01(dp)))}
+            "decoded_psnr_db": float(psnr(hwc_to_nchw(dc), hwc_to_nchw(dp)))}
 
 
 def run_latent_ablation(out: str | Path, settings: EvalSettings | None = None, setup: LatentSetup = LatentSetup(),
@@ -277,9 +274,8 @@ def paired_psnr(out: Path, name: str) -> float:
     training data moved what the victim generates (FD can miss a shared texture or pattern).
     """
     load = lambda n: np.load(victim_folder(out, n) / "samples.npz")["samples"]  # noqa: E731
-    a, b = load("clean"), load(name)
-    to01 = lambda x: x.astype(np.float32).transpose(0, 3, 1, 2) / 255  # noqa: E731
-    return float(np.mean(np.minimum(psnr_per_image(to01(a), to01(b)), 100.0)))  # identical: 100 dB
+    a, b = hwc_to_nchw(load("clean")), hwc_to_nchw(load(name))
+    return float(np.mean(np.minimum(psnr_per_image(a, b), 100.0)))  # identical: 100 dB
 
 
 def protected_grid(train: Sequence[np.ndarray], protected: dict[str, list[np.ndarray]], vae, path: Path,

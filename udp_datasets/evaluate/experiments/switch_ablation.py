@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import split_holdout
+from ..data import bundled_split
 from ..metrics.fidelity import perturbation_cost
 from ..report import results_table, side_by_side_grids
 from .ablation import BASE
@@ -50,15 +50,11 @@ REFERENCE = {"unlearnable+eudp": {"objective": "unlearnable", "timesteps": "eudp
 def run_leads(out: str | Path, settings: EvalSettings, count: int = 1200, size: int = 16,
               leads: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Protect with each lead, train one victim per protected set, write leads.json / leads_table.md."""
-    from ...sources.bundled import photo_patches
-
     leads = LEADS if leads is None else leads
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    clean = photo_patches(size, count, seed=0)
-    train_idx, hold_idx = split_holdout(len(clean), 0.25, settings.seed)
-    train, holdout = [clean[i] for i in train_idx], [clean[i] for i in hold_idx]
+    clean, train_idx, train, holdout = bundled_split(count, size, settings.seed)
     protected: dict[str, list[np.ndarray]] = {"random-noise": random_noise(train, BASE.budget_levels)}
     seconds: dict[str, float] = {}
     for name, changes in {**REFERENCE, **leads}.items():

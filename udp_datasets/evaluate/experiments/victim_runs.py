@@ -15,18 +15,16 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from ..data import data_hash, resize_all
+from ..data import Images, data_hash, resize_all
 from ..metrics.scorer import Scorer
 from ..purify.filters import ATTACKS
 from ..victims.pixel import PixelRecipe, VictimConfig, final_loss
 
 logger = logging.getLogger(__name__)
-
-Images = Sequence[np.ndarray]
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ batches. Ours is fitted per evaluation on the clean training images (not an ``nn
 the same features also feed precision / recall, so they are extracted once and passed here as
 arrays. Its matrix square root (eigenvalues of the product, no singular fallback) also differs
 from pytorch-fid's ``sqrtm`` with the eps retry that every committed number was computed with.
-The 40 lines below stay.
+So :func:`frechet_distance` stays our own (about 40 lines).
 """
 
 from __future__ import annotations

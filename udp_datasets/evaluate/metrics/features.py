@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...models.devices import resolve_device
 from .arrays import ImageBatch, as_images
 
 logger = logging.getLogger(__name__)
@@ -376,7 +377,7 @@ class InceptionFeatureExtractor:
 
     def __init__(self, weights_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 64):
-        self.device = torch.device(device)
+        self.device = resolve_device(device) if isinstance(device, str) else device
         self.batch_size = batch_size
         self.weights_path, self.backend = self._resolve(weights_path)
         self._model = self._load()

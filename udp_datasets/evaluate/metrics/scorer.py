@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
-import numpy as np
 
+from ..data import Images
 from .arrays import hwc_to_nchw
 from .artifacts import artifact_ratio, colour_noise_ratio
 from .distribution import frechet_distance_from_features, precision_recall
 from .features import get_feature_extractor
-
-Images = Sequence[np.ndarray]
 
 
 class ScoringSettings(Protocol):

@@ -23,6 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ...models.devices import resolve_device
+from ..metrics.arrays import hwc_to_nchw
+from ..metrics.fidelity import psnr
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,11 @@ def build_autoencoder(config: AutoencoderConfig):
 
 
 def images_to_unit(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 arrays of one size -> (N, 3, H, W) float in [0, 1]."""
+    """(H, W, 3) uint8 arrays of one size -> (N, 3, H, W) float in [0, 1] (grey repeated to RGB).
+
+    Not :func:`..metrics.arrays.hwc_to_nchw`: this keeps the channels-last memory layout the
+    committed VAE was trained with (convolutions round differently on the other layout).
+    """
     arr = np.stack([np.asarray(a, dtype=np.uint8) for a in images])
     if arr.shape[-1] == 1:
         arr = np.repeat(arr, 3, axis=-1)
@@ -201,9 +207,4 @@ def latent_scaling_factor(vae, data: torch.Tensor, seed: int = 0, batch_size: in
 
 def reconstruction_psnr(vae, images: Sequence[np.ndarray]) -> float:
     """Mean per-image PSNR (dB) of D(E(x)) against x on the 0-255 grid."""
-    from ..metrics.fidelity import psnr
-
-    rec = reconstruct(vae, images)
-    a = np.stack([np.asarray(x) for x in images]).astype(np.float32) / 255
-    b = rec.astype(np.float32) / 255
-    return float(psnr(a.transpose(0, 3, 1, 2), b.transpose(0, 3, 1, 2)))
+    return float(psnr(hwc_to_nchw(images), hwc_to_nchw(reconstruct(vae, images))))

@@ -21,20 +21,18 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from ...models.latent import sd_scheduler
 from .autoencoder import decode_latents, encode_distribution, load_autoencoder, reconstruct
-from ..data import data_hash
+from ..data import Images, data_hash
 from ..metrics.scorer import Scorer
 from .pixel import VictimConfig, VictimResult, sample_tensors, train_denoiser
 
 logger = logging.getLogger(__name__)
-
-Images = Sequence[np.ndarray]
 
 
 def latent_training_data(vae, images: Images, flip: bool = True, posterior: str = "sample") -> dict[str, Any]:

@@ -28,10 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ...models.devices import resolve_device
+from ..data import Images
 
 logger = logging.getLogger(__name__)
-
-Images = Sequence[np.ndarray]
 
 VICTIM_ARCHITECTURES: dict[str, dict[str, Any]] = {
     # differs from the surrogates: wider last level, attention in the middle level, 2 layers
@@ -149,8 +148,7 @@ def train_denoiser(data: torch.Tensor, config: VictimConfig, output_dir: str | P
     from diffusers import DDPMPipeline
 
     start = time.perf_counter()
-    cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
-    accelerator = Accelerator(cpu=cpu)
+    accelerator = Accelerator(cpu=resolve_device(config.device).type == "cpu")
     model, scheduler = _denoiser_and_schedule(config, data, model, init_dir, scheduler)
     if flipped is not None and flipped.shape != data.shape:
         raise ValueError(f"flipped has shape {tuple(flipped.shape)}, data {tuple(data.shape)}")
