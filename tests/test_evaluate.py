@@ -100,3 +100,37 @@ def test_cli_evaluate_errors(tmp_path, capsys):
     assert "both --clean and --protected" in capsys.readouterr().err
     assert main(["evaluate", "--attacks", "jpeg10", "--out", str(tmp_path / "r")]) == EXIT_USAGE
     assert "unknown attack" in capsys.readouterr().err
+
+
+# every name the 0.1 evaluate modules exported that users and docs name, at its old path
+OLD_EVALUATE_NAMES = {
+    "victim": ["VictimConfig", "train_victim", "sample_victim", "train_denoiser", "VICTIM_ARCHITECTURES"],
+    "latent_victim": ["LatentRecipe", "pretrain_latent_denoiser", "save_latent_surrogate"],
+    "autoencoder": ["AutoencoderConfig", "train_autoencoder", "load_autoencoder", "encode_distribution"],
+    "dreambooth": ["DreamBoothSettings", "DreamBoothError", "evaluate_dreambooth", "train_lora_victim",
+                   "sample_lora_victim", "load_subject_images", "render_markdown", "LORA_WEIGHT_NAME"],
+    "features": ["FittedFeatureExtractor", "FeatureExtractorUnavailable", "get_feature_extractor"],
+    "attacks": ["ATTACKS", "jpeg", "resize", "blur"],
+    "experiment": ["EvalSettings", "Scorer", "run_victims", "PixelRecipe", "VictimRecipe", "perturbation_cost",
+                   "resize_all", "with_attacks", "data_hash"],
+    "ablation": ["BASE", "VARIANTS", "run_ablation", "budget_sweep", "random_noise"],
+    "latent_ablation": ["LATENT_BASE", "LATENT_VARIANTS", "LATENT_VICTIM", "LatentSetup", "run_latent_ablation"],
+    "leads": ["LEADS", "run_leads"],
+    "pipeline": ["evaluate_pair", "evaluate_bundled", "load_images", "split_holdout", "protect_arrays"],
+    "metrics": ["psnr", "ssim", "frechet_distance", "precision_recall", "hwc_to_nchw", "linf_levels"],
+}
+
+
+@pytest.mark.parametrize("module", sorted(OLD_EVALUATE_NAMES))
+def test_old_evaluate_paths_keep_working(module):
+    import importlib
+    import sys
+
+    if module == "metrics":  # a package now, re-exporting the functions: no warning
+        old = importlib.import_module("udp_datasets.evaluate.metrics")
+    else:
+        sys.modules.pop(f"udp_datasets.evaluate.{module}", None)  # the warning comes on first import
+        with pytest.warns(DeprecationWarning, match=f"udp_datasets.evaluate.{module} moved"):
+            old = importlib.import_module(f"udp_datasets.evaluate.{module}")
+    missing = [name for name in OLD_EVALUATE_NAMES[module] if not hasattr(old, name)]
+    assert not missing, f"udp_datasets.evaluate.{module} lost {missing}"
