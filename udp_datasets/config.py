@@ -12,9 +12,12 @@ METHOD.md marks as *ours* is a field here, so the evaluation can measure it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -30,6 +33,7 @@ Autocast = Literal["auto", "off", "bfloat16", "float16"]
 Switch = Literal["auto", "on", "off"]
 EOT_NAMES = ("blur", "resize", "jpeg", "noise")  # method/eot.py implements them
 PRESET_NAMES = ("advdm", "photoguard", "mist", "sds", "aspl", "metacloak", "udp", "eudp")  # method/presets.py
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")  # diffusers DDPMScheduler's
 
 # Fields that change where or how fast a job runs but not what it computes (up to
 # floating-point rounding on another device). They are left out of the hash so a
@@ -53,6 +57,9 @@ def parse_epsilon(value: str | float | int) -> float:
     ``"8/255"`` -> 8/255, ``0.03`` -> 0.03, ``"8"`` or ``8`` -> 8/255 (an integer of
     at least 1 is read as grey levels, since a budget of 100 % is never meant).
     """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"epsilon={value!r}: a {type(value).__name__} is not a budget; write a number such as "
+                          "8/255, 0.0314 or 8 (grey levels)")
     if isinstance(value, str):
         text = value.strip()
         if "/" in text:
@@ -204,6 +211,10 @@ class ProtectionConfig:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the field, the value and the fix."""
+        _check_types(self)
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(f"beta_schedule={self.beta_schedule!r} is not one of {list(BETA_SCHEDULES)}")
+        _check_device(self.device)
         _choice("objective", self.objective, Objective)
         _choice("timesteps", self.timesteps, TimestepSchedule)
         _choice("timestep_mode", self.timestep_mode, TimestepMode)
@@ -308,19 +319,36 @@ class ProtectionConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ProtectionConfig":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"the config is not valid JSON ({exc}); fix the syntax") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a JSON object of config fields, got {type(data).__name__}")
+        return cls.from_dict(data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ProtectionConfig":
-        """Load JSON or YAML (by extension)."""
+        """Load JSON or YAML (by extension). YAML is read with ``yaml.safe_load``: tags such as
+        ``!!python/object/apply`` are refused, nothing in the file is ever executed."""
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
         if path.suffix.lower() in {".yaml", ".yml"}:
             import yaml
 
-            data = yaml.safe_load(text) or {}
+            try:
+                data = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path} is not plain YAML ({' '.join(str(exc).split())}); write the fields as "
+                                  "plain values (tags such as !!python/... are refused, nothing is executed)") from exc
         else:
-            data = json.loads(text)
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{path} is not valid JSON ({exc}); fix the syntax") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
         return cls.from_dict(data)
@@ -334,6 +362,61 @@ class ProtectionConfig:
                    if k not in RUNTIME_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
         canon = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(ProtectionConfig)
+
+
+def _check_types(config: "ProtectionConfig") -> None:
+    """Every field against its declared type (so a wrong type is a ConfigError, never a TypeError
+    later): a bool is not a number, a number is not a string, a float field takes an int."""
+    for f in fields(config):
+        value, tp = getattr(config, f.name), _field_types()[f.name]
+        if not _is_instance(value, tp):
+            hint = " (a bool is not a number here)" if isinstance(value, bool) else ""
+            raise ConfigError(f"{f.name}={value!r} (of type {type(value).__name__}){hint} must be {_type_text(tp)} "
+                              f"(fix it in the config file, or with --{f.name.replace('_', '-')})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name}={value!r} must be a finite number")
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, arg) for arg in get_args(tp))
+    if origin is Literal:
+        return isinstance(value, str) and value in get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool or tp is str:
+        return isinstance(value, tp)
+    if tp in (int, float):
+        return isinstance(value, (int, float) if tp is float else int) and not isinstance(value, bool)
+    return True
+
+
+def _type_text(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(arg) for arg in get_args(tp))
+    if origin is Literal:
+        return f"one of {list(get_args(tp))}"
+    return {type(None): "null (none)", bool: "true or false", int: "a whole number", float: "a number",
+            str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_device(device: str) -> None:
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise ConfigError(f"device={device!r} is not a device torch knows ({exc}); use auto, cpu, cuda, cuda:N, "
+                          "mps or xpu") from exc
 
 
 def _choice(name: str, value: Any, literal: Any) -> None:
