@@ -5,7 +5,7 @@ protected ``Dataset`` (``save_to_disk``, PNG image folder); ``tar_writer`` and
 ``parquet_writer`` write shard files whose bytes depend only on input and config.
 """
 
-from .atomic import OutputExistsError, atomic_directory, atomic_file
+from .atomic import OutputExistsError, OutputWriteError, atomic_directory, atomic_file
 from .folders import save_dataset, save_imagefolder
 
-__all__ = ["OutputExistsError", "atomic_directory", "atomic_file", "save_dataset", "save_imagefolder"]
+__all__ = ["OutputExistsError", "OutputWriteError", "atomic_directory", "atomic_file", "save_dataset", "save_imagefolder"]

@@ -10,23 +10,49 @@ temporary that :func:`is_temp_name` recognises and a re-run removes.
 One naming rule for every temporary (``.NAME.tmp-PID-RANDOM``), one fsync, one cleanup:
 :func:`atomic_file` for files (shards, markers, manifests) and :func:`atomic_directory` for
 whole output folders (the dataset job's DST, a fitted surrogate).
+
+A run killed while it fills a temporary folder (SIGKILL, a lost node) leaves it behind. The
+next :func:`atomic_directory` for the same destination removes such leftovers, safely: only
+names of this rule for that destination, and only those no live run holds. A run holds its
+temporary folder with an exclusive ``flock`` on it for as long as it works in it; the kernel
+drops the lock when the process dies however it dies, so a folder whose lock can be taken
+is abandoned (where the file system has no locks, nothing is removed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 TEMP_TAG = ".tmp-"
+logger = logging.getLogger(__name__)
 
 
 class OutputExistsError(FileExistsError):
     """The destination exists and overwriting was not asked for."""
+
+
+class OutputWriteError(OSError):
+    """The output could not be written (a full disk, no permission, a read-only file system); the
+    message is one line naming the path, and the destination was left as it was."""
+
+    @classmethod
+    def from_error(cls, exc: OSError, destination: str | os.PathLike) -> "OutputWriteError":
+        where = exc.filename or destination
+        reason = (exc.strerror or str(exc) or type(exc).__name__) + (f" (errno {exc.errno})" if exc.errno else "")
+        return cls(exc.errno, f"cannot write {where}: {reason}; {destination} was left as it was: free space "
+                              "or fix the permission, then run the command again")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def is_temp_name(name: str) -> bool:
@@ -117,8 +143,46 @@ def atomic_directory(final: str | os.PathLike, overwrite: bool = False) -> Itera
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(final)
     tmp.mkdir()
-    with _renamed_into_place(final, tmp):
+    with contextlib.ExitStack() as stack:
+        lock = _hold(tmp)  # held until the folder has its final name (or is removed)
+        if lock is not None:
+            stack.callback(os.close, lock)
+        stack.enter_context(_renamed_into_place(final, tmp))
+        remove_stale_temporaries(final)
         yield tmp
+
+
+def _hold(folder: Path) -> int | None:
+    """An exclusive ``flock`` on ``folder`` for as long as the returned descriptor is open."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError:  # no locks on this file system: nothing to clean up safely either
+        os.close(fd)
+        return None
+
+
+def remove_stale_temporaries(final: str | os.PathLike) -> list[Path]:
+    """Remove the temporary folders of ``final`` that earlier, dead runs left (see the module
+    docstring): names ``.FINAL.tmp-PID-RANDOM`` only, and only folders no live run holds locked."""
+    final = Path(final)
+    pattern = re.compile(re.escape(f".{final.name}{TEMP_TAG}") + r"\d+-[0-9a-f]{8}")
+    removed = []
+    for path in final.parent.iterdir() if final.parent.is_dir() else ():
+        if not pattern.fullmatch(path.name) or not path.is_dir() or path.is_symlink():
+            continue
+        fd = _hold(path)
+        if fd is None:  # held by a live run (or no locks here): leave it
+            continue
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        finally:
+            os.close(fd)
+    if removed:
+        logger.info("removed %d temporary folder(s) of %s left by an interrupted run", len(removed), final)
+    return removed
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
