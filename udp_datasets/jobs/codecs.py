@@ -127,7 +127,7 @@ class TarCodec(ShardCodec):
                       records=samples)
         for i, sample in enumerate(samples):
             chunk.record_keys.append(sample.key if sample.key is not None else
-                                     (sample.members[0].info.name if sample.images else None))
+                                     (sample.members[0].info.name if sample.images or sample.problem else None))
             problem = sample.problem if sample.problem is not None else _rename_clash(sample)
             if problem is not None:
                 chunk.problems[i] = problem

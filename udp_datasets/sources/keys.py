@@ -54,6 +54,17 @@ def split_key(name: str) -> tuple[str | None, str | None]:
     return match.group(1), match.group(2)
 
 
+def unsafe_name(name: str) -> str | None:
+    """Why a member name may not be written into an output shard (extracting it would write outside
+    the folder it is extracted into), or None: an absolute path, a ``..`` step, a Windows drive or
+    backslash path, an empty name."""
+    if not name or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "an absolute path"
+    if any(part == ".." for part in re.split(r"[/\\]", name)):
+        return "a '..' step out of the folder"
+    return None
+
+
 def is_image_extension(ext: str | None, image_extensions: frozenset[str] = IMAGE_EXTENSIONS) -> bool:
     """Whether a (possibly multi-part) extension such as ``left.JPG`` names an image."""
     return bool(ext) and ext.rsplit(".", 1)[-1].lower() in image_extensions  # type: ignore[union-attr]

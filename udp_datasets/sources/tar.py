@@ -10,6 +10,12 @@ an image unchanged. :func:`iter_tar_images` gives only the image files of keyed 
 
 The stdlib ``tarfile`` is used rather than webdataset's tar iterators because those drop
 non-regular members, ``__meta__`` files and member metadata, which the output must keep.
+
+Hostile members are never passed through: a member whose name would extract outside the
+output folder (``../x.png``, ``/tmp/x.png``), a symbolic or hard link (``notes.txt ->
+/etc/shadow`` would publish whatever the link reaches on a reader's disk) and a device or
+FIFO give their sample a ``problem`` (:func:`member_problem`), so the shard job quarantines
+the sample whole, with the reason, and copies none of its members.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .keys import IMAGE_EXTENSIONS, is_image_name, split_key
+from .keys import IMAGE_EXTENSIONS, is_image_name, split_key, unsafe_name
 from .remote import open_binary
 
 
@@ -69,6 +75,7 @@ def iter_tar_samples(url: str, image_extensions: frozenset[str] = IMAGE_EXTENSIO
                     current = None
                 yield _loose_member(info, data, image)
                 continue
+            problem = member_problem(info)
             if current is None or current.key != key:
                 if current is not None:
                     yield current
@@ -76,8 +83,10 @@ def iter_tar_samples(url: str, image_extensions: frozenset[str] = IMAGE_EXTENSIO
             current.members.append(TarMember(info, data))
             if image:
                 current.images.append(len(current.members) - 1)
-                if data is None and current.problem is None:
+                if data is None and current.problem is None and unsafe_name(info.name) is None:
                     current.problem = f"image member {info.name!r} is a {_member_kind(info)}, not a file"
+            if current.problem is None and problem is not None:
+                current.problem = problem
         if current is not None:
             yield current
         stream.close()
@@ -101,12 +110,25 @@ def iter_tar_images(url: str) -> Iterator[tuple[str, str, bytes]]:
 
 def _loose_member(info: tarfile.TarInfo, data: bytes | None, image: bool) -> TarSample:
     """A member that belongs to no sample; an image among them is never passed through."""
-    sample = TarSample(key=None, members=[TarMember(info, data)])
+    sample = TarSample(key=None, members=[TarMember(info, data)], problem=member_problem(info))
     if image:
-        sample.problem = (f"member {info.name!r} looks like an image but has no WebDataset "
-                          "key (its base name starts with a dot or has none)")
+        sample.problem = sample.problem or (f"member {info.name!r} looks like an image but has no WebDataset "
+                                            "key (its base name starts with a dot or has none)")
         sample.images = [0]
     return sample
+
+
+def member_problem(info: tarfile.TarInfo) -> str | None:
+    """Why a member may never be copied into an output shard (see the module docstring), or None."""
+    unsafe = unsafe_name(info.name)
+    if unsafe is not None:
+        return f"member {info.name!r} has an unsafe name ({unsafe}); it is not copied"
+    if info.issym() or info.islnk():
+        return (f"member {info.name!r} is a {_member_kind(info)} (to {info.linkname!r}); links are not copied "
+                "into the output, where they could reach files outside it")
+    if not (info.isreg() or info.isdir()):
+        return f"member {info.name!r} is a {_member_kind(info)}; only files and folders are copied"
+    return None
 
 
 def _member_kind(info: tarfile.TarInfo) -> str:
