@@ -243,7 +243,7 @@ def test_verify_reads_the_shard_runners_bookkeeping(copy_of):
     assert report.ok and report.verified == 6, report.format()
 
 
-def test_readers_skip_what_is_not_a_sample_image_and_read_path_only_entries(tmp_path):
+def test_readers_skip_what_is_not_a_sample_image_and_read_path_only_entries_only_under_a_root(tmp_path):
     """The readers verify uses (sources/): a tar member without a WebDataset key or that is not
     a file is no sample image; an Arrow image struct with ``bytes: null`` is read from its local
     ``path`` (None when that file is gone)."""
@@ -273,4 +273,6 @@ def test_readers_skip_what_is_not_a_sample_image_and_read_path_only_entries(tmp_
                        {"bytes": None, "path": str(tmp_path / "gone.png")}, None],
                       pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     pq.write_table(pa.table({"image": images, "label": [0, 1, 2, 3]}), tmp_path / "rows.parquet")
-    assert list(iter_parquet_images(str(tmp_path / "rows.parquet"))) == [b"P", b"X", None, None]
+    # published data: a path-only entry is never opened (issue 13); a local source's root allows it
+    assert list(iter_parquet_images(str(tmp_path / "rows.parquet"))) == [b"P", None, None, None]
+    assert list(iter_parquet_images(str(tmp_path / "rows.parquet"), root=tmp_path)) == [b"P", b"X", None, None]

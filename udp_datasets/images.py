@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~8k x 8k; larger inputs are refused as likely bombs
 REFUSED_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+DEEP_RAWMODE = re.compile(r"^(?!BGR)[A-Za-z]+;(16|32)")
+"""Decoder raw modes of more than 8 bits per channel (``RGB;16B`` of a 48-bit PNG, ``I;16``, ``LA;16B``...);
+``BGR;15`` / ``BGR;16`` are packed 5-6-5 pixels, 8 bits or fewer per channel."""
+PATH_ONLY_REASON = (
+    "the image entry has no bytes, only a path (bytes: null), and no readable file at that path inside "
+    "the source's own folder: images from shards and from remote or Hub datasets are taken from their "
+    "bytes only, and a path inside data is opened only under a local source's own folder")
+"""The one reason for a path-only entry that may not be opened; it says nothing of whether the path exists."""
+_OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9A-Fa-f]+>")
 TO_RGB_MODES = {"P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 
 
@@ -75,11 +85,16 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load_image(value: Any, key: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def load_image(value: Any, key: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, *,
+               open_paths: bool = True) -> DecodedImage:
     """Decode anything a datasets ``Image`` column or a user may hand us.
 
     Accepts a PIL image, ``{"bytes": ..., "path": ...}``, raw bytes, a file path or
     an (H, W[, C]) uint8 array. Raises :class:`ImageError` with a precise reason.
+    ``open_paths=False`` (data from elsewhere: the protector, verify) refuses a path-only
+    entry or a path with :data:`PATH_ONLY_REASON` without looking at the path; the readers
+    that may open a path inside data do it themselves, under a source's own folder
+    (:func:`udp_datasets.sources.parquet.read_image_path`).
     """
     data: bytes | None = None
     if isinstance(value, Image.Image):
@@ -87,10 +102,11 @@ def load_image(value: Any, key: str | None = None, max_pixels: int = DEFAULT_MAX
     elif isinstance(value, np.ndarray):
         return _from_array(value, key)
     else:
-        data = _read_bytes(value, key)
+        data = _read_bytes(value, key, open_paths)
         if len(data) == 0:
             raise ImageError("empty (0-byte) image", key)
         image = _open(data, key, max_pixels)
+        _check_depth(image, data, key)
     _check_size(image, key, max_pixels)
     if getattr(image, "n_frames", 1) > 1:
         raise ImageError(f"animated image with {image.n_frames} frames; only still images can be "
@@ -99,23 +115,32 @@ def load_image(value: Any, key: str | None = None, max_pixels: int = DEFAULT_MAX
         image.load()
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image data ({exc})", key) from exc
+        raise ImageError(f"corrupt or truncated image data ({describe_error(exc)})", key) from exc
     icc = image.info.get("icc_profile")
     pixels, alpha = _split_mode(image, key)
     return DecodedImage(pixels=pixels, alpha=alpha, icc_profile=icc,
                         source_sha256=sha256_bytes(data) if data is not None else None)
 
 
-def _read_bytes(value: Any, key: str | None) -> bytes:
+def describe_error(exc: BaseException) -> str:
+    """An exception's message without object reprs (``<_io.BytesIO object at 0x...>`` says nothing)."""
+    return _OBJECT_REPR.sub("", str(exc)).strip() or type(exc).__name__
+
+
+def _read_bytes(value: Any, key: str | None, open_paths: bool = True) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             return bytes(value["bytes"])
         if value.get("path"):
+            if not open_paths:
+                raise ImageError(PATH_ONLY_REASON, key)
             return _read_path(value["path"], key)
         raise ImageError("image entry has neither bytes nor a path", key)
     if isinstance(value, (str, os.PathLike)):
+        if not open_paths:
+            raise ImageError(PATH_ONLY_REASON, key)
         return _read_path(value, key)
     if value is None:
         raise ImageError("image is missing (None)", key)
@@ -134,10 +159,27 @@ def _open(data: bytes, key: str | None, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"not a readable image ({exc})", key) from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"not a readable image (no image format recognises its {len(data)} bytes, which "
+                         f"begin {data[:8]!r})", key) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"not a readable image ({describe_error(exc)})", key) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt image data ({exc})", key) from exc
+        raise ImageError(f"corrupt image data ({describe_error(exc)})", key) from exc
+
+
+def _check_depth(image: Image.Image, data: bytes, key: str | None) -> None:
+    """Refuse more than 8 bits per channel before any conversion can drop them: Pillow opens a
+    48-bit RGB PNG as mode ``RGB`` (the decoder's raw mode ``RGB;16B`` says what the file holds)."""
+    png_depth = data[24] if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24 else None
+    rawmodes = [t.args if isinstance(t.args, str) else (t.args[0] if t.args else "")
+                for t in getattr(image, "tile", None) or []]
+    deep = [r for r in rawmodes if isinstance(r, str) and DEEP_RAWMODE.match(r)]
+    if png_depth == 16 or deep:
+        what = "a 16-bit PNG" if png_depth == 16 else f"raw mode {deep[0]}"
+        raise ImageError(f"{image.format or 'image'} with more than 8 bits per channel ({what}, opened as "
+                         f"{image.mode}): saving the protected image as 8-bit would silently drop precision; "
+                         "convert to 8-bit first", key)
 
 
 def _check_size(image: Image.Image, key: str | None, max_pixels: int) -> None:

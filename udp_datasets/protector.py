@@ -29,13 +29,15 @@ import torch
 
 from .config import ProtectionConfig
 from .method.fit import FitResult, fit_surrogate
-from .images import DecodedImage, ImageError, encode_png, load_image
+from .images import PATH_ONLY_REASON, DecodedImage, ImageError, describe_error, encode_png, load_image
 from .method.batches import plan_batches
 from .method.objectives import ProtectionObjective
 from .method.pgd import BudgetError, check_budget, pgd, quantize_within_budget, random_start, sample_generator
 from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 from .models.devices import resolve_device
 from .models.runtime import Tuning, apply_tuning, autocast, grad_scale, resolve_tuning
+from .sources.hf import stored_column
+from .sources.parquet import data_image_value, inline_path_entry
 
 logger = logging.getLogger(__name__)
 
@@ -102,13 +104,17 @@ class Protector:
         tuning: ``{switch: value}`` overriding the speed switches that the config's runtime
             fields and the device choose (:class:`udp_datasets.models.runtime.Tuning`: ``freeze``,
             ``reuse_buffers``, ``mixed_shapes``, ``overlap``, ``sdpa``, ...); for benchmarks and tests.
+        image_root: the folder of a local source whose files the data names by path (``{"bytes": None,
+            "path"}``, as ``load_dataset("imagefolder")`` stores them), the only place such a path is opened;
+            None (shards, Hub, remote data): images come from their bytes, path-only entries are quarantined.
     """
 
     def __init__(self, config: ProtectionConfig | None = None, image_column: str = "image",
                  key_column: str | None = None, errors: Literal["raise", "quarantine"] = "raise",
                  errors_file: str | os.PathLike | None = None, provenance_columns: bool = False,
                  max_pixels: int | None = None, progress: bool = True,
-                 surrogate: Surrogate | None = None, tuning: dict[str, Any] | None = None):
+                 surrogate: Surrogate | None = None, tuning: dict[str, Any] | None = None,
+                 image_root: str | os.PathLike | None = None):
         if errors not in ("raise", "quarantine"):
             raise ValueError(f"errors={errors!r} must be 'raise' or 'quarantine'")
         if errors == "quarantine" and errors_file is None:
@@ -130,14 +136,16 @@ class Protector:
         if self.surrogate_ref is None and self.config.surrogate is not None:
             self.surrogate_ref = self._peek_ref()
         self.fit_result: FitResult | None = None
+        self.image_root = str(Path(image_root).expanduser().resolve()) if image_root is not None else None
 
     # ------------------------------------------------------------- pickling
     def __getstate__(self) -> dict[str, Any]:
         """Config + surrogate reference + options: never the weights (stable fingerprint)."""
         state = {k: v for k, v in self.__dict__.items()
                  if k not in ("_surrogate", "_objective", "_lock", "fit_result", "progress", "_tuning")}
-        if state.get("tuning_overrides") is None:  # default protectors keep their old fingerprint
-            state.pop("tuning_overrides", None)
+        for name in ("tuning_overrides", "image_root"):
+            if state.get(name) is None:  # default protectors keep their old fingerprint
+                state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -148,6 +156,7 @@ class Protector:
         self.fit_result = None
         self.progress = False
         self.tuning_overrides = state.get("tuning_overrides")
+        self.image_root = state.get("image_root")
         self._tuning = None
 
     def _peek_ref(self) -> SurrogateRef | None:
@@ -271,13 +280,14 @@ class Protector:
             values = list(data)
             idx = _subset_indices(len(values), self.config.fit_max_samples, self.config.seed)
             values = [values[i] for i in idx]
-        images, keys, captions, bad = [], [], [], 0
+        images, keys, captions, bad, reason = [], [], [], 0, ""
         for i, value in enumerate(values):
             try:
-                decoded = load_image(value, key=str(i), **self._load_kwargs())
+                value, may_open = self._readable(value, from_data=hasattr(data, "select"))
+                decoded = load_image(value, key=str(i), open_paths=may_open, **self._load_kwargs())
             except ImageError as exc:
-                bad += 1
-                logger.warning("fit: skipping %s", exc)
+                bad, reason = bad + 1, self._reason(exc)
+                logger.warning("fit: skipping sample %s: %s", exc.key, reason)
                 continue
             images.append(decoded.pixels)
             keys.append(decoded.pixel_sha256())
@@ -285,11 +295,24 @@ class Protector:
         if bad:
             logger.warning("fit: %d of %d images could not be decoded and were skipped", bad, len(values))
         if not images:
-            raise ImageError("fit: no decodable image in the data")
+            raise ImageError("fit: no decodable image in the data" + (f" (the last one: {reason})" if reason else ""))
         return images, keys, (captions if all_captions is not None else None)
 
     def _load_kwargs(self) -> dict[str, Any]:
         return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
+
+    def _reason(self, exc: ImageError) -> str:
+        if exc.reason == PATH_ONLY_REASON and self.image_root is None:
+            return exc.reason + " (your own image folder: pass Protector(image_root=FOLDER), or give it as the source)"
+        return exc.reason
+
+    def _readable(self, value: Any, from_data: bool) -> tuple[Any, bool]:
+        """(value, whether load_image may open its path): a path inside data (an entry's, or a path
+        string of a dataset column) is read only inside ``image_root``; a path string that a caller
+        hands over in a plain list is the caller's to open."""
+        if isinstance(value, dict) or (from_data and isinstance(value, (str, os.PathLike))):
+            return inline_path_entry(value, self.image_root), False
+        return value, isinstance(value, (str, os.PathLike))
 
     # -------------------------------------------------------------- protect
     def protect_images(self, images: Sequence[Any], keys: Sequence[str] | None = None,
@@ -308,9 +331,12 @@ class Protector:
         for i, value in enumerate(images):
             name = str(keys[i]) if keys is not None else (names[i] if names is not None else f"item {i}")
             try:
-                decoded.append(load_image(value, key=name, **self._load_kwargs()))
+                value, may_open = self._readable(value, from_data=False)
+                decoded.append(load_image(value, key=name, open_paths=may_open, **self._load_kwargs()))
             except ImageError as exc:
-                decoded.append(FailedImage(key=name, index=i, reason=exc.reason))
+                decoded.append(FailedImage(key=name, index=i, reason=self._reason(exc)))
+            except MemoryError:
+                decoded.append(FailedImage(key=name, index=i, reason="not enough memory to decode this image"))
         final_keys = [
             d.key if isinstance(d, FailedImage) else (str(keys[i]) if keys is not None else d.pixel_sha256())
             for i, d in enumerate(decoded)
@@ -344,8 +370,19 @@ class Protector:
                 chunk = [todo[j] for j in batch]
                 items = [decoded[i] for i in chunk]
                 chunk_keys = [keys[i] for i in chunk]
-                perturbed = self._optimise(items, chunk_keys, surrogate,
-                                           None if captions is None else [captions[i] for i in chunk])
+                try:
+                    perturbed = self._optimise(items, chunk_keys, surrogate,
+                                               None if captions is None else [captions[i] for i in chunk])
+                except (MemoryError, RuntimeError) as exc:
+                    if not out_of_memory(exc):
+                        raise
+                    if len(batch) > 1:  # try each image alone; one that still cannot fit is named
+                        batches.extend([j] for j in batch)
+                        continue
+                    h, w = items[0].shape[:2]
+                    results[chunk[0]] = FailedImage(key=chunk_keys[0], index=chunk[0], reason=f"ran out of memory on this "
+                                                    f"{w}x{h} image ({describe_error(exc)}); set --batch-pixels below {w * h}")
+                    continue
                 if pool is None:
                     self._finish(items, chunk_keys, chunk, perturbed, results)
                 else:
@@ -400,25 +437,29 @@ class Protector:
     def _finish(self, items: list[DecodedImage], keys: list[str], indices: list[int], perturbed: list[np.ndarray],
                 results: list) -> None:
         """Round each image to 8 bits, prove the budget, encode the PNG and record the result."""
-        levels = self.config.budget_levels
         for item, key, index, pert_i in zip(items, keys, indices, perturbed):
-            clean_i = item.pixels
             try:
-                out = quantize_within_budget(clean_i, pert_i, levels)
-                png = encode_png(out, item.alpha, item.icc_profile)
-                linf = check_budget(clean_i, out, levels)
-            except BudgetError as exc:  # never let an over-budget image through
-                results[index] = FailedImage(key=key, index=index, reason=f"budget check failed: {exc}")
-                continue
-            if linf == 0:  # never pass an unchanged image off as protected
-                results[index] = FailedImage(key=key, index=index, reason=(
-                    "protection left every pixel unchanged after 8-bit rounding (e.g. a saturated "
-                    "or flat image); it cannot be published as protected"))
-                continue
-            results[index] = ProtectedImage(
-                key=key, png=png, source_sha256=item.source_sha256,
-                sha256=hashlib.sha256(png).hexdigest(), linf=linf, psnr=psnr_uint8(clean_i, out),
-                width=out.shape[1], height=out.shape[0])
+                results[index] = self._finish_one(item, key, index, pert_i)
+            except MemoryError:  # a huge image at the edge of the memory: named, never a crash
+                h, w = item.pixels.shape[:2]
+                results[index] = FailedImage(key=key, index=index, reason=f"ran out of memory rounding this {w}x{h} image")
+
+    def _finish_one(self, item: DecodedImage, key: str, index: int, pert_i: np.ndarray) -> ProtectedImage | FailedImage:
+        levels = self.config.budget_levels
+        clean_i = item.pixels
+        try:
+            out = quantize_within_budget(clean_i, pert_i, levels)
+            png = encode_png(out, item.alpha, item.icc_profile)
+            linf = check_budget(clean_i, out, levels)
+        except BudgetError as exc:  # never let an over-budget image through
+            return FailedImage(key=key, index=index, reason=f"budget check failed: {exc}")
+        if linf == 0:  # never pass an unchanged image off as protected
+            return FailedImage(key=key, index=index, reason="protection left every pixel unchanged after 8-bit "
+                               "rounding (e.g. a saturated or flat image); it cannot be published as protected")
+        return ProtectedImage(
+            key=key, png=png, source_sha256=item.source_sha256,
+            sha256=hashlib.sha256(png).hexdigest(), linf=linf, psnr=psnr_uint8(clean_i, out),
+            width=out.shape[1], height=out.shape[0])
 
     # ----------------------------------------------------- datasets map API
     def __call__(self, batch: dict[str, list[Any]], indices_or_rank: Any = None,
@@ -449,11 +490,13 @@ class Protector:
                 raise ColumnError(f"caption column {self.config.caption_column!r} not found; the batch has "
                                   f"columns {sorted(batch)}")
             captions = list(batch[self.config.caption_column])
-        names = [_describe(v, i if indices is None else indices[i], indices is not None)
-                 for i, v in enumerate(batch[self.image_column])]
-        results = self.protect_images(batch[self.image_column], keys=keys, rank=rank, names=names,
-                                      captions=captions)
+        # as stored, before datasets' decoder: a corrupt file is quarantined by name, a path opened only in image_root
+        values = [data_image_value(v, self.image_root) for v in stored_column(batch, self.image_column)]
+        names = [_describe(v, i if indices is None else indices[i], indices is not None) for i, v in enumerate(values)]
+        results = self.protect_images(values, keys=keys, rank=rank, names=names, captions=captions)
         failed = [r for r in results if isinstance(r, FailedImage)]
+        for f in failed if indices is not None else ():
+            f.index = indices[f.index]  # the dataset's row, not the position in this batch
         if failed and self.errors == "raise":
             f = failed[0]
             raise ImageError(f"{f.reason} (use errors='quarantine' to skip bad images and record "
@@ -461,7 +504,7 @@ class Protector:
         if failed:
             self._quarantine(failed)
         keep = [i for i, r in enumerate(results) if isinstance(r, ProtectedImage)]
-        out = {name: [values[i] for i in keep] for name, values in batch.items()}
+        out = {name: [] if name == self.image_column else [batch[name][i] for i in keep] for name in batch.keys()}
         good: list[ProtectedImage] = [results[i] for i in keep]  # type: ignore[misc]
         out[self.image_column] = [{"bytes": r.png, "path": None} for r in good]
         if self.provenance_columns:
@@ -531,6 +574,12 @@ def raw_image_column(ds: Any, column: str) -> Any:
     if isinstance(feature, datasets.Image) and feature.decode:
         return ds.cast_column(column, datasets.Image(decode=False))
     return ds
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception is an allocation failure (host or device), not a bug."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or any(
+        t in str(exc).lower() for t in ("out of memory", "can't allocate memory"))
 
 
 def _describe(value: Any, index: int, global_index: bool) -> str:

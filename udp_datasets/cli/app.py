@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..evaluate.metrics.features import FeatureExtractorUnavailable
     from ..images import ImageError
     from ..protector import ColumnError
-    from ..sinks.atomic import OutputExistsError
+    from ..sinks.atomic import OutputExistsError, OutputWriteError
     from ..sources import SourceError
     from ..models import SurrogateError
 
@@ -55,3 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             FeatureExtractorUnavailable) as exc:
         print(f"udp-datasets {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OutputWriteError as exc:  # a full disk, no permission: one line, the output left as it was
+        print(f"udp-datasets {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED

@@ -21,7 +21,7 @@ from ..config import ProtectionConfig
 from ..jobs.distributed import make_state
 from ..jobs.shard_job import BOOKKEEPING, run_shards
 from ..jobs.summary import JobSummary, format_summary
-from ..sources.hf import SourceError
+from ..sources.hf import SourceError, local_root
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import looks_like_shards
 from .exit_codes import EXIT_FAILED, EXIT_USAGE, exit_code
@@ -55,6 +55,7 @@ def run_cli(args: Any, config: ProtectionConfig) -> int:
         return relaunch(args)
     src: Any = args.src
     state = make_state()
+    root = None  # shards: images from their bytes only
     if not looks_like_shards(str(args.src)):
         if args.format not in (None, "parquet"):
             raise SourceError(f"--format {args.format} is not available for multi-process runs; "
@@ -63,6 +64,7 @@ def run_cli(args: Any, config: ProtectionConfig) -> int:
 
         with state.main_process_first():  # one process downloads / prepares the cache
             src = open_source(args.src, split=args.split)
+        root = local_root(args.src)  # a local folder's path-only entries are read inside it only
     elif args.format == "imagefolder":
         raise SourceError("--format imagefolder does not apply to shard sources: the output keeps the "
                           "input's shard format")
@@ -71,7 +73,7 @@ def run_cli(args: Any, config: ProtectionConfig) -> int:
     summary = run_shards(src, args.dst, config, image_column=args.image_column, key_column=args.key_column,
                          overwrite=args.overwrite, image_extensions=extensions,
                          rows_per_shard=getattr(args, "rows_per_shard", None) or 10_000, split=args.split,
-                         state=state)
+                         state=state, image_root=root)
     if state.is_main_process:
         print(format_summary(summary))
     return exit_code(summary, args.allow_errors,

@@ -20,7 +20,7 @@ from ..jobs.distributed import make_state
 from ..jobs.shard_job import run_shards
 from ..jobs.summary import format_summary
 from ..sinks.atomic import OutputExistsError
-from ..sources.hf import SourceError, open_hf_source
+from ..sources.hf import SourceError, local_root, open_hf_source
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import discover_shards
 from .exit_codes import EXIT_USAGE, exit_code
@@ -96,7 +96,8 @@ def run_pipeline(kind: str, argv: Sequence[str] | None = None) -> int:
         summary = run_shards(src, settings["destination"], config, image_column=settings.get("image_column"),
                              key_column=settings.get("key_column"), overwrite=bool(settings.get("overwrite")),
                              image_extensions=extensions, rows_per_shard=int(settings.get("rows_per_shard") or 10_000),
-                             split=settings.get("split"), state=state)
+                             split=settings.get("split"), state=state,
+                             image_root=local_root(settings["source"]) if kind == "hf_dataset" else None)
     except (ConfigError, SourceError, OutputExistsError, ImageError) as exc:
         print(f"{kind} pipeline: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -32,10 +32,11 @@ def cmd_protect(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from ..protector import Protector
     from ..sources import open_source
+    from ..sources.hf import local_root
 
     config = config_from_args(args)
     ds = open_source(args.src, split=args.split)
-    protector = Protector(config, image_column=args.image_column)
+    protector = Protector(config, image_column=args.image_column, image_root=local_root(args.src))
     result = protector.fit(ds, output_dir=args.out)
     last = result.history[-1] if result.history else {}
     print(f"fitted surrogate saved to {args.out} ({result.num_samples} images; last round {last})")

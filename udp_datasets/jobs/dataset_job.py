@@ -29,7 +29,9 @@ from typing import Any, Literal
 from ..config import ProtectionConfig
 from ..protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_column
 from ..sinks import atomic_directory, save_dataset, save_imagefolder
+from ..sinks.atomic import OutputExistsError, OutputWriteError
 from ..sources import open_source
+from ..sources.hf import local_root
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE
 from .manifest import manifest_table, write_manifest
 from .summary import JobSummary, format_summary, library_versions, mean_psnr, rate, utc_now
@@ -47,7 +49,22 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
                     key_column: str | None = None, output_format: Literal["arrow", "imagefolder"] = "arrow",
                     fit_output: str | os.PathLike | None = None, num_proc: int | None = None,
                     overwrite: bool = False) -> JobSummary:
-    """Protect every image of SRC into DST (see module docstring)."""
+    """Protect every image of SRC into DST (see module docstring). A file system error while the
+    output is made (a full disk, no permission) is an :class:`OutputWriteError` naming the path;
+    DST is then left as it was."""
+    try:
+        return _protect_dataset(src, dst, config, split=split, image_column=image_column, key_column=key_column,
+                                output_format=output_format, fit_output=fit_output, num_proc=num_proc,
+                                overwrite=overwrite)
+    except OutputExistsError:
+        raise
+    except OSError as exc:
+        raise OutputWriteError.from_error(exc, dst) from exc
+
+
+def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, *, split: str | None,
+                     image_column: str, key_column: str | None, output_format: str,
+                     fit_output: str | os.PathLike | None, num_proc: int | None, overwrite: bool) -> JobSummary:
     import datasets
 
     from ..sources.hf import describe_source
@@ -66,8 +83,8 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
     dst = Path(dst)
     with atomic_directory(dst, overwrite=overwrite) as tmp:
         errors_file = tmp / "errors.jsonl"
-        protector = Protector(config, image_column=image_column, key_column=key_column,
-                              errors="quarantine", errors_file=errors_file, provenance_columns=True)
+        protector = Protector(config, image_column=image_column, key_column=key_column, errors="quarantine",
+                              errors_file=errors_file, provenance_columns=True, image_root=local_root(src))
         fit_info = None
         if config.surrogate is None:
             logger.info("no surrogate given: fitting the built-in %s surrogate on %d images",

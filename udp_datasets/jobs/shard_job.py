@@ -138,12 +138,16 @@ class ShardRunner:
         rows_per_shard: slice size for a ``datasets.Dataset`` source.
         prefetch: chunks read ahead and queued for writing.
         state: an ``accelerate.PartialState`` (default: :func:`make_state`).
+        image_root: for a ``Dataset`` made from a local image or ``save_to_disk`` folder, that folder:
+            its path-only image entries are read inside it only. Shards, Hub and streamed data have none
+            (the default): their images come from their bytes, a path-only entry is quarantined unread.
     """
 
     def __init__(self, src: Any, dst: str | os.PathLike, config: ProtectionConfig, *,
                  image_column: str | None = None, key_column: str | None = None, overwrite: bool = False,
                  image_extensions: Iterable[str] = IMAGE_EXTENSIONS, rows_per_shard: int = 10_000,
-                 split: str | None = None, prefetch: int = 2, progress: bool = True, state: Any = None):
+                 split: str | None = None, prefetch: int = 2, progress: bool = True, state: Any = None,
+                 image_root: str | os.PathLike | None = None):
         if config.caption_column is not None:
             raise ValueError(
                 f"caption_column={config.caption_column!r}: per-sample captions are read by the datasets path "
@@ -161,6 +165,7 @@ class ShardRunner:
         self.prefetch = prefetch
         self.progress = progress
         self.state = state
+        self.image_root = image_root
         self.book = self.dst / BOOKKEEPING
         self.record_file = self.book / "job.json"
         self._dataset = None if isinstance(src, (str, os.PathLike, list, tuple)) else src
@@ -197,7 +202,7 @@ class ShardRunner:
             config = config.replace(device=str(state.device))
 
         # 2. every rank loads the surrogate once, on its device
-        protector = Protector(config, progress=False)
+        protector = Protector(config, progress=False, image_root=self.image_root)
         protector.prepare_surrogate(state.local_process_index)
         ref = protector.surrogate_ref
         job_id = job_hash(config, ref.sha256 if ref else None, image_column=self.image_column,
@@ -285,7 +290,7 @@ class ShardRunner:
         images = self._fit_images(units)
         logger.info("no surrogate given: fitting the built-in %s surrogate on %d images",
                     self.config.surrogate_arch, len(images))
-        protector = Protector(self.config, progress=self.progress)
+        protector = Protector(self.config, progress=self.progress, image_root=self.image_root)
         with atomic_directory(folder, overwrite=True) as tmp:
             result = protector.fit(images, output_dir=tmp)
         return self.config.replace(surrogate=str(folder.resolve())).to_dict(), result.to_dict()

@@ -21,6 +21,30 @@ def is_saved_dataset(path: Path) -> bool:
         path / "dataset_dict.json").exists()
 
 
+def local_root(src: Any) -> Path | None:
+    """The folder of a local SRC (an image folder, a ``save_to_disk`` folder): the only place its
+    path-only image entries may be read from. None for Hub ids, shards, URLs and ``Dataset`` objects,
+    whose images come from their bytes only."""
+    if not isinstance(src, (str, os.PathLike)):
+        return None
+    path = Path(src).expanduser()
+    return path.resolve() if path.is_dir() else None
+
+
+def stored_column(batch: Any, column: str) -> list[Any]:
+    """A column of a ``Dataset.map`` batch as stored: from datasets' ``LazyBatch``, an ``Image`` column's
+    ``{"bytes", "path"}`` entries before datasets' decoder opens them (a corrupt file would fail inside
+    datasets, naming no sample, and a path-only entry would be opened wherever it points); otherwise
+    (plain dict batches, streaming, an ``Image(mode=...)`` that converts) the values as formatted."""
+    import datasets
+
+    table = getattr(batch, "pa_table", None)
+    feature = (getattr(getattr(batch, "formatter", None), "features", None) or {}).get(column)
+    if table is not None and isinstance(feature, datasets.Image) and feature.mode is None:
+        return table.column(column).to_pylist()
+    return batch[column]
+
+
 def open_source(src: str, split: str | None = None, **load_kwargs: Any):
     """Open SRC as a ``datasets.Dataset`` (a single split)."""
     import datasets

@@ -13,6 +13,11 @@ A :class:`Layout` lists its data files and yields ``(location, identity, bytes)`
 image in order; which files are data, which are images and what a sample's key is come
 from :mod:`udp_datasets.sources.keys`, and the tar and Parquet reading from
 :mod:`~udp_datasets.sources.tar` and :mod:`~udp_datasets.sources.parquet`.
+
+Published data is read from its bytes only: a path-only image entry in a protected folder or a
+Hub snapshot is an unreadable row, never a file opened on the verifier's disk, and symbolic
+links are not data files. Only a clean *local* source (``verify --source my_pictures``) may
+name its files by path, and only inside its own folder.
 """
 
 from __future__ import annotations
@@ -127,11 +132,12 @@ def detect_layout(directory: str | os.PathLike, image_column: str = "image") -> 
 def data_files(root: Path) -> list[str]:
     """Relative paths of the files that make up the dataset: everything except the card,
     manifests, job records, shard markers, errors, hidden and temporary files
-    (:func:`~udp_datasets.sources.keys.is_data_file`)."""
+    (:func:`~udp_datasets.sources.keys.is_data_file`), and symbolic links (a link is not
+    data, and following one could read, verify and publish a file from outside the folder)."""
     out = []
     for path in root.rglob("*"):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and is_data_file(rel):
+        if path.is_file() and not path.is_symlink() and is_data_file(rel):
             out.append(rel)
     return sorted(out)
 
@@ -151,13 +157,13 @@ def files_by_layout(files: list[str]) -> dict[str, list[str]]:
     return by_kind
 
 
-def iter_dataset_images(ds: Any, column: str, *, missing_ok: bool = True
+def iter_dataset_images(ds: Any, column: str, *, root: str | os.PathLike | None = None, missing_ok: bool = True
                         ) -> Iterator[tuple[int, str | None, bytes | None]]:
     """``(row, path, bytes)`` of the image column of a ``datasets.Dataset``, read as Arrow
-    (no decoding); bytes None = no readable image."""
+    (no decoding); bytes None = no readable image (a path-only entry outside ``root``)."""
     row = 0
     for batch in ds.with_format("arrow").select_columns([column]).iter(batch_size=256):
-        for data, path in image_entries(batch.column(0), missing_ok=missing_ok):
+        for data, path in image_entries(batch.column(0), root=root, missing_ok=missing_ok):
             yield row, path, data
             row += 1
 
@@ -165,7 +171,8 @@ def iter_dataset_images(ds: Any, column: str, *, missing_ok: bool = True
 def iter_source_images(source: str, split: str | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, original bytes) of every image in a clean source: a folder of tar shards, or of
     Parquet files (and no images), or anything :func:`~udp_datasets.sources.open_source` opens
-    (image folder, ``save_to_disk`` folder, Hub id)."""
+    (image folder, ``save_to_disk`` folder, Hub id). A local folder's path-only entries are read
+    inside that folder only; a Hub source's are not read (the row is skipped)."""
     path = Path(source).expanduser()
     if path.is_dir() and not is_saved_dataset(path):
         files = data_files(path)
@@ -180,7 +187,8 @@ def iter_source_images(source: str, split: str | None = None) -> Iterator[tuple[
             return
     ds = open_source(source, split=split)
     column = find_image_column(ds.features.arrow_schema, None, "image")
-    for row, name, data in iter_dataset_images(ds, column, missing_ok=False):
+    root = path if path.is_dir() else None
+    for row, name, data in iter_dataset_images(ds, column, root=root):
         if data is not None:
             yield name or f"row {row}", data
 
