@@ -20,7 +20,7 @@ def _hub_error_exit(command: str, exc: Exception) -> int:
 def cmd_publish(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
-    from ..publish.hub import PublishError, PublishRefused, publish
+    from ..publish.hub import PublishError, PublishIncomplete, PublishRefused, publish
     from ..publish.verify import VerifyError
 
     try:
@@ -28,9 +28,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
                          commit_message=args.commit_message, create_pr=args.create_pr, source=args.source,
                          source_split=args.source_split, license=args.license, pretty_name=args.pretty_name,
                          eval_report=args.eval_report, max_shard_size=args.max_shard_size,
-                         staging_dir=args.staging_dir)
+                         staging_dir=args.staging_dir, allow_failed_shards=args.allow_failed_shards)
     except PublishRefused as exc:
         print(exc.report.format(args.max_listed))
+        print(f"udp-datasets publish: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except PublishIncomplete as exc:
         print(f"udp-datasets publish: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (PublishError, VerifyError, OSError, ValueError) as exc:
@@ -81,6 +84,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-shard-size", default="500MB", help="Parquet shard size for Arrow folders")
     p.add_argument("--staging-dir", help="where the upload is staged (default: the temp folder)")
     p.add_argument("--max-listed", type=int, default=20, help="samples listed per category on failure")
+    p.add_argument("--allow-failed-shards", action="store_true",
+                   help="publish a shard job that has failed shards (refused otherwise); the card lists them")
     p.set_defaults(func=cmd_publish)
 
     p = sub.add_parser("verify", help="re-hash a protected folder or Hub dataset against its manifest")

@@ -105,6 +105,9 @@ def render_card(record: dict[str, Any] | None, manifest: Any, *, repo_id: str, l
         "started_at": record.get("started_at"),
         "finished_at": record.get("finished_at"),
     }
+    if record.get("shards_failed"):  # published with --allow-failed-shards: say what is missing
+        protection["shards_missing"] = [{"shard": f.get("shard"), "reason": f.get("reason")}
+                                        for f in record["shards_failed"]]
     card_data = DatasetCardData(
         license=license, pretty_name=name, tags=list(TAGS),
         size_categories=[size_category(stats["count"])],
@@ -154,6 +157,7 @@ def _body(record: dict, stats: dict, protection: dict, *, repo_id: str, layout: 
         f"[arXiv 2306.01902]({PAPER})). It is meant to make diffusion models trained or fine-tuned "
         "on these images learn them poorly, while people see the same pictures.",
         "",
+        *_missing(protection.get("shards_missing") or []),
         "## What the protection is",
         "",
         *_what_it_is(record.get("config") or {}, stats, protection["budget_levels"]),
@@ -180,6 +184,16 @@ def _body(record: dict, stats: dict, protection: dict, *, repo_id: str, layout: 
         "",
     ]
     return "\n".join(lines)
+
+
+def _missing(failed: list[dict]) -> list[str]:
+    """The section of a dataset published without the shards its job could not protect."""
+    if not failed:
+        return []
+    return ["## Missing data", "",
+            f"**This dataset is incomplete.** {len(failed)} input shard(s) failed to be protected and are "
+            "not in it (none of their samples was published):", "",
+            *[f"- `{f.get('shard')}`: {f.get('reason')}" for f in failed], ""]
 
 
 def _what_it_is(config: dict, stats: dict, budget: int | None) -> list[str]:

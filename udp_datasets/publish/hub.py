@@ -71,6 +71,10 @@ class PublishError(RuntimeError):
     """Publishing cannot go ahead (not a protected folder, a public repo asked to be private)."""
 
 
+class PublishIncomplete(PublishError):
+    """The job record lists failed shards: publishing would leave their samples out silently."""
+
+
 class PublishRefused(PublishError):
     """The verifier found problems; nothing was uploaded. ``report`` says which samples."""
 
@@ -138,7 +142,10 @@ def stage(directory: str | os.PathLike, staging: str | os.PathLike, *,
         shutil.copy2(manifest_path, out / MANIFEST_FILE)
         staged.extra_files.append(MANIFEST_FILE)
     else:
-        manifest = load_manifest(src)  # the shard job's per-shard manifests, not merged yet
+        try:
+            manifest = load_manifest(src)  # the shard job's per-shard manifests, not merged yet
+        except Exception:  # unreadable: the verifier names the problem and the publish is refused
+            manifest = None
         if manifest is not None:
             from ..jobs.manifest import write_manifest
 
@@ -241,13 +248,15 @@ def publish(directory: str | os.PathLike, repo_id: str, *, private: bool = False
             source_split: str | None = None, license: str | None = None, pretty_name: str | None = None,
             eval_report: dict[str, Any] | str | os.PathLike | None = None, token: str | bool | None = None,
             max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-            staging_dir: str | os.PathLike | None = None) -> PublishResult:
+            staging_dir: str | os.PathLike | None = None, allow_failed_shards: bool = False) -> PublishResult:
     """Verify a protected folder and push it to ``repo_id`` (a dataset repo) in one commit.
 
     Raises :class:`PublishRefused` (nothing uploaded) when verification fails. ``source``
     also measures L-inf against the clean source before publishing. ``token=None`` uses
     ``HF_TOKEN`` or the login cache. ``eval_report``: a dict, or the path of an
-    ``udp-datasets evaluate`` ``report.json`` (or a Markdown file) for the card.
+    ``udp-datasets evaluate`` ``report.json`` (or a Markdown file) for the card. A job whose record
+    lists failed shards is refused (:class:`PublishIncomplete`) unless ``allow_failed_shards``; the
+    card then names every missing shard and why it failed.
     """
     from .card import load_eval_report, render_card
 
@@ -256,6 +265,12 @@ def publish(directory: str | os.PathLike, repo_id: str, *, private: bool = False
     if eval_report is not None and not isinstance(eval_report, dict):
         eval_report = load_eval_report(eval_report)
     directory = Path(directory)
+    failed = (read_record(directory) or {}).get("shards_failed") if directory.is_dir() else None
+    if failed and not allow_failed_shards:
+        names = ", ".join(str(f.get("shard")) for f in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        raise PublishIncomplete(f"refusing to publish {directory}: its job has {len(failed)} failed shard(s) ({names}) "
+                                "whose samples are missing; run the protect command again to redo them, or pass "
+                                "--allow-failed-shards to publish without them (the card then lists them)")
     with _staging_folder(staging_dir) as folder:
         staged = stage(directory, folder, max_shard_size=max_shard_size)
         report = verify_directory(folder, source=source, source_split=source_split,

@@ -271,7 +271,12 @@ def _read_inputs(root: Path, report: VerifyReport, image_column: str | None
     report.budget_levels, report.config_hash = record_budget(record)
     if record is not None and report.budget_levels is None:
         report.problems.append(f"the job record {record.get('_file')} has no config: the budget is unknown")
-    manifest = load_manifest(root)
+    try:
+        manifest = load_manifest(root)
+    except Exception as exc:  # empty, truncated or foreign Parquet: a finding, not a crash
+        report.problems.append(f"the manifest cannot be read ({type(exc).__name__}: {exc}): nothing to verify "
+                               "the images against")
+        return None
     if manifest is None:
         report.problems.append(f"no {MANIFEST_FILE}: nothing to verify the images against")
         return None
