@@ -196,3 +196,33 @@ def test_auto_settings_per_device():
     half = runtime.resolve_tuning(ProtectionConfig(autocast="bfloat16"), cpu, "latent", torch.float16)
     assert half.autocast == "off"  # half-precision weights already run in half precision
     assert runtime.resolve_tuning(ProtectionConfig(channels_last="on"), cpu, "pixel").channels_last
+
+
+# ------------------------------------------------------------------ fit: no repeated work
+def test_latent_fit_encodes_each_image_once_per_round_with_the_same_result(tmp_path, monkeypatch):
+    from udp_datasets.evaluate.tiny_models import save_tiny_latent_pair
+    from udp_datasets.method import fit as fit_module
+
+    save_tiny_latent_pair(tmp_path / "latent", image_size=32, seed=3)
+    config = ProtectionConfig(surrogate=str(tmp_path / "latent"), objective="unlearnable", fit_rounds=2,
+                              fit_surrogate_steps=4, fit_pgd_steps=1, fit_batch_size=4, steps=1)
+    images = photo_crops(32, per_photo=1)[:6]
+    encoded: list[int] = []
+    original = fit_module.LatentCache.__call__
+
+    def counting(self, idx):
+        encoded.extend(i for i in idx.tolist() if i not in self.latents)
+        return original(self, idx)
+
+    monkeypatch.setattr(fit_module.LatentCache, "__call__", counting)
+    cached = Protector(config, progress=False)
+    cached.fit(images, output_dir=tmp_path / "cached")
+    assert len(encoded) <= 2 * len(images)  # at most once per image and round (was 2 rounds x 4 steps x 4)
+    monkeypatch.setattr(fit_module, "LatentCache", lambda surrogate, data: None)
+    every_step = Protector(config, progress=False)
+    every_step.fit(images, output_dir=tmp_path / "every_step")
+    # the same latents up to float rounding (a batch of one takes another oneDNN kernel: ~1e-7)
+    ours, theirs = cached.prepare_surrogate().unet.state_dict(), every_step.prepare_surrogate().unet.state_dict()
+    assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-4
+    for a, b in zip(cached.fit_result.history, every_step.fit_result.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)

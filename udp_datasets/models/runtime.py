@@ -29,10 +29,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-BYTES_PER_PIXEL = 256
-"""Peak host memory per image pixel of the transform's full-resolution tensors (RGB, float32: x, delta,
-x + delta, the resize and its backward, the gradient, the rounded copy), rounded up from the
-~190 B measured by ``benchmarks/bench_protect.py`` (``memory_per_pixel``)."""
+BYTES_PER_PIXEL = 160
+"""Peak host memory per image pixel of the transform's full-resolution tensors (RGB float32: x, delta,
+x + delta, the resize and its backward, the gradient, the 8-bit copy): twice the ~80 B measured for a
+2048 x 2048 image by ``benchmarks/bench_protect.py`` (``memory_per_pixel``), as a margin."""
 MEMORY_SHARE = 0.25
 """Share of the device's total memory that ``batch_pixels=0`` (auto) lets one batch's pixels take."""
 MIN_AUTO_PIXELS = 4096 * 4096
@@ -142,9 +142,14 @@ def apply_tuning(surrogate: Any, tuning: Tuning) -> None:
         net.requires_grad_(not tuning.freeze)
         net.to(memory_format=torch.channels_last if tuning.channels_last else torch.contiguous_format)
         set_attention(net, tuning.sdpa)
-        if tuning.compile and not getattr(net, "_udp_compiled", False):
-            net.compile(**COMPILE_OPTIONS)
-            net._udp_compiled = True
+    if tuning.compile:
+        # what runs every step: the denoiser, and a latent surrogate's VAE *encoder* (``vae.encode`` calls
+        # ``vae.encoder``, not ``vae.forward``, so compiling the whole VAE would compile nothing used)
+        vae = getattr(surrogate, "vae", None)
+        for net in [surrogate.unet] + ([vae.encoder] if vae is not None else []):
+            if not getattr(net, "_udp_compiled", False):
+                net.compile(**COMPILE_OPTIONS)
+                net._udp_compiled = True
 
 
 def set_attention(net: torch.nn.Module, sdpa: bool) -> None:
