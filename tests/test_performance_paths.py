@@ -196,6 +196,11 @@ def test_auto_settings_per_device():
     half = runtime.resolve_tuning(ProtectionConfig(autocast="bfloat16"), cpu, "latent", torch.float16)
     assert half.autocast == "off"  # half-precision weights already run in half precision
     assert runtime.resolve_tuning(ProtectionConfig(channels_last="on"), cpu, "pixel").channels_last
+    latent = runtime.resolve_tuning(ProtectionConfig(), cpu, "latent")
+    if runtime.native_bf16_cpu():  # latent surrogates on a CPU with bf16 in hardware: 2-3x (docs/performance.md)
+        assert latent.autocast == "bfloat16" and latent.channels_last
+    else:
+        assert latent.autocast == "off" and not latent.channels_last
 
 
 # ------------------------------------------------------------------ fit: no repeated work

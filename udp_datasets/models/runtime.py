@@ -36,7 +36,6 @@ x + delta, the resize and its backward, the gradient, the 8-bit copy): twice the
 MEMORY_SHARE = 0.25
 """Share of the device's total memory that ``batch_pixels=0`` (auto) lets one batch's pixels take."""
 MIN_AUTO_PIXELS = 4096 * 4096
-CPU_LATENT_BF16 = False
 COMPILE_OPTIONS: dict[str, Any] = {}
 """Keyword arguments of ``torch.compile`` (default: inductor; tests use a cheaper backend)."""
 
@@ -80,7 +79,7 @@ def auto_autocast(device: torch.device, kind: str, weights_dtype: torch.dtype) -
         return "off"
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device.type == "cpu" and kind == "latent" and CPU_LATENT_BF16 and native_bf16_cpu():
+    if device.type == "cpu" and kind == "latent" and native_bf16_cpu():
         return "bfloat16"
     return "off"
 
