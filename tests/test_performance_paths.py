@@ -231,3 +231,57 @@ def test_latent_fit_encodes_each_image_once_per_round_with_the_same_result(tmp_p
     assert max(float((ours[k] - theirs[k]).abs().max()) for k in ours) < 1e-4
     for a, b in zip(cached.fit_result.history, every_step.fit_result.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+
+
+def test_fit_pgd_next_round_skips_only_work_no_training_uses(photos32, tmp_path, monkeypatch):
+    from udp_datasets.method import fit as fit_module
+
+    base = ProtectionConfig(resolution=16, fit_rounds=3, fit_surrogate_steps=3, fit_pgd_steps=2, fit_batch_size=8,
+                            steps=2, batch_size=4, seed=5)
+    # every image is drawn every round (8 images, batches of 8): the same deltas, hence the same weights
+    full = Protector(base, progress=False)
+    full.fit(photos32[:8], output_dir=tmp_path / "all")
+    lazy = Protector(base.replace(fit_pgd_scope="next_round"), progress=False)
+    lazy.fit(photos32[:8], output_dir=tmp_path / "next")
+    assert full.surrogate_ref.sha256 == lazy.surrogate_ref.sha256
+    assert base.hash() == ProtectionConfig(**{**base.to_dict(), "fit_pgd_scope": "all"}).hash()
+
+    # more images than a round draws: each round's PGD covers only the next round's draws
+    sizes: list[int] = []
+    original = fit_module._pgd_round
+
+    def counting(*args, subset=None, **kwargs):
+        sizes.append(len(subset) if subset is not None else args[3].shape[0])
+        return original(*args, subset=subset, **kwargs)
+
+    monkeypatch.setattr(fit_module, "_pgd_round", counting)
+    config = base.replace(fit_pgd_scope="next_round", fit_surrogate_steps=1, fit_batch_size=4)
+    Protector(config, progress=False).fit(photos32, output_dir=tmp_path / "big")
+    assert len(sizes) == 3 and all(n <= 4 for n in sizes)
+
+
+def test_next_round_draws_are_the_indices_training_draws(photos32):
+    """The replay on a copy of the generator predicts the batches exactly and leaves the generator alone."""
+    from udp_datasets.method import fit as fit_module
+    from udp_datasets.models import load_surrogate
+
+    config = ProtectionConfig(resolution=16, fit_surrogate_steps=5, fit_batch_size=4)
+    surrogate = load_surrogate(config=config)
+    data = fit_module.images_to_tensor(photos32, surrogate.image_size, 3)
+    gen = torch.Generator().manual_seed(3)
+    predicted = fit_module.next_round_draws(gen, data.shape[0], config, surrogate)
+    drawn: set[int] = set()
+    original = torch.randperm
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        drawn.update(out[:config.fit_batch_size].tolist())
+        return out
+
+    torch.randperm = spy
+    try:
+        for _ in range(config.fit_surrogate_steps):
+            fit_module._batch_loss(surrogate, data, config.fit_batch_size, gen, None)
+    finally:
+        torch.randperm = original
+    assert predicted == sorted(drawn) and len(predicted) < data.shape[0]

@@ -31,6 +31,7 @@ TimestepMode = Literal["sample", "weight"]
 Dtype = Literal["float32", "float16", "bfloat16"]
 Autocast = Literal["auto", "off", "bfloat16", "float16"]
 Switch = Literal["auto", "on", "off"]
+FitPgdScope = Literal["all", "next_round"]
 EOT_NAMES = ("blur", "resize", "jpeg", "noise")  # method/eot.py implements them
 PRESET_NAMES = ("advdm", "photoguard", "mist", "sds", "aspl", "metacloak", "udp", "eudp")  # method/presets.py
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")  # diffusers DDPMScheduler's
@@ -44,7 +45,7 @@ RUNTIME_FIELDS = frozenset({"device", "batch_size", "gradient_checkpointing", "b
 # Fields added after config version 1 shipped, with their defaults. While a field is at its default
 # it is left out of the hash, so adding a field never changes the identity of an existing job
 # (shard jobs resume across an upgrade instead of asking for --overwrite).
-ADDED_FIELDS: dict[str, Any] = {"eot": "", "preset": None}
+ADDED_FIELDS: dict[str, Any] = {"eot": "", "preset": None, "fit_pgd_scope": "all"}
 
 
 class ConfigError(ValueError):
@@ -174,6 +175,12 @@ class ProtectionConfig:
     fit_max_samples: int = 10_000
     fit_stop_loss: float = 0.0
     """Stop co-training early once the surrogate loss on x+delta falls below this (0 = never)."""
+    fit_pgd_scope: FitPgdScope = "all"
+    """Which fit images' perturbations each ``unlearnable`` round's PGD updates: ``all``, or only those
+    the ``next_round``'s training batches will draw (an image is updated before each round that trains
+    on it, and its perturbation is kept in between), which bounds a round's PGD by
+    ``fit_surrogate_steps`` x ``fit_batch_size`` images instead of the fit subset's size; the last
+    round, which no training follows, then runs none (docs/performance.md, "Fit")."""
     fit_pool: int = 1
     """Surrogates at this many training stages (evenly spaced over the fit rounds, the last is
     the final one); PGD cycles through them so the effect holds along a victim's whole
@@ -222,6 +229,7 @@ class ProtectionConfig:
         _choice("encoder_target", self.encoder_target, EncoderTarget)
         _choice("autocast", self.autocast, Autocast)
         _choice("channels_last", self.channels_last, Switch)
+        _choice("fit_pgd_scope", self.fit_pgd_scope, FitPgdScope)
         _non_negative_int("batch_pixels", self.batch_pixels)
         if not isinstance(self.torch_compile, bool):
             raise ConfigError(f"torch_compile={self.torch_compile!r} must be true or false")

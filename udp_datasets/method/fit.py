@@ -192,10 +192,17 @@ def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequ
         else:
             if shared is not None:
                 delta = shared.expand()
+            if config.fit_pgd_scope == "next_round":
+                drawn_now = next_round_draws(gen, data.shape[0], config, surrogate)  # this round's batches
             train_loss = _train_steps(surrogate, optimizer, params, (data + delta).clamp(0, 1),
                                       config.fit_surrogate_steps, config.fit_batch_size, gen, prompts)
             if shared is not None:
                 perturbed_loss = shared.descend(objective, config, rnd, keys)
+            elif config.fit_pgd_scope == "next_round":  # only what the next round trains on (none after the last)
+                last = rnd + 1 == config.fit_rounds
+                subset = drawn_now if last else next_round_draws(gen, data.shape[0], config, surrogate)
+                perturbed_loss = _pgd_round(objective, config.replace(fit_pgd_steps=0) if last else config, rnd,
+                                            data, delta, keys, captions, maximize=False, subset=subset)
             else:
                 perturbed_loss = _pgd_round(objective, config, rnd, data, delta, keys, captions, maximize=False)
             record = {"round": rnd, "train_loss": train_loss, "perturbed_loss": perturbed_loss}
@@ -219,24 +226,39 @@ def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequ
     return result
 
 
+def next_round_draws(gen: torch.Generator, n: int, config: ProtectionConfig, surrogate: Surrogate) -> list[int]:
+    """The fit images the next round's training batches will draw, found by replaying ``gen``'s draws
+    (batch indices, noise, timesteps, as :func:`_batch_loss` makes them) on a copy of it."""
+    replay = torch.Generator().manual_seed(0)
+    replay.set_state(gen.get_state())
+    b = min(config.fit_batch_size, n)
+    drawn: set[int] = set()
+    for _ in range(config.fit_surrogate_steps):
+        drawn.update(torch.randperm(n, generator=replay)[:config.fit_batch_size].tolist())
+        torch.randn((b, *surrogate.model_shape), generator=replay)
+        torch.randint(0, surrogate.alphas_cumprod.numel(), (b,), generator=replay)
+    return sorted(drawn)
+
+
 def _pgd_round(objective: ProtectionObjective, config: ProtectionConfig, rnd: int, data: torch.Tensor,
                delta: torch.Tensor, keys: Sequence[str], captions: Sequence[str | None] | None,
-               maximize: bool) -> float:
-    """One round of PGD on every fit image's own delta (updated in place): descent for min-min,
-    ascent for ASPL. Returns the mean loss on x + delta."""
+               maximize: bool, subset: Sequence[int] | None = None) -> float:
+    """One round of PGD on every fit image's own delta (or on ``subset``'s), updated in place: descent for
+    min-min, ascent for ASPL. Returns the mean loss on x + delta of the images it updated."""
     device = objective.surrogate.device
     eps = config.budget_levels / 255.0
+    order = list(range(data.shape[0])) if subset is None else list(subset)
     losses = []
-    for start in range(0, data.shape[0], config.batch_size):
-        chunk = slice(start, start + config.batch_size)
-        gens = [sample_generator(config.seed, f"fit:{rnd}:{k}") for k in keys[chunk]]
+    for start in range(0, len(order), config.batch_size):
+        chunk = order[start:start + config.batch_size]
+        gens = [sample_generator(config.seed, f"fit:{rnd}:{keys[i]}") for i in chunk]
         x = data[chunk].to(device)
-        chunk_captions = None if captions is None else list(captions[chunk])
+        chunk_captions = None if captions is None else [captions[i] for i in chunk]
         d = pgd(x, objective.loss_fn(gens, x, chunk_captions), epsilon=eps, alpha=config.step_size,
                 steps=config.fit_pgd_steps, maximize=maximize, init=delta[chunk])
         delta[chunk] = d.cpu()
         losses.append(objective.evaluate((x + d).clamp(0, 1), gens, repeats=1, clean=x, captions=chunk_captions))
-    return float(torch.cat(losses).mean())
+    return float(torch.cat(losses).mean()) if losses else float("nan")
 
 
 def _aspl_round(surrogate: Surrogate, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
