@@ -326,13 +326,13 @@ class ProtectionConfig:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "ProtectionConfig":
+    def from_json(cls, text: str, source: str = "the config") -> "ProtectionConfig":
         try:
             data = json.loads(text)
         except ValueError as exc:
-            raise ConfigError(f"the config is not valid JSON ({exc}); fix the syntax") from exc
+            raise ConfigError(f"{source} is not valid JSON ({exc}); fix the syntax") from exc
         if not isinstance(data, dict):
-            raise ConfigError(f"expected a JSON object of config fields, got {type(data).__name__}")
+            raise ConfigError(f"{source}: expected a mapping of config fields (a JSON object), got {type(data).__name__}")
         return cls.from_dict(data)
 
     @classmethod
@@ -344,19 +344,15 @@ class ProtectionConfig:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
-        if path.suffix.lower() in {".yaml", ".yml"}:
-            import yaml
+        if path.suffix.lower() not in {".yaml", ".yml"}:
+            return cls.from_json(text, source=str(path))
+        import yaml
 
-            try:
-                data = yaml.safe_load(text) or {}
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"{path} is not plain YAML ({' '.join(str(exc).split())}); write the fields as "
-                                  "plain values (tags such as !!python/... are refused, nothing is executed)") from exc
-        else:
-            try:
-                data = json.loads(text)
-            except ValueError as exc:
-                raise ConfigError(f"{path} is not valid JSON ({exc}); fix the syntax") from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not plain YAML ({' '.join(str(exc).split())}); write the fields as "
+                              "plain values (tags such as !!python/... are refused, nothing is executed)") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
         return cls.from_dict(data)
