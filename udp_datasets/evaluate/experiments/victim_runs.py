@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data import Images, data_hash, resize_all
 from ..metrics.scorer import Scorer
-from ..purify.filters import ATTACKS
+from ..purify.filters import DEFAULT_ATTACKS
 from ..victims.pixel import PixelRecipe, VictimConfig, final_loss
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class EvalSettings:
     num_samples: int = 500
     feature: str = "fitted"
     feature_kwargs: dict[str, Any] = field(default_factory=dict)
-    attacks: tuple[str, ...] = tuple(ATTACKS)
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
