@@ -1,0 +1,201 @@
+"""Few-shot data: a generic pretraining corpus and a few subjects, from bundled photographs or a folder.
+
+The few-shot regime (docs/efficacy.md, "Few-shot fine-tuning") needs three disjoint image sets:
+
+- a **corpus** of generic real images a latent model is pretrained on (clean);
+- per **subject** (one object, texture or style), 8-20 **training** images, the ones a maintainer
+  would publish and protect, and **held-out** images of the same subject, never trained on, that
+  the victims' samples and the subject classifier are checked against.
+
+Bundled data (offline, from scikit-image and matplotlib): a subject is crops of ONE photograph that is
+not in the corpus. Training crops come from one region of the photo, held-out crops from a disjoint
+region (no pixel shared), so held-out images show the same subject (same object, texture and palette)
+but content the victim never saw. :data:`SUBJECTS` names the photos and regions; :data:`CORPUS_PHOTOS`
+the corpus. A user's own subject is a folder of images (:func:`folder_subject`), split at random into
+training and held-out images; a user's corpus folder is cropped like the bundled one.
+
+Every image is an (H, W, 3) uint8 array of ``size`` x ``size`` (64 by default: 8 x 8 x 32 TAEF2 latents).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+SIZE = 64
+
+
+@dataclass(frozen=True)
+class SubjectSpec:
+    """Where a bundled subject's crops come from: regions are (y0, y1, x0, x1) of the source photo."""
+
+    photo: str
+    train_region: tuple[int, int, int, int]
+    heldout_region: tuple[int, int, int, int]
+    crop_sizes: tuple[int, int]
+    """Smallest and largest crop side in source pixels (then resized to ``size``)."""
+    what: str
+
+
+SUBJECTS: dict[str, SubjectSpec] = {
+    "cat": SubjectSpec("chelsea", (0, 300, 0, 290), (0, 300, 300, 451), (100, 150),
+                       "an object: Chelsea the cat (fur, eyes, nose); held-out crops from the right of the photo"),
+    "ihc": SubjectSpec("immunohistochemistry", (0, 330, 0, 512), (345, 512, 0, 512), (110, 160),
+                       "a stain style: immunohistochemistry micrograph; held-out crops from its bottom third"),
+    "retina": SubjectSpec("retina", (250, 800, 250, 1150), (860, 1200, 300, 1100), (170, 260),
+                          "a texture and palette: retina fundus photograph; held-out crops from lower rows"),
+}
+
+CORPUS_PHOTOS = ("astronaut", "camera", "coffee", "rocket", "horse", "coins", "moon", "brick", "grass", "gravel",
+                 "cell", "clock", "page", "text", "hubble_deep_field", "colorwheel", "stereo_motorcycle",
+                 "grace_hopper")
+"""scikit-image photographs (grey ones as RGB) and matplotlib's grace_hopper.jpg; never a subject's photo.
+The corpus also holds scikit-image's LFW face crops (1 in 20 images), upscaled."""
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One subject's images: ``train`` (protected, fine-tuned on) and ``heldout`` (never trained on)."""
+
+    name: str
+    train: list[np.ndarray]
+    heldout: list[np.ndarray]
+    source: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "train": len(self.train), "heldout": len(self.heldout), "source": self.source}
+
+
+def to_rgb(arr: np.ndarray) -> np.ndarray:
+    """Any scikit-image array (bool, grey, float in [0, 1], RGBA) as (H, W, 3) uint8."""
+    a = np.asarray(arr)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        a = np.clip(a * (255 if a.max() <= 1.0 else 1), 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a[:, :, :3])
+
+
+def load_photo(name: str) -> list[np.ndarray]:
+    """A bundled photograph by name as RGB uint8 (``stereo_motorcycle`` gives both views)."""
+    if name == "grace_hopper":
+        import matplotlib
+
+        path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+        with Image.open(path) as img:
+            return [np.asarray(img.convert("RGB"))]
+    import skimage.data
+
+    arr = getattr(skimage.data, name)()
+    return [to_rgb(a) for a in arr] if isinstance(arr, tuple) else [to_rgb(arr)]
+
+
+def resize_square(arr: np.ndarray, size: int) -> np.ndarray:
+    """Bicubic resize of a square crop to ``size`` x ``size``."""
+    img = Image.fromarray(np.ascontiguousarray(arr)).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def random_crops(img: np.ndarray, count: int, rng: np.random.Generator, sizes: tuple[int, int],
+                 region: tuple[int, int, int, int] | None = None, size: int = SIZE) -> list[np.ndarray]:
+    """``count`` random square crops (side uniform in ``sizes``) inside ``region``, flipped at random."""
+    y0, y1, x0, x1 = region if region is not None else (0, img.shape[0], 0, img.shape[1])
+    out = []
+    for _ in range(count):
+        side = int(rng.integers(sizes[0], min(sizes[1], y1 - y0, x1 - x0) + 1))
+        y, x = int(rng.integers(y0, y1 - side + 1)), int(rng.integers(x0, x1 - side + 1))
+        crop = img[y:y + side, x:x + side]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out.append(resize_square(crop, size))
+    return out
+
+
+def bundled_subject(name: str, n_train: int = 12, n_heldout: int = 16, seed: int = 0, size: int = SIZE) -> Subject:
+    """A bundled subject: training crops of one region of its photo, held-out crops of a disjoint one."""
+    if name not in SUBJECTS:
+        raise ValueError(f"unknown bundled subject {name!r}; choose from {sorted(SUBJECTS)}")
+    spec = SUBJECTS[name]
+    img = load_photo(spec.photo)[0]
+    rng = np.random.default_rng(1000 + seed + sum(map(ord, name)))
+    train = random_crops(img, n_train, rng, spec.crop_sizes, spec.train_region, size)
+    heldout = random_crops(img, n_heldout, rng, spec.crop_sizes, spec.heldout_region, size)
+    return Subject(name, train, heldout, f"scikit-image `{spec.photo}`: {spec.what}")
+
+
+def log_uniform_crops(photos: Sequence[np.ndarray], count: int, rng: np.random.Generator, size: int,
+                      smallest: int = 48) -> list[np.ndarray]:
+    """``count`` crops spread evenly over ``photos``, side log-uniform from ``smallest`` to the short side,
+    so both texture close-ups and whole scenes are common."""
+    out: list[np.ndarray] = []
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        short = min(photo.shape[:2])
+        side = int(math.exp(rng.uniform(math.log(min(smallest, short)), math.log(short))))
+        out += random_crops(photo, 1, rng, (side, side), None, size)
+    return out
+
+
+def bundled_corpus(count: int = 3000, seed: int = 0, size: int = SIZE) -> list[np.ndarray]:
+    """The generic pretraining corpus: crops of :data:`CORPUS_PHOTOS` and 1 in 20 LFW faces, shuffled."""
+    import skimage.data
+
+    photos = [p for name in CORPUS_PHOTOS for p in load_photo(name)]
+    used = {spec.photo for spec in SUBJECTS.values()}
+    assert not used & set(CORPUS_PHOTOS), "a subject's photo must never be in the corpus"
+    rng = np.random.default_rng(seed)
+    n_faces = count // 20
+    out = log_uniform_crops(photos, count - n_faces, rng, size)
+    faces = skimage.data.lfw_subset()
+    for i in rng.choice(len(faces), n_faces, replace=len(faces) < n_faces):
+        out.append(resize_square(to_rgb(faces[i]), size))
+    return [out[i] for i in rng.permutation(len(out))]
+
+
+def square(arr: np.ndarray, size: int) -> np.ndarray:
+    """The central square of an image, resized to ``size`` (grey and RGBA become RGB)."""
+    a = to_rgb(arr)
+    h, w = a.shape[:2]
+    side = min(h, w)
+    y, x = (h - side) // 2, (w - side) // 2
+    return resize_square(a[y:y + side, x:x + side], size)
+
+
+def folder_subject(path: str | Path, holdout_fraction: float = 0.25, seed: int = 0, size: int = SIZE,
+                   name: str | None = None) -> Subject:
+    """A user's own subject: every image of ``path`` (central square at ``size``), split at random into
+    training images (protected and fine-tuned on) and held-out ones (at least 2 of each)."""
+    from .data import load_images, split_holdout
+
+    images = [square(a, size) for a in load_images(str(path))]
+    if len(images) < 4:
+        raise ValueError(f"{path}: {len(images)} images; a subject needs at least 4 (2 to train on, 2 held out), "
+                         "the field's regime is 8-20 training images")
+    train_idx, hold_idx = split_holdout(len(images), holdout_fraction, seed)
+    if len(hold_idx) < 2 or len(train_idx) < 2:
+        raise ValueError(f"{path}: holdout fraction {holdout_fraction} leaves {len(train_idx)} training and "
+                         f"{len(hold_idx)} held-out images; each needs at least 2")
+    if len(train_idx) > 20:
+        logger.warning("%s: %d training images; the few-shot regime is 8-20 (all are used)", path, len(train_idx))
+    label = name or Path(path).name or "subject"
+    return Subject(label, [images[i] for i in train_idx], [images[i] for i in hold_idx], f"folder {path}")
+
+
+def folder_corpus(path: str | Path, count: int = 3000, seed: int = 0, size: int = SIZE) -> list[np.ndarray]:
+    """A user's generic corpus: ``count`` log-uniform crops of the folder's images (see :func:`bundled_corpus`)."""
+    from .data import load_images
+
+    photos = [to_rgb(a) for a in load_images(str(path))]
+    if not photos:
+        raise ValueError(f"{path}: no images for a corpus")
+    return log_uniform_crops(photos, count, np.random.default_rng(seed), size)
