@@ -1,0 +1,122 @@
+"""The few-shot study's pretrained models: TAEF2 latents of a generic corpus, a latent victim UNet and
+a differently shaped latent surrogate UNet pretrained on them, each saved as a latent pair.
+
+Everything is cached under one folder per (recipe, corpus) key, so the pretraining runs once per
+machine and any later run (or another study with the same recipe) reuses it:
+
+- ``corpus.pt``: raw TAEF2 latents of the corpus and of its mirror images, and their normalisation
+  (one scalar shift = mean, one scalar scale = 1 / std);
+- ``victim/`` and ``surrogate/``: latent pairs (TAEF2 with that normalisation in its config + UNet +
+  SD's scheduler; :func:`udp_datasets.models.latent.save_latent_pair`), so ``load_surrogate`` reads
+  both: the protector attacks ``surrogate/``, DiffPure denoises with ``victim/``, and the few-shot
+  victims start from ``victim/``'s UNet;
+- ``pretrain.json``: the recipe, the key, timings and final losses.
+
+The victim and the surrogate differ in shape (:data:`~.fewshot.FEWSHOT_UNETS`), seed and length of
+pretraining, so a protection never attacks the model it is judged on; both know TAEF2 (the encoder
+is public, as SD's VAE is).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..data import data_hash
+from .fewshot import LatentData, TrainRecipe, build_unet, raw_latents, scaled_taef2, to_tensor, train_unet
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """How the corpus is encoded and both UNets are pretrained (the full study's defaults)."""
+
+    corpus_count: int = 3000
+    corpus_seed: int = 0
+    victim: TrainRecipe = field(default_factory=lambda: TrainRecipe(
+        steps=2500, learning_rate=3e-4, batch_size=32, warmup_steps=100, ema=0.999))
+    surrogate: TrainRecipe = field(default_factory=lambda: TrainRecipe(
+        steps=1500, learning_rate=3e-4, batch_size=32, warmup_steps=100))
+    victim_seed: int = 10
+    surrogate_seed: int = 20
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cache_key(recipe: PretrainRecipe, corpus: Sequence[np.ndarray]) -> str:
+    """Folder name of a pretraining: a hash of the recipe, the corpus and the TAEF2 weights."""
+    import hashlib
+
+    from ...models import weights_sha256
+    from ...models.tiny_autoencoder import bundled_taef2_folder
+
+    text = json.dumps({"recipe": recipe.to_dict(), "corpus": data_hash(corpus),
+                       "taef2": weights_sha256(bundled_taef2_folder())}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def encode_corpus(corpus: Sequence[np.ndarray], folder: Path) -> dict[str, Any]:
+    """Raw TAEF2 latents of the corpus and its mirror images + their normalisation (cached)."""
+    path = folder / "corpus.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    start = time.perf_counter()
+    vae = scaled_taef2(0.0, 1.0)
+    x = to_tensor(corpus)
+    raw, raw_flip = raw_latents(vae, x), raw_latents(vae, x.flip(-1))
+    state = {"raw": raw, "raw_flip": raw_flip, "shift": float(raw.mean()), "scale": float(1 / raw.std()),
+             "seconds": time.perf_counter() - start}
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    logger.info("corpus: %d images encoded (with mirrors) in %.0f s; latent std %.3f", len(corpus),
+                state["seconds"], 1 / state["scale"])
+    return state
+
+
+def pretrain_unet(kind: str, folder: Path, recipe: PretrainRecipe, progress: bool = True) -> dict[str, Any]:
+    """Pretrain the ``victim`` or ``surrogate`` UNet on the normalised corpus latents; save it as a
+    latent pair in ``folder/kind`` (skipped if already there). Returns its timing and final loss."""
+    from ...models.latent import save_latent_pair, sd_scheduler
+
+    target, log = folder / kind, folder / f"{kind}_training.json"
+    if (target / "model_index.json").exists() and log.exists():
+        return json.loads(log.read_text())
+    if not (folder / "corpus.pt").exists():
+        raise FileNotFoundError(f"{folder / 'corpus.pt'}: encode the corpus first (encode_corpus)")
+    corpus = torch.load(folder / "corpus.pt", weights_only=True)
+    shift, scale = corpus["shift"], corpus["scale"]
+    data = LatentData((corpus["raw"] - shift) * scale, (corpus["raw_flip"] - shift) * scale)
+    train, seed = (recipe.victim, recipe.victim_seed) if kind == "victim" else (recipe.surrogate, recipe.surrogate_seed)
+    unet = build_unet(f"fewshot-{kind}", data.z.shape[-1], seed).requires_grad_(True)
+    start = time.perf_counter()
+    model, losses, _ = train_unet(unet, data, train, seed, desc=f"pretrain {kind}" if progress else None)
+    save_latent_pair(target, scaled_taef2(shift, scale), model, sd_scheduler())
+    info = {"kind": kind, "seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-100:])),
+            "parameters": sum(p.numel() for p in model.parameters()), "recipe": train.to_dict(), "seed": seed,
+            "loss_history": losses[::10]}
+    log.write_text(json.dumps(info))
+    logger.info("pretrained %s in %.0f s, final loss %.4f", kind, info["seconds"], info["final_loss"])
+    return info
+
+
+def load_victim_unet(folder: Path):
+    """The pretrained victim UNet (``folder/victim/unet``), in eval mode."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel.from_pretrained(folder / "victim" / "unet", use_safetensors=True).eval()
+
+
+def load_pair(folder: Path, kind: str = "victim"):
+    """A pretrained latent pair as a frozen ``LatentSurrogate`` (encode / decode / predict_noise)."""
+    from ...models import load_surrogate
+
+    return load_surrogate(str(folder / kind)).freeze()
