@@ -50,6 +50,43 @@ def side_by_side_grids(panels: dict[str, np.ndarray], path: Path, rows: int = 4,
     return path
 
 
+def labelled_rows(rows: Sequence[tuple[str, np.ndarray]], path: Path, cell: int = 64, label_width: int = 150) -> Path:
+    """One row of images per label (e.g. held-out real | clean fine-tune | each protected fine-tune)."""
+    width = label_width + cell * max(len(images) for _, images in rows)
+    canvas = Image.new("RGB", (width, cell * len(rows)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (label, images) in enumerate(rows):
+        draw.text((4, r * cell + cell // 2 - 6), label[: label_width // 6], fill="black")
+        for c, a in enumerate(images):
+            tile = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).convert("RGB")
+            canvas.paste(tile.resize((cell, cell), Image.Resampling.NEAREST), (label_width + c * cell, r * cell))
+    canvas.save(path)
+    return path
+
+
+def line_plot(series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]], path: Path,
+              xlabel: str, ylabel: str, title: str, hline: float | None = None) -> Path:
+    """Lines with optional error bars: ``{label: (x, y, yerr or None)}``; ``hline`` marks a goal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (x, y, err) in series.items():
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+    if hline is not None:
+        ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def loss_plot(losses: dict[str, Sequence[float]], path: Path, window: int = 50) -> Path:
     import matplotlib
 

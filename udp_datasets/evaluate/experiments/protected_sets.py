@@ -21,19 +21,23 @@ logger = logging.getLogger(__name__)
 
 
 def protect_arrays(images: Sequence[np.ndarray], config: ProtectionConfig, fit_dir: Path,
-                   progress: bool = True) -> list[np.ndarray]:
+                   progress: bool = True, fit: bool | None = None) -> list[np.ndarray]:
     """Fit (if needed) and protect a list of arrays; refuses to return partial results.
 
-    Fits the built-in surrogate when none is given, and fine-tunes a copy of a given *latent*
-    surrogate for ``unlearnable`` (min-min needs a denoiser co-trained on the perturbed data;
-    a pretrained latent pair is only its starting point). The fitted copy goes to ``fit_dir``.
+    ``fit`` None: fits the built-in surrogate when none is given, and fine-tunes a copy of a given
+    *latent* surrogate for ``unlearnable`` (min-min needs a denoiser co-trained on the perturbed
+    data; a pretrained latent pair is only its starting point). ``fit`` True / False forces it
+    (the presets that train their surrogate on the images: aspl, metacloak, udp, eudp). The fitted
+    copy goes to ``fit_dir``.
     """
     from ...images import decode_png_pixels
     from ...models import is_latent_folder
     from ...protector import FailedImage, Protector
 
     protector = Protector(config, progress=progress)
-    if config.surrogate is None or (config.objective == "unlearnable" and is_latent_folder(config.surrogate)):
+    if fit is None:
+        fit = config.surrogate is None or (config.objective == "unlearnable" and is_latent_folder(config.surrogate))
+    if fit:
         protector.fit(list(images), output_dir=fit_dir)
     results = protector.protect_images(list(images))
     failed = [r for r in results if isinstance(r, FailedImage)]
@@ -42,9 +46,14 @@ def protect_arrays(images: Sequence[np.ndarray], config: ProtectionConfig, fit_d
     return [decode_png_pixels(r.png) for r in results]
 
 
-def random_noise(images: list[np.ndarray], levels: int, seed: int = 0) -> list[np.ndarray]:
-    """Uniform integer noise in [-levels, levels]: the 'no optimisation' control of equal budget."""
+def random_noise(images: list[np.ndarray], levels: int, seed: int = 0, sign: bool = False) -> list[np.ndarray]:
+    """The 'no optimisation' control of equal budget: uniform integer noise in [-levels, levels], or with
+    ``sign`` random +-levels on every pixel (the largest perturbation the budget allows, as PGD's sign
+    steps end up: the baseline of the few-shot study)."""
     rng = np.random.default_rng(seed)
+    if sign:
+        return [np.clip(a.astype(np.int16) + levels * (2 * rng.integers(0, 2, a.shape) - 1), 0, 255).astype(np.uint8)
+                for a in images]
     return [np.clip(a.astype(np.int16) + rng.integers(-levels, levels + 1, a.shape), 0, 255).astype(np.uint8)
             for a in images]
 

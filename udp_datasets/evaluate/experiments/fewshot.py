@@ -1,0 +1,293 @@
+"""The few-shot study: does protecting a subject's images stop a latent model from learning the subject?
+
+    udp-datasets evaluate --regime fewshot [--full] [--subject FOLDER] [--corpus FOLDER] --out DIR
+
+Stages (each cached under ``out`` or the shared pretraining cache, so a study resumes where it stopped):
+
+1. **pretrain** (:mod:`..victims.fewshot_pretrain`): TAEF2 latents of the generic corpus; the latent
+   victim UNet and the protector's differently shaped surrogate UNet, each a latent pair;
+2. **classifier** (:mod:`..metrics.subject`): trained on clean images only, validated on held-out ones;
+3. **protect** every subject's training set with every method at epsilon, one protection seed per
+   victim seed, through :class:`~udp_datasets.Protector` and the presets (:mod:`.fewshot_tasks`);
+4. **victims**: the pretrained victim fine-tuned (full and LoRA) on clean, each protected and the
+   noise copy, same seeds; plus the never-shown model (the pretrained victim sampled as is);
+5. **follow-ups** chosen by a rule fixed before any result is seen (:func:`pick`): the best of ours
+   and the best peer by goal progress; each purification applied to their sets, to noise and to the
+   clean images; a budget sweep of both beside noise;
+6. **report** (:mod:`.fewshot_report`): report.json (with ``card_markdown``), report.md, grids, plots.
+
+Work runs in ``workers`` processes of ``threads`` intra-op threads each (tqdm shows each stage).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..subjects import Subject
+from ..victims.fewshot import TrainRecipe
+from ..victims.fewshot_pretrain import PretrainRecipe
+from ...config import ProtectionConfig
+from .fewshot_tasks import (FEWSHOT_PROTECTION, METHODS, OURS, PEERS, PURIFICATIONS, ProtectJob, PurifyJob,
+                            VictimJob, run_task, save_images, set_name, set_threads)
+
+logger = logging.getLogger(__name__)
+
+FULL_FINETUNE = TrainRecipe(steps=600, learning_rate=1e-3, batch_size=8, warmup_steps=50, cosine=True, ema=0.99)
+LORA_FINETUNE = TrainRecipe(steps=1000, learning_rate=3e-3, batch_size=8, lora_rank=16, lora_targets="all")
+"""LoRA on every convolution and linear layer: attention-only LoRA (diffusers' DreamBooth layers) learned
+nothing of any subject on this small UNet, whose attention works only at 4x4 and 2x2 (docs/efficacy.md)."""
+
+
+@dataclass(frozen=True)
+class FewshotSettings:
+    """What a few-shot study runs (the defaults are the full, committed study)."""
+
+    subjects: tuple[str, ...] = ("cat", "ihc", "retina")
+    methods: tuple[str, ...] = METHODS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    modes: tuple[str, ...] = ("full", "lora")
+    levels: int = 8
+    """The budget in 8-bit levels (8 = 8/255 on [0, 1])."""
+    purifications: tuple[str, ...] = PURIFICATIONS
+    sweep_levels: tuple[int, ...] = (4, 16)
+    followup_modes: tuple[str, ...] = ("full",)
+    """Fine-tuning modes of the purification and budget-sweep victims."""
+    followup_sets: tuple[str, ...] = ("noise", "best", "peer")
+    """What the purifications and the sweep are applied to (besides the clean images): ``noise``, ``best``
+    (the best of ours by :func:`pick`), ``peer`` (the best peer)."""
+    full: TrainRecipe = FULL_FINETUNE
+    lora: TrainRecipe = LORA_FINETUNE
+    num_samples: int = 64
+    sample_steps: int = 50
+    sample_eta: float = 1.0
+    quality_samples: int = 128
+    """Samples of the pretrained victim scored against its corpus (its sample quality)."""
+    n_train: int = 12
+    n_heldout: int = 24
+    pretrain: PretrainRecipe = field(default_factory=PretrainRecipe)
+    protection: ProtectionConfig = FEWSHOT_PROTECTION
+    """The base every preset is applied over (the product's defaults)."""
+    workers: int = 2
+    threads: int = 1
+
+    def recipe(self, mode: str) -> TrainRecipe:
+        return {"full": self.full, "lora": self.lora}[mode]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+REDUCED = FewshotSettings(
+    methods=("noise", "photoguard", "udp"), seeds=(0,), modes=("full",), purifications=("jpeg75", "noise0.05"),
+    sweep_levels=(), num_samples=48,
+    pretrain=PretrainRecipe(corpus_count=1200, victim=TrainRecipe(steps=1000, learning_rate=5e-4, batch_size=32,
+                                                                  warmup_steps=50, ema=0.995),
+                            surrogate=TrainRecipe(steps=600, learning_rate=5e-4, batch_size=32, warmup_steps=50)))
+"""The default ``evaluate --regime fewshot``: about 20 minutes on 2 CPU cores with its pretraining."""
+
+
+class Runner:
+    """Runs lists of independent tasks in worker processes (or in this process for ``workers`` <= 1)."""
+
+    def __init__(self, workers: int, threads: int, progress: bool):
+        self.workers, self.threads, self.progress = workers, threads, progress
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> "Runner":
+        if self.workers > 1:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=set_threads, initargs=(self.threads,))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, tasks: Sequence[tuple[str, Any]], desc: str) -> list[dict[str, Any]]:
+        bar = tqdm(total=len(tasks), desc=desc, disable=not self.progress or not tasks)
+        results: list[dict[str, Any]] = []
+        if self.pool is None:
+            for task in tasks:
+                results.append(run_task(task))
+                bar.update()
+        else:
+            futures = [self.pool.submit(run_task, task) for task in tasks]
+            for future in futures:
+                results.append(future.result())
+                bar.update()
+        bar.close()
+        return results
+
+
+@dataclass
+class Study:
+    """Paths and names of one study (everything the stages share)."""
+
+    out: Path
+    pretrained: Path
+    settings: FewshotSettings
+    subjects: dict[str, Subject]
+
+    def set_key(self, subject: str) -> str:
+        """What a subject's protected sets depend on: its clean images, the protection base, the surrogate."""
+        from ..data import data_hash
+
+        return short_hash([data_hash(self.subjects[subject].train), self.settings.protection.hash(),
+                           self.pretrained.name])
+
+    def set_path(self, subject: str, name: str, seed: int) -> Path:
+        """The training set ``name`` of ``subject`` for ``seed`` (clean is the same for every seed); folder
+        names carry hashes of what a file depends on, so a changed input never reuses a stale file."""
+        if name == "clean":
+            return self.out / "sets" / subject / f"clean-{self.set_key(subject)}.npz"
+        return self.out / "sets" / subject / self.set_key(subject) / f"{name}-s{seed}.npz"
+
+    def victim_path(self, subject: str, name: str, mode: str, seed: int) -> Path:
+        """A victim's samples, under its fine-tuning and sampling recipe's hash."""
+        key = short_hash([self.settings.recipe(mode).to_dict(), self.sampling()])
+        return self.out / "victims" / f"{mode}-{key}" / f"{subject}-{self.set_key(subject)}" / f"{name}__s{seed}.npz"
+
+    def never_path(self, seed: int) -> Path:
+        return self.out / "victims" / f"never-shown-{short_hash(self.sampling())}" / f"s{seed}.npz"
+
+    def sampling(self) -> list[Any]:
+        s = self.settings
+        return [s.num_samples, s.sample_steps, s.sample_eta, self.pretrained.name]
+
+
+def short_hash(value: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def protect_jobs(study: Study, methods: Sequence[str], levels: int) -> list[tuple[str, ProtectJob]]:
+    target = study.out / "targets" / "grey.png"
+    jobs = []
+    for subject in study.subjects:
+        for method in methods:
+            for seed in study.settings.seeds:
+                name = set_name(method, levels, study.settings.levels)
+                out = study.set_path(subject, name, seed)
+                jobs.append(("protect", ProtectJob(
+                    clean=str(study.set_path(subject, "clean", seed)), method=method, levels=levels, seed=seed,
+                    surrogate=str(study.pretrained / "surrogate"), target_image=str(target), out=str(out),
+                    fit_dir=str(study.out / "fits" / subject / study.set_key(subject) / out.stem), pretrained=str(study.pretrained),
+                    base=study.settings.protection)))
+    return jobs
+
+
+def victim_jobs(study: Study, names: Sequence[str], modes: Sequence[str]) -> list[tuple[str, VictimJob]]:
+    s = study.settings
+    jobs = []
+    for seed in s.seeds:
+        jobs.append(("victim", VictimJob("", s.full, seed, s.num_samples, s.sample_steps, s.sample_eta,
+                                         str(study.never_path(seed)), str(study.pretrained))))
+        for subject in study.subjects:
+            for name in names:
+                for mode in modes:
+                    jobs.append(("victim", VictimJob(
+                        str(study.set_path(subject, name, seed)), s.recipe(mode), seed, s.num_samples, s.sample_steps,
+                        s.sample_eta, str(study.victim_path(subject, name, mode, seed)), str(study.pretrained))))
+    return jobs
+
+
+def purify_jobs(study: Study, names: Sequence[str]) -> list[tuple[str, PurifyJob]]:
+    jobs = []
+    for subject in study.subjects:
+        for name in names:
+            for purification in study.settings.purifications:
+                for seed in study.settings.seeds:
+                    jobs.append(("purify", PurifyJob(
+                        str(study.set_path(subject, name, seed)), purification, seed,
+                        str(study.set_path(subject, f"{name}+{purification}", seed)), str(study.pretrained))))
+    return jobs
+
+
+def write_inputs(study: Study) -> None:
+    """The clean sets, held-out sets and the grey target image, as files the tasks read."""
+    from PIL import Image
+
+    for name, subject in study.subjects.items():
+        save_images(study.set_path(name, "clean", 0), subject.train)
+        save_images(study.out / "sets" / name / "heldout.npz", subject.heldout)
+    target = study.out / "targets" / "grey.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    size = study.subjects[next(iter(study.subjects))].train[0].shape[0]
+    Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(target)
+
+
+def pick(scores: Any, methods: Sequence[str]) -> tuple[str | None, str | None]:
+    """The best of ours and the best peer by goal progress, mean over subjects and seeds at full
+    fine-tuning: max(mean erasure / 0.8, mean artifact ratio to clean-ft / 2) (1 = the issue's goal).
+    Fixed before any result was seen; the follow-ups (purification, budget sweep) run on them."""
+    progress = {m: scores.goal_progress(m, "full") for m in methods}
+    progress = {m: v for m, v in progress.items() if v is not None}
+    ours = [m for m in OURS if m in progress]
+    peers = [m for m in PEERS if m in progress]
+    return (max(ours, key=progress.get) if ours else None, max(peers, key=progress.get) if peers else None)
+
+
+def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, Subject],
+                corpus: Sequence[np.ndarray], cache_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the whole study and write its report into ``out``; returns the report."""
+    from .fewshot_report import write_fewshot_report
+    from .fewshot_scores import Scores
+    from .fewshot_setup import prepare_pretrained, prepare_classifier
+
+    start = time.perf_counter()
+    out = Path(out)
+    timings: dict[str, float] = {}
+    with Runner(settings.workers, settings.threads, progress) as runner:
+        t = time.perf_counter()
+        pretrained, pretrain_info = prepare_pretrained(corpus, settings, Path(cache_dir), runner, progress)
+        timings["pretrain"] = time.perf_counter() - t
+        study = Study(out, pretrained, settings, subjects)
+        write_inputs(study)
+        t = time.perf_counter()
+        judge = prepare_classifier(study, corpus)
+        timings["classifier"] = time.perf_counter() - t
+        t = time.perf_counter()
+        runner.map(protect_jobs(study, [m for m in settings.methods], settings.levels), "protect")
+        timings["protect"] = time.perf_counter() - t
+        t = time.perf_counter()
+        main_sets = ["clean", *settings.methods]
+        first = [m for m in settings.modes if m == "full"] or list(settings.modes[:1])
+        runner.map(victim_jobs(study, main_sets, first), f"victims ({', '.join(first)})")
+        timings["victims"] = time.perf_counter() - t
+        scores = Scores(study, judge)
+        best, peer = pick(scores, settings.methods)
+        t = time.perf_counter()
+        chosen = {"noise": "noise", "best": best, "peer": peer}
+        followups = [chosen[k] for k in settings.followup_sets if chosen[k] in settings.methods]
+        if settings.purifications:
+            runner.map(purify_jobs(study, ["clean", *followups]), "purify")
+            purified = [f"{n}+{p}" for n in ["clean", *followups] for p in settings.purifications]
+            runner.map(victim_jobs(study, purified, settings.followup_modes), "victims (purified)")
+        for levels in settings.sweep_levels:
+            runner.map(protect_jobs(study, followups, levels), f"protect @{levels}")
+            names = [set_name(m, levels, settings.levels) for m in followups]
+            runner.map(victim_jobs(study, names, settings.followup_modes), f"victims @{levels}")
+        timings["followups"] = time.perf_counter() - t
+        t = time.perf_counter()
+        rest = [m for m in settings.modes if m not in first]
+        if rest:
+            runner.map(victim_jobs(study, main_sets, rest), f"victims ({', '.join(rest)})")
+        timings["victims"] += time.perf_counter() - t
+    timings["total"] = time.perf_counter() - start
+    return write_fewshot_report(study, scores, {"best": best, "peer": peer}, pretrain_info, timings)
+
+
+def reduced_settings(workers: int = 2) -> FewshotSettings:
+    """:data:`REDUCED` with ``workers`` processes."""
+    return replace(REDUCED, workers=workers)

@@ -1,0 +1,270 @@
+"""The few-shot study's report: report.json (with ``card_markdown``), report.md, sample grids and plots.
+
+Tables (markdown, also structured in report.json): the victims' learning check; per fine-tuning mode,
+method x (erasure per subject, mean erasure, subject score, artifact score, FD, PSNR); the same after
+each purification (erasure against the clean images purified the same way); the budget sweep; and
+the issue's Goal tested in plain words.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..report import fmt, json_default, labelled_rows, line_plot, run_versions
+from .fewshot_scores import GOAL_ARTIFACTS, GOAL_ERASURE, Scores
+from .fewshot_tasks import OURS, PEERS, load_images, set_name
+
+GRID_IMAGES = 8
+
+
+def pm(mean: float | None, sd: float | None, pattern: str = "{:.2f}") -> str:
+    if mean is None:
+        return "n/a"
+    return fmt(mean, pattern) + (f" ± {fmt(sd, pattern)}" if sd is not None else "")
+
+
+def ordered(names: Sequence[str]) -> list[str]:
+    order = ["clean", "noise", *PEERS, *OURS]
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
+def method_table(scores: Scores, names: Sequence[str], mode: str, clean: str = "clean") -> tuple[str, list[dict]]:
+    """Markdown rows: erasure per subject (mean ± sd over seeds), then means over subjects."""
+    subjects = list(scores.study.subjects)
+    head = ("| training set | " + " | ".join(f"erasure {s}" for s in subjects) + " | mean erasure | subject score | "
+            "artifact score (x real) | artifacts / clean-ft | FD vs held-out | PSNR (dB) | latent shift |")
+    lines = [head, "|---" * (len(subjects) + 8) + "|"]
+    rows = []
+    for name in names:
+        per = {s: scores.summary(s, name, mode, clean) for s in subjects}
+        if not any(per.values()):
+            continue
+        mean = lambda key: float(np.mean([v[key] for v in per.values() if v.get(key) is not None])) \
+            if any(v.get(key) is not None for v in per.values()) else None  # noqa: E731
+        row = {"set": name, "mode": mode, "per_subject": per, **{k: mean(k) for k in (
+            "erasure", "score", "artifact", "artifact_vs_clean", "fd", "psnr_db", "latent_shift")}}
+        rows.append(row)
+        cells = [pm(per[s].get("erasure"), per[s].get("erasure_sd")) +
+                 (f" ({per[s].get('erasure_n')}/{per[s].get('seeds')})" if per[s].get("erasure_n") != per[s].get("seeds")
+                  else "") for s in subjects]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(row['erasure'], '{:.2f}')} | "
+                     f"{fmt(row['score'], '{:.3f}')} | {fmt(row['artifact'], '{:.2f}')} | "
+                     f"{fmt(row['artifact_vs_clean'], '{:.2f}x')} | {fmt(row['fd'], '{:.1f}')} | "
+                     f"{fmt(row['psnr_db'], '{:.2f}')} | {fmt(row['latent_shift'], '{:.2f}')} |")
+    return "\n".join(lines), rows
+
+
+def learned_table(scores: Scores, modes: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    lines = ["| subject | mode | never-shown score | clean-ft score | lift per seed | learned (lift >= "
+             f"{scores.learned(next(iter(scores.study.subjects)), modes[0])['min_lift']:.2f} on every seed) |",
+             "|---|---|---|---|---|---|"]
+    out: dict[str, Any] = {}
+    for subject in scores.study.subjects:
+        for mode in modes:
+            r = scores.learned(subject, mode)
+            out[f"{subject}/{mode}"] = r
+            lifts = ", ".join(f"{x['lift']:.2f}" for x in r["seeds"])
+            lines.append(f"| {subject} | {mode} | {fmt(r['never'], '{:.3f}')} | {fmt(r['clean'], '{:.3f}')} | {lifts} | "
+                         f"{'yes' if r['all_learned'] else '**no**: erasure is not defined where the lift is short'} |")
+    return "\n".join(lines), out
+
+
+def purification_table(scores: Scores, names: Sequence[str], purifications: Sequence[str]) -> tuple[str, list[dict]]:
+    lines = ["| purification | set | subject score | erasure vs clean-ft | erasure vs purified-clean-ft | "
+             "kept share of erasure | artifacts / purified-clean-ft |", "|---|---|---|---|---|---|---|"]
+    rows = []
+    for pur in purifications:
+        for name in names:
+            key = f"{name}+{pur}"
+            per = {s: (scores.summary(s, key, "full"), scores.summary(s, key, "full", clean=f"clean+{pur}"))
+                   for s in scores.study.subjects}
+            if not any(a for a, _ in per.values()):
+                continue
+            avg = lambda vals: float(np.mean(vals)) if vals else None  # noqa: E731
+            kept = [scores.kept_after(s, name, pur) for s in scores.study.subjects] if name != "clean" else []
+            row = {"purification": pur, "set": name,
+                   "score": avg([a["score"] for a, _ in per.values() if a.get("score") is not None]),
+                   "erasure_vs_clean": avg([a["erasure"] for a, _ in per.values() if a.get("erasure") is not None]),
+                   "erasure": avg([b["erasure"] for _, b in per.values() if b.get("erasure") is not None]),
+                   "kept": avg([k for k in kept if k is not None]),
+                   "artifact_vs_clean": avg([b["artifact_vs_clean"] for _, b in per.values()
+                                             if b.get("artifact_vs_clean") is not None])}
+            rows.append(row)
+            same = "—" if name == "clean" else fmt(row["erasure"], "{:.2f}")
+            lines.append(f"| {pur} | {name} | {fmt(row['score'], '{:.3f}')} | {fmt(row['erasure_vs_clean'], '{:.2f}')} | "
+                         f"{same} | {fmt(row['kept'], '{:.2f}')} | {fmt(row['artifact_vs_clean'], '{:.2f}x')} |")
+    return "\n".join(lines), rows
+
+
+def sweep_table(scores: Scores, names: Sequence[str], levels: Sequence[int]) -> tuple[str, list[dict]]:
+    study_levels = scores.study.settings.levels
+    lines = ["| epsilon | set | mean erasure (± sd over seeds, mean over subjects) | artifacts / clean-ft | PSNR (dB) |",
+             "|---|---|---|---|---|"]
+    rows = []
+    for lv in sorted({*levels, study_levels}):
+        for name in names:
+            per = [scores.summary(s, set_name(name, lv, study_levels), "full") for s in scores.study.subjects]
+            per = [p for p in per if p]
+            if not per:
+                continue
+            vals = lambda k: [p[k] for p in per if p.get(k) is not None]  # noqa: E731
+            row = {"levels": lv, "set": name, "erasure": float(np.mean(vals("erasure"))) if vals("erasure") else None,
+                   "erasure_sd": float(np.mean(vals("erasure_sd"))) if vals("erasure_sd") else None,
+                   "artifact_vs_clean": float(np.mean(vals("artifact_vs_clean"))) if vals("artifact_vs_clean") else None,
+                   "psnr_db": float(np.mean(vals("psnr_db"))) if vals("psnr_db") else None}
+            rows.append(row)
+            lines.append(f"| {lv}/255 | {name} | {pm(row['erasure'], row['erasure_sd'])} | "
+                         f"{fmt(row['artifact_vs_clean'], '{:.2f}x')} | {fmt(row['psnr_db'], '{:.2f}')} |")
+    return "\n".join(lines), rows
+
+
+def goal_text(goal: dict[str, Any]) -> str:
+    """The issue's Goal in plain words."""
+    if not goal.get("method"):
+        return "No method of ours was measured."
+    best, peer = goal["method"], goal.get("peer")
+    parts = []
+    for subject, g in goal["per_subject"].items():
+        parts.append(f"{subject}: erasure {pm(g['erasure'], g['erasure_sd'])} (noise {pm(g['noise_erasure'], g['noise_erasure_sd'])}"
+                     f", {peer} {fmt(g['peer_erasure'], '{:.2f}')}), artifacts {fmt(g['artifact_vs_clean'], '{:.2f}x')} "
+                     f"clean-ft, kept after " + ", ".join(f"{p} {fmt(v, '{:.2f}')}" for p, v in g["kept_after"].items()))
+    yes = lambda flag: "yes" if flag else "**no**"  # noqa: E731
+    return "\n".join([
+        f"Best of ours: `{best}`; best peer: `{peer}` (full fine-tuning, 8-bit budget of the study).", "",
+        f"- erasure >= {GOAL_ERASURE} or artifacts >= {GOAL_ARTIFACTS:.0f}x the clean fine-tune on every subject: "
+        f"{yes(goal['reaches_goal_on_every_subject'])}",
+        f"- beats random noise of the same budget by more than the seed spread on every subject: "
+        f"{yes(goal['beats_noise_on_every_subject'])}",
+        f"- at least as strong as the best peer on every subject: {yes(goal['at_least_peer_on_every_subject'])}",
+        f"- keeps at least half its erasure after JPEG 75 and Gaussian noise 0.05: "
+        f"{yes(goal['keeps_half_after_jpeg_and_noise'])}", "",
+        *[f"  - {p}" for p in parts]])
+
+
+def verdict(goal: dict[str, Any]) -> str:
+    if not goal.get("method"):
+        return "No method of ours was measured."
+    if goal["reaches_goal_on_every_subject"] and goal["beats_noise_on_every_subject"]:
+        return (f"`{goal['method']}` reaches the goal on every subject and beats random noise by more than the "
+                "seed spread: protection measured as effective in this few-shot regime.")
+    return (f"The goal is not reached: the best of ours, `{goal['method']}`, does not both reach erasure >= "
+            f"{GOAL_ERASURE} (or {GOAL_ARTIFACTS:.0f}x artifacts) and beat random noise by more than the seed "
+            "spread on every subject. On this setup the protection is not shown to work.")
+
+
+def grids(scores: Scores, names: Sequence[str], out: Path, modes: Sequence[str]) -> dict[str, str]:
+    """Per subject and mode: held-out real, never-shown, clean-ft, each method-ft (seed 0); and the
+    protected training images with their perturbation x8."""
+    study, seed, files = scores.study, scores.study.settings.seeds[0], {}
+    (out / "grids").mkdir(parents=True, exist_ok=True)
+    for subject in study.subjects:
+        held = load_images(study.out / "sets" / subject / "heldout.npz")[:GRID_IMAGES]
+        for mode in modes:
+            rows = [("held-out real", held), ("never shown", load_images(study.never_path(seed))[:GRID_IMAGES])]
+            for name in names:
+                path = study.victim_path(subject, name, mode, seed)
+                if path.exists():
+                    rows.append((f"{name}-ft", load_images(path)[:GRID_IMAGES]))
+            files[f"{subject}_{mode}"] = str(labelled_rows(rows, out / "grids" / f"samples_{subject}_{mode}.png"))
+        clean = load_images(study.set_path(subject, "clean", seed))[:4]
+        rows = [("clean training", clean)]
+        for name in names:
+            path = study.set_path(subject, name, seed)
+            if name != "clean" and path.exists():
+                prot = load_images(path)[:4]
+                diff = [np.clip((p.astype(np.int16) - c.astype(np.int16)) * 8 + 128, 0, 255).astype(np.uint8)
+                        for p, c in zip(prot, clean)]
+                rows.append((name, prot + diff))
+        files[f"{subject}_protected"] = str(labelled_rows(rows, out / "grids" / f"protected_{subject}.png"))
+    return files
+
+
+def quality_grid(pretrain: dict[str, Any], out: Path) -> str | None:
+    path = Path(pretrain["folder"]) / "quality_samples.npz"
+    if not path.exists():
+        return None
+    samples = load_images(path)
+    rows = [(f"samples {i // 12 + 1}", samples[i:i + 12]) for i in range(0, min(len(samples), 36), 12)]
+    (out / "grids").mkdir(parents=True, exist_ok=True)
+    return str(labelled_rows(rows, out / "grids" / "pretrained_samples.png"))
+
+
+def sweep_plot(rows: list[dict], out: Path) -> str | None:
+    series: dict[str, tuple[list, list, list]] = {}
+    for r in rows:
+        if r["erasure"] is not None:
+            x, y, e = series.setdefault(r["set"], ([], [], []))
+            x.append(r["levels"])
+            y.append(r["erasure"])
+            e.append(r["erasure_sd"] or 0.0)
+    if not series:
+        return None
+    return str(line_plot(series, out / "budget_sweep.png", "epsilon (levels of 255)", "mean erasure over subjects",
+                         "Budget sweep (full fine-tuning)", hline=GOAL_ERASURE))
+
+
+def write_fewshot_report(study: Any, scores: Scores, picks: dict[str, str | None], pretrain: dict[str, Any],
+                         timings: dict[str, float]) -> dict[str, Any]:
+    """Write report.json, report.md, grids and plots into the study folder; returns the report."""
+    s, out = study.settings, study.out
+    names = ordered(["clean", *s.methods])
+    chosen = {"noise": "noise", "best": picks["best"], "peer": picks["peer"]}
+    followups = [chosen[k] for k in s.followup_sets if chosen[k] in s.methods]
+    learned_md, learned = learned_table(scores, s.modes)
+    tables = {mode: method_table(scores, names, mode) for mode in s.modes}
+    pur_md, pur_rows = purification_table(scores, ["clean", *followups], s.purifications)
+    sweep_md, sweep_rows = sweep_table(scores, followups, s.sweep_levels)
+    goal = scores.goal(picks["best"], picks["peer"], s.purifications)
+    files = {"grids": grids(scores, names, out, s.modes), "pretrained_grid": quality_grid(pretrain, out),
+             "budget_sweep": sweep_plot(sweep_rows, out) if s.sweep_levels else None}
+    report = {"regime": "fewshot", "settings": s.to_dict(), "subjects": {k: v.to_dict() for k, v in study.subjects.items()},
+              "pretrained": pretrain, "classifier": {"validation": scores.judge.validation},
+              "learned": learned, "tables": {mode: rows for mode, (_, rows) in tables.items()},
+              "purification": pur_rows, "budget_sweep": sweep_rows, "picks": picks, "goal": goal,
+              "verdict": verdict(goal), "timings": timings, "versions": run_versions(), "files": files}
+    report["card_markdown"] = card_markdown(report, tables["full"][0] if "full" in tables else "")
+    sections = {"learned": learned_md, "tables": {m: md for m, (md, _) in tables.items()}, "purification": pur_md,
+                "sweep": sweep_md}
+    (out / "report.md").write_text(render_markdown(report, sections))
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=json_default))
+    return report
+
+
+def card_markdown(report: dict[str, Any], full_table: str) -> str:
+    """The dataset card's block: the verdict, the full fine-tuning table and what it measured."""
+    s = report["settings"]
+    return "\n".join([report["verdict"], "", full_table, "",
+                      f"Few-shot regime: a latent UNet pretrained on TAEF2 latents of a generic corpus, fine-tuned on "
+                      f"{s['n_train']} images per subject; erasure 1 = the fine-tune learned nothing of the subject, "
+                      f"0 = protection did nothing (mean ± sd over {len(s['seeds'])} seeds); budget {s['levels']}/255."])
+
+
+def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
+    s, pre, val = report["settings"], report["pretrained"], report["classifier"]["validation"]
+    q = pre.get("quality", {})
+    lines = ["# Few-shot protection report", "", report["verdict"], "", "## Setup", "",
+             "Subjects: " + "; ".join(f"**{k}** ({v['train']} training, {v['heldout']} held-out: {v['source']})"
+                                      for k, v in report["subjects"].items()), "",
+             f"Pretrained victim: FD of its samples vs its corpus {fmt(q.get('samples_fd'), '{:.1f}')} (another corpus "
+             f"split {fmt(q.get('corpus_split_fd'), '{:.1f}')}, TAEF2 round trips {fmt(q.get('round_trip_fd'), '{:.1f}')}, "
+             f"uniform noise {fmt(q.get('uniform_noise_fd'), '{:.1f}')}).", "",
+             "Subject classifier (clean images only), on images it never saw: " +
+             ", ".join(f"{k} {v:.2f}" for k, v in val.items()), "",
+             "## Did the victims learn the subject?", "", sections["learned"], ""]
+    for mode, md in sections["tables"].items():
+        lines += [f"## {mode} fine-tuning, {s['levels']}/255", "",
+                  "Erasure: mean ± sd over seeds (defined seeds / seeds when a clean fine-tune learned too little).",
+                  "", md, ""]
+    if s["purifications"]:
+        lines += ["## After purification (full fine-tuning)", "", sections["purification"], ""]
+    if s["sweep_levels"]:
+        lines += ["## Budget sweep (full fine-tuning)", "", sections["sweep"], "", "![budget sweep](budget_sweep.png)", ""]
+    lines += ["## The goal", "", goal_text(report["goal"]), "", "## Grids", ""]
+    lines += [f"![{k}]({Path(v).relative_to(Path(v).parents[1])})" for k, v in report["files"]["grids"].items()]
+    t = report["timings"]
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()), ""]
+    return "\n".join(lines)

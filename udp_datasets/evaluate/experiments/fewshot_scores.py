@@ -1,0 +1,163 @@
+"""Scores of a few-shot study's victims: subject score, erasure, artifacts, FD, and the goal's tests.
+
+Every victim's samples are scored once against its subject's held-out images (:mod:`..metrics.subject`).
+Erasure is computed per seed (clean-ft, protected-ft and never-shown of the same seed: same
+fine-tuning noise, same sampling noise) and summarised as mean and standard deviation over seeds
+(n - 1); a seed whose clean fine-tune lifted the subject score by less than ``MIN_LIFT`` gives no
+erasure ("a victim that learns nothing proves nothing"), and the tables say how many seeds counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..metrics.subject import MIN_LIFT, artifact_score, erasure, lift
+from ..victims.fewshot import to_tensor
+from .fewshot_tasks import load_images
+
+GOAL_ERASURE = 0.8
+GOAL_ARTIFACTS = 2.0
+KEEP_AFTER_PURIFICATION = 0.5
+
+
+def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample standard deviation or None for one value, count) of the defined values."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return None, None, 0
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None), len(v)
+
+
+class Scores:
+    """Lazily scored victims of one :class:`~.fewshot.Study` with its :class:`~.fewshot_setup.Judge`."""
+
+    def __init__(self, study: Any, judge: Any):
+        self.study, self.judge = study, judge
+        self.heldout = {s: to_tensor(load_images(study.out / "sets" / s / "heldout.npz")) for s in study.subjects}
+        self._memo: dict[tuple, dict[str, Any] | None] = {}
+
+    # ------------------------------------------------------------ single victims
+    def _score(self, path: Path, subject: str) -> dict[str, Any] | None:
+        key = (str(path), subject)
+        if key not in self._memo:
+            self._memo[key] = None
+            if path.exists():
+                x = to_tensor(load_images(path))
+                info_path = path.with_suffix(".json")
+                info = json.loads(info_path.read_text()) if info_path.exists() else {}
+                self._memo[key] = {"score": self.judge.classifier.score(x, subject),
+                                   "artifact": artifact_score(x, self.heldout[subject]),
+                                   "fd": self.judge.space.fd(x, self.heldout[subject]),
+                                   "final_loss": info.get("final_loss"),
+                                   "train_seconds": info.get("train_seconds")}
+        return self._memo[key]
+
+    def victim(self, subject: str, name: str, mode: str, seed: int) -> dict[str, Any] | None:
+        return self._score(self.study.victim_path(subject, name, mode, seed), subject)
+
+    def never(self, subject: str, seed: int) -> dict[str, Any] | None:
+        return self._score(self.study.never_path(seed), subject)
+
+    def protection(self, subject: str, name: str, seed: int) -> dict[str, Any]:
+        path = self.study.set_path(subject, name, seed).with_suffix(".json")
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def erasure(self, subject: str, name: str, mode: str, seed: int, clean: str = "clean") -> float | None:
+        c, p, n = self.victim(subject, clean, mode, seed), self.victim(subject, name, mode, seed), self.never(subject, seed)
+        if c is None or p is None or n is None:
+            return None
+        return erasure(c["score"], p["score"], n["score"])
+
+    def artifact_vs_clean(self, subject: str, name: str, mode: str, seed: int, clean: str = "clean") -> float | None:
+        c, p = self.victim(subject, clean, mode, seed), self.victim(subject, name, mode, seed)
+        return None if c is None or p is None else p["artifact"] / c["artifact"]
+
+    # ------------------------------------------------------------ over seeds
+    def summary(self, subject: str, name: str, mode: str, clean: str = "clean") -> dict[str, Any]:
+        """Mean and sd over seeds of every number of one (subject, set, mode)."""
+        seeds = self.study.settings.seeds
+        runs = [self.victim(subject, name, mode, s) for s in seeds]
+        if all(r is None for r in runs):
+            return {}
+        out: dict[str, Any] = {"seeds": sum(r is not None for r in runs)}
+        for key, values in (("erasure", [self.erasure(subject, name, mode, s, clean) for s in seeds]),
+                            ("artifact_vs_clean", [self.artifact_vs_clean(subject, name, mode, s, clean) for s in seeds]),
+                            ("score", [r["score"] if r else None for r in runs]),
+                            ("artifact", [r["artifact"] if r else None for r in runs]),
+                            ("fd", [r["fd"] if r else None for r in runs])):
+            out[key], out[f"{key}_sd"], out[f"{key}_n"] = mean_sd(values)
+        base = name.split("+")[0]
+        prot = [self.protection(subject, base, s) for s in seeds]
+        for key in ("psnr_db", "latent_shift", "seconds"):
+            out[key] = mean_sd([p.get(key) for p in prot])[0]
+        return out
+
+    def learned(self, subject: str, mode: str) -> dict[str, Any]:
+        """The check before any erasure counts: clean fine-tune vs never-shown, per seed."""
+        rows = []
+        for s in self.study.settings.seeds:
+            c, n = self.victim(subject, "clean", mode, s), self.never(subject, s)
+            if c is not None and n is not None:
+                rows.append({"seed": s, "clean": c["score"], "never": n["score"], "lift": lift(c["score"], n["score"]),
+                             "learned": lift(c["score"], n["score"]) >= MIN_LIFT})
+        return {"seeds": rows, "all_learned": bool(rows) and all(r["learned"] for r in rows),
+                "clean": mean_sd([r["clean"] for r in rows])[0], "never": mean_sd([r["never"] for r in rows])[0],
+                "min_lift": MIN_LIFT}
+
+    def goal_progress(self, name: str, mode: str) -> float | None:
+        """max(mean erasure / 0.8, mean artifact ratio to clean-ft / 2) over subjects (1 = goal)."""
+        er, ar = [], []
+        for subject in self.study.subjects:
+            s = self.summary(subject, name, mode)
+            if s.get("erasure") is not None:
+                er.append(s["erasure"])
+            if s.get("artifact_vs_clean") is not None:
+                ar.append(s["artifact_vs_clean"])
+        if not er and not ar:
+            return None
+        return max(np.mean(er) / GOAL_ERASURE if er else -math.inf, np.mean(ar) / GOAL_ARTIFACTS if ar else -math.inf)
+
+    # ------------------------------------------------------------ the goal
+    def goal(self, best: str | None, peer: str | None, purifications: Sequence[str]) -> dict[str, Any]:
+        """The issue's Goal, tested at full fine-tuning for ``best`` (ours) against noise and ``peer``."""
+        if best is None:
+            return {"method": None}
+        per_subject = {}
+        for subject in self.study.subjects:
+            b, n = self.summary(subject, best, "full"), self.summary(subject, "noise", "full")
+            p = self.summary(subject, peer, "full") if peer else {}
+            spread = max(b.get("erasure_sd") or 0.0, n.get("erasure_sd") or 0.0)
+            reaches = ((b.get("erasure") or -math.inf) >= GOAL_ERASURE
+                       or (b.get("artifact_vs_clean") or 0.0) >= GOAL_ARTIFACTS)
+            beats_noise = (b.get("erasure") is not None and n.get("erasure") is not None
+                           and b["erasure"] - n["erasure"] > spread)
+            kept = {pur: self.kept_after(subject, best, pur) for pur in purifications}
+            per_subject[subject] = {
+                "erasure": b.get("erasure"), "erasure_sd": b.get("erasure_sd"),
+                "artifact_vs_clean": b.get("artifact_vs_clean"), "noise_erasure": n.get("erasure"),
+                "noise_erasure_sd": n.get("erasure_sd"), "peer_erasure": p.get("erasure"), "spread": spread,
+                "reaches_goal": reaches, "beats_noise_by_more_than_spread": beats_noise,
+                "at_least_peer": (b.get("erasure") is not None and p.get("erasure") is not None
+                                  and b["erasure"] >= p["erasure"]),
+                "kept_after": kept}
+        everywhere = lambda key: bool(per_subject) and all(v[key] for v in per_subject.values())  # noqa: E731
+        kept_ok = all((v["kept_after"].get(p) or 0) >= KEEP_AFTER_PURIFICATION for v in per_subject.values()
+                      for p in ("jpeg75", "noise0.05") if p in purifications)
+        return {"method": best, "peer": peer, "per_subject": per_subject,
+                "reaches_goal_on_every_subject": everywhere("reaches_goal"),
+                "beats_noise_on_every_subject": everywhere("beats_noise_by_more_than_spread"),
+                "at_least_peer_on_every_subject": everywhere("at_least_peer"),
+                "keeps_half_after_jpeg_and_noise": kept_ok and any(p in purifications for p in ("jpeg75", "noise0.05"))}
+
+    def kept_after(self, subject: str, name: str, purification: str) -> float | None:
+        """Erasure after purification (vs the clean images purified the same way) / erasure before."""
+        before = self.summary(subject, name, "full").get("erasure")
+        after = self.summary(subject, f"{name}+{purification}", "full", clean=f"clean+{purification}").get("erasure")
+        if before is None or after is None or before <= 0:
+            return None
+        return after / before

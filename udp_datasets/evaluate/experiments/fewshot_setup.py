@@ -1,0 +1,112 @@
+"""What a few-shot study builds before any protection: the pretrained models and the judge.
+
+- :func:`prepare_pretrained`: the corpus latents and both pretrained latent pairs, in a cache folder
+  keyed by recipe and corpus (shared by every study on this machine), the two UNets trained in
+  parallel worker processes; and the pretrained victim's sample quality (FD vs its corpus, a grid).
+- :func:`prepare_classifier`: the subject classifier trained on clean images only, its validation on
+  held-out images, and the FD feature space (:mod:`..metrics.subject`), cached in the study folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..metrics.subject import FeatureSpace, SubjectClassifier, train_subject_classifier, validate_classifier
+from ..victims.fewshot import decode, encode, sample, to_tensor
+from ..victims.fewshot_pretrain import cache_key, encode_corpus, load_victim_unet
+from .fewshot_tasks import PretrainJob, load_images, victim_codec
+
+logger = logging.getLogger(__name__)
+
+CLASSIFIER_CORPUS = 600
+"""Corpus crops the classifier trains on (the next 300 validate it)."""
+
+
+def pretrain_folder(corpus: Sequence[np.ndarray], settings: Any, cache_dir: Path) -> Path:
+    return Path(cache_dir) / f"fewshot-pretrain-{cache_key(settings.pretrain, corpus)}"
+
+
+def prepare_pretrained(corpus: Sequence[np.ndarray], settings: Any, cache_dir: Path, runner: Any,
+                       progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """Encode the corpus and pretrain both UNets (cached); returns the folder and what was measured."""
+    folder = pretrain_folder(corpus, settings, cache_dir)
+    state = encode_corpus(corpus, folder)
+    runner.map([("pretrain", PretrainJob(str(folder), kind, settings.pretrain)) for kind in ("victim", "surrogate")],
+               "pretrain")
+    info = {"folder": str(folder), "corpus_count": len(corpus), "corpus_encode_seconds": state["seconds"],
+            "latent_shift": state["shift"], "latent_scale": state["scale"],
+            **{kind: _training_summary(folder / f"{kind}_training.json") for kind in ("victim", "surrogate")}}
+    quality = folder / "quality.json"
+    if not quality.exists():
+        quality.write_text(json.dumps(pretrained_quality(folder, corpus, settings)))
+    info["quality"] = json.loads(quality.read_text())
+    return folder, info
+
+
+def _training_summary(path: Path) -> dict[str, Any]:
+    record = json.loads(path.read_text())
+    return {k: record[k] for k in ("seconds", "final_loss", "parameters", "seed", "recipe")}
+
+
+def pretrained_quality(folder: Path, corpus: Sequence[np.ndarray], settings: Any) -> dict[str, Any]:
+    """FD of the pretrained victim's samples vs corpus crops, with references (another corpus split,
+    TAEF2 round trips of the crops), in the classifier's feature space fitted on the corpus; the
+    samples are kept as ``quality_samples.npz`` for the report's grid."""
+    from ..metrics.subject import artifact_score, subject_features
+
+    vae, unet, count = victim_codec(str(folder)), load_victim_unet(folder), settings.quality_samples
+    samples = decode(vae, sample(unet, count, 777, settings.sample_steps, settings.sample_eta))
+    np.savez_compressed(folder / "quality_samples.npz", images=samples[:48])
+    n = min(300, len(corpus) // 2)
+    a, b = to_tensor(corpus[:n]), to_tensor(corpus[n:2 * n])
+    space = FeatureSpace(subject_features(a))
+    round_trip = to_tensor(decode(vae, encode(vae, b)))
+    x = to_tensor(samples)
+    return {"samples_fd": space.fd(x, a), "corpus_split_fd": space.fd(b, a), "round_trip_fd": space.fd(round_trip, a),
+            "uniform_noise_fd": space.fd(torch.rand(count, *a.shape[1:], generator=torch.Generator().manual_seed(0)), a),
+            "samples_artifact_score": artifact_score(x, a), "count": count}
+
+
+@dataclass
+class Judge:
+    """The subject classifier, its validation and the FD feature space of one study."""
+
+    classifier: SubjectClassifier
+    space: FeatureSpace
+    validation: dict[str, float]
+    seconds: float
+
+
+def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
+    """Train (or load) the study's subject classifier on clean images only (see metrics/subject.py)."""
+    path = study.out / "classifier.pt"
+    vae = victim_codec(str(study.pretrained))
+    subjects = {name: to_tensor(s.train) for name, s in study.subjects.items()}
+
+    def round_trip(x: torch.Tensor) -> torch.Tensor:
+        return to_tensor(decode(vae, encode(vae, x)))
+
+    key = {"subjects": sorted(subjects), "pretrained": str(study.pretrained), "corpus": len(corpus)}
+    if path.exists():
+        state = torch.load(path, weights_only=True)
+        if json.loads(state["key"]) == key:
+            return Judge(SubjectClassifier.from_state(state["classifier"]), FeatureSpace(state["features"].numpy()),
+                         json.loads(state["validation"]), float(state["seconds"]))
+    start = time.perf_counter()
+    n = min(CLASSIFIER_CORPUS, len(corpus) // 2)
+    clf, features = train_subject_classifier(to_tensor(corpus[:n]), subjects, round_trip)
+    heldout = {name: to_tensor(load_images(study.out / "sets" / name / "heldout.npz")) for name in subjects}
+    validation = validate_classifier(clf, to_tensor(corpus[n:n + 300]), heldout, round_trip)
+    seconds = time.perf_counter() - start
+    torch.save({"key": json.dumps(key), "classifier": clf.state(), "features": torch.from_numpy(features),
+                "validation": json.dumps(validation), "seconds": seconds}, path)
+    logger.info("subject classifier validation: %s", validation)
+    return Judge(clf, FeatureSpace(features), validation, seconds)

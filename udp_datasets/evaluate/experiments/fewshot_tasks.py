@@ -1,0 +1,240 @@
+"""The few-shot study's units of work: protect a subject's set, purify a set, fine-tune and sample a victim.
+
+Each task reads its inputs from files, writes its output file atomically and returns a small
+record, so the driver (:mod:`.fewshot`) can run tasks in worker processes, in any order within a
+stage, and resume an interrupted study: a task whose output exists returns its record at once.
+Protection goes through the product: :class:`~udp_datasets.Protector` with the named presets of
+:mod:`udp_datasets.method.presets` against the study's pretrained latent surrogate pair.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...config import ProtectionConfig
+from ..metrics.fidelity import linf_levels, psnr
+from ..metrics.arrays import hwc_to_nchw
+from ..victims.fewshot import TrainRecipe, decode, encode, finetune, latent_data, sample, to_tensor
+
+logger = logging.getLogger(__name__)
+
+OURS = ("udp", "eudp")
+PEERS = ("advdm", "photoguard", "photoguard_target", "mist", "sds", "aspl", "metacloak")
+METHODS = ("noise", *PEERS, *OURS)
+"""Every protection of the study; ``noise`` is random +-epsilon on every pixel (the baseline)."""
+FITTED = ("aspl", "metacloak", "udp", "eudp")
+"""Presets whose surrogate ``Protector.fit`` first trains on the subject's images."""
+PURIFICATIONS = ("jpeg75", "noise0.05", "diffpure", "impress")
+
+FEWSHOT_PROTECTION = ProtectionConfig(batch_size=16)
+"""The study's protection base: the product's defaults (40 PGD steps of epsilon / 8, fit 10 rounds of
+40 surrogate steps and 10 PGD steps); each preset sets its own fields over it."""
+
+
+def set_name(method: str, levels: int, study_levels: int) -> str:
+    """A protected set's name: ``udp`` at the study's budget, ``udp@4`` at another."""
+    return method if levels == study_levels else f"{method}@{levels}"
+
+
+def set_threads(threads: int) -> None:
+    """Worker initialiser: intra-op threads per process (1 per worker on a shared 2-core machine)."""
+    torch.set_num_threads(max(1, threads))
+
+
+def save_images(path: Path, images: list[np.ndarray] | np.ndarray, **extra: Any) -> None:
+    """Write (N, H, W, 3) uint8 images (and small arrays) to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}-{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, images=np.stack(list(images)), **extra)
+    os.replace(tmp, path)
+
+
+def load_images(path: Path) -> list[np.ndarray]:
+    with np.load(path) as data:
+        return list(data["images"])
+
+
+def write_json(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}-{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+    return record
+
+
+@lru_cache(maxsize=2)
+def victim_codec(pretrained: str):
+    """The pretrained victim's TAEF2 (normalisation in its config), loaded once per process."""
+    from ...models.tiny_autoencoder import load_autoencoder
+
+    return load_autoencoder(Path(pretrained) / "victim" / "vae").requires_grad_(False)
+
+
+@lru_cache(maxsize=2)
+def victim_base(pretrained: str):
+    from ..victims.fewshot_pretrain import load_victim_unet
+
+    return load_victim_unet(Path(pretrained))
+
+
+def method_config(method: str, surrogate: str, levels: int, seed: int, target_image: str,
+                  base: ProtectionConfig = FEWSHOT_PROTECTION) -> ProtectionConfig:
+    """The product's config of a study method: its preset over ``base`` at ``levels`` / 255.
+
+    ``photoguard_target`` is PhotoGuard's encoder attack toward a target image's latent (a flat grey
+    image, as in the paper): the ``photoguard`` preset with ``encoder_target='pattern'``.
+    """
+    from ...method.presets import preset_config
+
+    preset, extra = method, {}
+    if method == "photoguard_target":
+        preset, extra = "photoguard", {"encoder_target": "pattern", "target_image": target_image}
+    return preset_config(preset, base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed, **extra)
+
+
+@dataclass(frozen=True)
+class ProtectJob:
+    clean: str
+    """.npz of the subject's clean training images."""
+    method: str
+    levels: int
+    seed: int
+    surrogate: str
+    target_image: str
+    out: str
+    fit_dir: str
+    pretrained: str
+    base: ProtectionConfig = FEWSHOT_PROTECTION
+
+
+def protect_task(job: ProtectJob) -> dict[str, Any]:
+    """Protect one subject's training set with one method (``noise``: random +-epsilon); cached."""
+    from .protected_sets import protect_arrays, random_noise
+
+    out, info_path = Path(job.out), Path(job.out).with_suffix(".json")
+    if out.exists() and info_path.exists():
+        return json.loads(info_path.read_text())
+    clean = load_images(Path(job.clean))
+    start = time.perf_counter()
+    if job.method == "noise":
+        protected = random_noise(clean, job.levels, seed=job.seed, sign=True)
+        config: dict[str, Any] = {}
+    else:
+        cfg = method_config(job.method, job.surrogate, job.levels, job.seed, job.target_image, job.base)
+        protected = protect_arrays(clean, cfg, Path(job.fit_dir), progress=False, fit=job.method in FITTED)
+        config = cfg.to_dict()
+    seconds = time.perf_counter() - start
+    a, b = hwc_to_nchw(clean), hwc_to_nchw(protected)
+    vae = victim_codec(job.pretrained)
+    z_clean, z_prot = encode(vae, a), encode(vae, b)
+    info = {"method": job.method, "levels": job.levels, "seed": job.seed, "seconds": seconds,
+            "psnr_db": psnr(b, a), "linf_levels": linf_levels(b, a),
+            "latent_shift": float((z_prot - z_clean).norm() / z_clean.norm()), "config": config}
+    save_images(out, protected)
+    return write_json(info_path, info)
+
+
+@dataclass(frozen=True)
+class PurifyJob:
+    source: str
+    purification: str
+    seed: int
+    out: str
+    pretrained: str
+
+
+def purify_task(job: PurifyJob) -> dict[str, Any]:
+    """Apply one purification to a set (protected or clean); cached."""
+    from ..purify.diffpure import diffpure
+    from ..purify.filters import ATTACKS
+    from ..purify.impress import impress
+    from ..victims.fewshot_pretrain import load_pair
+
+    out = Path(job.out)
+    if out.exists():
+        return {"out": job.out}
+    images = load_images(Path(job.source))
+    start = time.perf_counter()
+    if job.purification in ATTACKS:
+        purified = [ATTACKS[job.purification](a) for a in images]
+    elif job.purification == "diffpure":
+        purified = diffpure(images, load_pair(Path(job.pretrained), "victim"), seed=job.seed)
+    elif job.purification == "impress":
+        purified = impress(images, victim_codec(job.pretrained))
+    else:
+        raise ValueError(f"unknown purification {job.purification!r}; choose from {PURIFICATIONS}")
+    save_images(out, purified, seconds=np.array(time.perf_counter() - start),
+                psnr_db=np.array(psnr(hwc_to_nchw(purified), hwc_to_nchw(images))))
+    return {"out": job.out}
+
+
+@dataclass(frozen=True)
+class VictimJob:
+    images: str
+    """.npz of the training set ('' for the never-shown model: the pretrained victim sampled as is)."""
+    recipe: TrainRecipe
+    seed: int
+    num_samples: int
+    sample_steps: int
+    sample_eta: float
+    out: str
+    pretrained: str
+
+
+def victim_task(job: VictimJob) -> dict[str, Any]:
+    """Fine-tune the pretrained victim on a set (full or LoRA, per the recipe) and sample it; cached.
+
+    Samples use the seed's fixed noise, so victims of one seed differ only by their training data.
+    """
+    out, info_path = Path(job.out), Path(job.out).with_suffix(".json")
+    if out.exists() and info_path.exists():
+        return json.loads(info_path.read_text())
+    vae, base = victim_codec(job.pretrained), victim_base(job.pretrained)
+    start = time.perf_counter()
+    if job.images:
+        model, losses = finetune(base, latent_data(vae, load_images(Path(job.images))), job.recipe, job.seed)
+    else:
+        model, losses = base, []
+    trained = time.perf_counter() - start
+    samples = decode(vae, sample(model, job.num_samples, job.seed, job.sample_steps, job.sample_eta))
+    info = {"recipe": asdict(job.recipe), "seed": job.seed, "train_seconds": trained,
+            "sample_seconds": time.perf_counter() - start - trained,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_history": losses[::10]}
+    save_images(out, samples)
+    return write_json(info_path, info)
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    folder: str
+    kind: str
+    """``victim`` or ``surrogate``."""
+    recipe: Any
+    """A :class:`~..victims.fewshot_pretrain.PretrainRecipe`."""
+
+
+def pretrain_task(job: PretrainJob) -> dict[str, Any]:
+    from ..victims.fewshot_pretrain import pretrain_unet
+
+    return pretrain_unet(job.kind, Path(job.folder), job.recipe, progress=False)
+
+
+def run_task(task: tuple[str, Any]) -> dict[str, Any]:
+    """Dispatch ``(kind, job)``: the one entry point worker processes call."""
+    kind, job = task
+    return {"pretrain": pretrain_task, "protect": protect_task, "purify": purify_task, "victim": victim_task}[kind](job)
+
+
+def subject_tensors(paths: dict[str, Path]) -> dict[str, torch.Tensor]:
+    """{name: (N, 3, H, W) float} of image files (the classifier's inputs)."""
+    return {name: to_tensor(load_images(p)) for name, p in paths.items()}
