@@ -12,6 +12,10 @@ from .exit_codes import EXIT_OK, EXIT_USAGE
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.regime == "fewshot":
+        return cmd_evaluate_fewshot(args)
+    if args.subject or args.corpus or args.full:
+        raise ConfigError("--subject, --corpus and --full belong to --regime fewshot")
     from ..evaluate.data import load_images
     from ..evaluate.experiments.evaluate_command import evaluate_bundled, evaluate_pair
     from ..evaluate.experiments.victim_runs import EvalSettings
@@ -47,6 +51,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                   size=args.victim_resolution, holdout_fraction=args.holdout_fraction)
     print(verdict(report["victims"]))
     print(f"report: {Path(args.out) / 'report.md'} ({report['seconds']:.0f} s)")
+    return EXIT_OK
+
+
+def fewshot_cache_dir(args: argparse.Namespace) -> Path:
+    """Where pretrained few-shot models are kept: --cache-dir, else beside the fitted surrogates."""
+    from ..protector import default_surrogate_cache
+
+    return Path(args.cache_dir) if args.cache_dir else default_surrogate_cache().parent / "fewshot"
+
+
+def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
+    """The few-shot regime: bundled subjects (or --subject FOLDER), reduced study unless --full."""
+    from dataclasses import replace
+
+    from ..evaluate.experiments import fewshot
+    from ..evaluate.subjects import bundled_corpus, bundled_subject, folder_corpus, folder_subject
+
+    if args.clean or args.protected:
+        raise ConfigError("--regime fewshot protects the subject itself: give --subject FOLDER, not --clean/--protected")
+    settings = fewshot.FewshotSettings() if args.full else fewshot.REDUCED
+    protection = config_from_args(args, base=settings.protection)
+    changes = {"protection": protection, "levels": protection.budget_levels}
+    if args.seeds:
+        changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
+    if args.workers is not None:
+        changes["workers"] = args.workers
+    if args.subject:
+        subject = folder_subject(args.subject, args.holdout_fraction, seed=0)
+        subjects = {subject.name: subject}
+        changes["subjects"] = (subject.name,)
+    settings = replace(settings, **changes)
+    if not args.subject:
+        subjects = {n: bundled_subject(n, settings.n_train, settings.n_heldout) for n in settings.subjects}
+    count, seed = settings.pretrain.corpus_count, settings.pretrain.corpus_seed
+    corpus = folder_corpus(args.corpus, count, seed) if args.corpus else bundled_corpus(count, seed)
+    report = fewshot.run_fewshot(args.out, settings, subjects, corpus, fewshot_cache_dir(args))
+    print(report["verdict"])
+    print(f"report: {Path(args.out) / 'report.md'} ({report['timings']['total']:.0f} s)")
     return EXIT_OK
 
 
@@ -118,6 +160,19 @@ def cmd_evaluate_sd(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """The evaluation subcommands."""
     p = sub.add_parser("evaluate", help="train victims on clean vs protected data and compare them")
+    p.add_argument("--regime", choices=["pixel", "fewshot"], default="pixel",
+                   help="pixel: victims trained from scratch (default); fewshot: a pretrained latent model "
+                        "fine-tuned on a few images of one subject, every method side by side (docs/efficacy.md)")
+    p.add_argument("--subject", help="fewshot: a folder of your own subject's images (split into training and "
+                   "held-out by --holdout-fraction); default: the bundled subjects")
+    p.add_argument("--corpus", help="fewshot: a folder of generic images to pretrain on (default: bundled photos)")
+    p.add_argument("--full", action="store_true",
+                   help="fewshot: the full committed study (every method, 3 seeds, full + LoRA, purifications, "
+                        "budget sweep; hours on a CPU) instead of the reduced one (~20 min on 2 cores)")
+    p.add_argument("--seeds", help="fewshot: comma list of seeds (victim and protection), e.g. 0,1,2")
+    p.add_argument("--workers", type=int, help="fewshot: worker processes (default 2, one thread each)")
+    p.add_argument("--cache-dir", help="fewshot: where the pretrained models are kept "
+                   "(default: ~/.cache/udp_datasets/fewshot)")
     p.add_argument("--clean", help="clean dataset (folder, save_to_disk, Hub id); omit for bundled data")
     p.add_argument("--protected", help="its protected copy, same order (e.g. the DST of `protect`)")
     p.add_argument("--out", default="udp-report", help="report folder (default: ./udp-report)")
@@ -139,7 +194,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-eta", type=float, default=1.0, help="DDIM eta (1 = ancestral sampling)")
     p.add_argument("--num-samples", type=int, default=400)
     p.add_argument("--attacks", default="jpeg75,jpeg90,resize50,blur0.5",
-                   help="comma list of jpeg75, jpeg90, resize50, blur0.5, or 'none'")
+                   help="comma list of jpeg75, jpeg90, resize50, blur0.5, noise0.05, or 'none'")
     p.add_argument("--feature", choices=["fitted", "inception"], default="fitted")
     p.add_argument("--inception-weights", help="local Inception weights file (nothing is downloaded)")
     add_config_arguments(p)

@@ -1,0 +1,202 @@
+"""The few-shot study's parts, for correctness (not efficacy): purifications keep clean images, victims
+are deterministic, LoRA trains only adapters, the erasure arithmetic, the driver and the CLI sub-mode."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from udp_datasets.config import ProtectionConfig
+from udp_datasets.evaluate.experiments import fewshot
+from udp_datasets.evaluate.experiments.fewshot_scores import mean_sd
+from udp_datasets.evaluate.metrics.subject import MIN_LIFT, erasure
+from udp_datasets.evaluate.purify.diffpure import diffpure
+from udp_datasets.evaluate.purify.filters import ATTACKS
+from udp_datasets.evaluate.purify.impress import impress
+from udp_datasets.evaluate.subjects import bundled_corpus, bundled_subject
+from udp_datasets.evaluate.victims.fewshot import (TrainRecipe, build_unet, decode, encode, finetune, latent_data,
+                                                   sample, scaled_taef2, to_tensor)
+from udp_datasets.evaluate.victims.fewshot_pretrain import PretrainRecipe
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY_TRAIN = TrainRecipe(steps=3, learning_rate=1e-3, batch_size=4)
+TINY = fewshot.FewshotSettings(
+    subjects=("cat",), methods=("noise", "photoguard", "udp"), seeds=(0,), modes=("full", "lora"),
+    purifications=("jpeg75",), sweep_levels=(4,), full=TINY_TRAIN, lora=replace(TINY_TRAIN, lora_rank=2),
+    num_samples=4, sample_steps=2, quality_samples=8, n_train=4, n_heldout=4, workers=1,
+    pretrain=PretrainRecipe(corpus_count=24, victim=replace(TINY_TRAIN, batch_size=8),
+                            surrogate=replace(TINY_TRAIN, batch_size=8)),
+    protection=ProtectionConfig(steps=2, batch_size=8, fit_rounds=1, fit_surrogate_steps=2, fit_pgd_steps=1,
+                                fit_batch_size=4))
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return scaled_taef2(0.1, 0.8)
+
+
+@pytest.fixture(scope="module")
+def photos64() -> list[np.ndarray]:
+    return bundled_subject("cat", n_train=4, n_heldout=2).train
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((np.stack(a).astype(np.float64) - np.stack(b).astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0 ** 2 / mse)
+
+
+class OracleDenoiser:
+    """A latent model whose noise estimate is exact for the images it was built on: DiffPure with it
+    must return the autoencoder's round trip, so any error is the purification's own arithmetic."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, vae, images):
+        from udp_datasets.models.latent import sd_scheduler
+
+        self.vae, self.alphas_cumprod = vae, sd_scheduler().alphas_cumprod.float()
+        self.z0 = self.encode(to_tensor(images))
+
+    def encode(self, x01):
+        return encode(self.vae, x01)
+
+    def decode(self, z):
+        return to_tensor(decode(self.vae, z))
+
+    def predict_noise(self, z_t, t):
+        abar = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+        return (z_t - abar.sqrt() * self.z0) / (1 - abar).sqrt()
+
+
+def test_every_purification_leaves_clean_images_close_to_themselves(vae, photos64):
+    floors = {"jpeg75": 28.0, "noise0.05": 25.0, "diffpure": 24.0, "impress": 30.0}
+    out = {"jpeg75": [ATTACKS["jpeg75"](a) for a in photos64],
+           "noise0.05": [ATTACKS["noise0.05"](a) for a in photos64],
+           "diffpure": diffpure(photos64, OracleDenoiser(vae, photos64), t_star=300, steps=5),
+           "impress": impress(photos64, vae, steps=5)}
+    for name, images in out.items():
+        assert all(a.shape == b.shape and a.dtype == np.uint8 for a, b in zip(images, photos64)), name
+        assert _psnr(images, photos64) > floors[name], (name, _psnr(images, photos64))
+        assert not np.array_equal(np.stack(images), np.stack(photos64)), name
+
+
+def test_victim_codec_is_the_latent_pair_normalisation(vae, photos64, tmp_path):
+    from udp_datasets import load_surrogate
+    from udp_datasets.models.latent import save_latent_pair
+
+    save_latent_pair(tmp_path / "pair", vae, build_unet("fewshot-surrogate", 8, seed=0))
+    surrogate = load_surrogate(str(tmp_path / "pair"))
+    x = to_tensor(photos64)
+    with torch.no_grad():
+        assert torch.allclose(surrogate.encode(x), encode(vae, x), atol=1e-5)
+
+
+def test_finetuning_victim_is_deterministic_with_fixed_seeds(vae, photos64):
+    base = build_unet("fewshot-victim", 8, seed=3).eval()
+    data = latent_data(vae, photos64)
+    runs = [finetune(base, data, TINY_TRAIN, seed) for seed in (5, 5, 6)]
+    first, again, other = (sample(m, 2, seed=1, steps=2) for m, _ in runs)
+    assert runs[0][1] == runs[1][1] and torch.equal(first, again)
+    assert runs[0][1] != runs[2][1] and not torch.equal(first, other)
+    assert all(torch.equal(p, q) for p, q in zip(base.state_dict().values(),
+                                                  build_unet("fewshot-victim", 8, seed=3).state_dict().values()))
+
+
+def test_lora_victim_trains_only_adapter_weights(vae, photos64):
+    base = build_unet("fewshot-victim", 8, seed=3).eval()
+    model, losses = finetune(base, latent_data(vae, photos64), replace(TINY_TRAIN, lora_rank=2), seed=0)
+    before = base.state_dict()
+    after = model.state_dict()
+    adapters = [k for k in after if "lora_" in k]
+    assert adapters and all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
+    for key, value in after.items():
+        if "lora_" in key:
+            continue
+        assert torch.equal(value, before[key.replace(".base_layer", "")]), key
+    assert any(after[k].abs().sum() > 0 for k in adapters if "lora_B" in k)  # B starts at zero and moved
+
+
+def test_erasure_arithmetic():
+    assert erasure(0.5, 0.2, 0.1) == pytest.approx(0.75)
+    assert erasure(0.5, 0.1, 0.1) == pytest.approx(1.0) and erasure(0.5, 0.5, 0.1) == 0.0
+    assert erasure(0.5, 0.7, 0.1) == pytest.approx(-0.5)  # protection that helps the victim
+    assert erasure(0.1 + MIN_LIFT / 2, 0.0, 0.1) is None  # the clean fine-tune learned too little
+    assert mean_sd([0.5, None, 0.7]) == (pytest.approx(0.6), pytest.approx(np.std([0.5, 0.7], ddof=1)), 2)
+    assert mean_sd([None]) == (None, None, 0)
+
+
+def test_bundled_subjects_never_share_pixels_with_the_corpus_or_their_heldout():
+    from udp_datasets.evaluate.subjects import CORPUS_PHOTOS, SUBJECTS
+
+    assert not {s.photo for s in SUBJECTS.values()} & set(CORPUS_PHOTOS)
+    for spec in SUBJECTS.values():
+        (ty0, ty1, tx0, tx1), (hy0, hy1, hx0, hx1) = spec.train_region, spec.heldout_region
+        assert ty1 <= hy0 or hy1 <= ty0 or tx1 <= hx0 or hx1 <= tx0
+    corpus = bundled_corpus(40, seed=1)
+    assert len(corpus) == 40 and all(a.shape == (64, 64, 3) and a.dtype == np.uint8 for a in corpus)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fewshot")
+    subjects = {n: bundled_subject(n, TINY.n_train, TINY.n_heldout) for n in TINY.subjects}
+    corpus = bundled_corpus(TINY.pretrain.corpus_count)
+    report = fewshot.run_fewshot(root / "study", TINY, subjects, corpus, root / "cache", progress=False)
+    return root, subjects, corpus, report
+
+
+def _study(root, subjects, report) -> fewshot.Study:
+    from pathlib import Path
+
+    return fewshot.Study(root / "study", Path(report["pretrained"]["folder"]), TINY, subjects)
+
+
+def test_driver_runs_every_stage_and_writes_the_report(tiny_study):
+    root, subjects, _, report = tiny_study
+    out, study = root / "study", _study(root, subjects, report)
+    assert (out / "report.md").exists() and "card_markdown" in json.loads((out / "report.json").read_text())
+    assert {row["set"] for row in report["tables"]["full"]} == {"clean", "noise", "photoguard", "udp"}
+    assert set(report["tables"]) == {"full", "lora"}
+    for subject in TINY.subjects:
+        for name in ("noise", "photoguard", "udp"):
+            protected = np.load(study.set_path(subject, name, 0))["images"]
+            clean = np.load(study.set_path(subject, "clean", 0))["images"]
+            assert 0 < np.abs(protected.astype(int) - clean.astype(int)).max() <= TINY.levels
+        assert (out / "grids" / f"samples_{subject}_full.png").exists()
+    assert study.victim_path("cat", "clean+jpeg75", "full", 0).exists()
+    assert study.victim_path("cat", "udp", "lora", 0).exists() and study.set_path("cat", "noise@4", 0).exists()
+    assert {(r["levels"], r["set"]) for r in report["budget_sweep"]} >= {(4, "noise"), (8, "noise"), (4, "udp")}
+    assert {(r["purification"], r["set"]) for r in report["purification"]} >= {("jpeg75", "clean"), ("jpeg75", "udp")}
+    assert report["picks"]["best"] in ("udp", None) and report["goal"] is not None
+
+
+def test_driver_resumes_from_its_cache(tiny_study):
+    root, subjects, corpus, report = tiny_study
+    victim = _study(root, subjects, report).victim_path("cat", "udp", "full", 0)
+    stamp = victim.stat().st_mtime_ns
+    again = fewshot.run_fewshot(root / "study", TINY, subjects, corpus, root / "cache", progress=False)
+    assert victim.stat().st_mtime_ns == stamp
+    assert again["tables"] == json.loads(json.dumps(report["tables"]))
+
+
+def test_cli_fewshot_sub_mode_runs_tiny_on_a_subject_folder(tmp_path, monkeypatch, capsys, photos64):
+    from udp_datasets.cli.app import EXIT_OK, main
+
+    folder = tmp_path / "me"
+    folder.mkdir()
+    for i, a in enumerate(photos64 + bundled_subject("cat", n_train=4, n_heldout=2, seed=1).train):
+        Image.fromarray(a).save(folder / f"{i}.png")
+    monkeypatch.setattr(fewshot, "REDUCED", replace(TINY, modes=("full",), purifications=(), sweep_levels=()))
+    code = main(["evaluate", "--regime", "fewshot", "--subject", str(folder), "--out", str(tmp_path / "r"),
+                 "--cache-dir", str(tmp_path / "cache"), "--seeds", "0", "--epsilon", "4/255"])
+    assert code == EXIT_OK
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["subjects"]["me"]["train"] == 6 and report["subjects"]["me"]["heldout"] == 2
+    assert report["settings"]["levels"] == 4 and report["settings"]["seeds"] == [0]
+    assert "report:" in capsys.readouterr().out
