@@ -175,7 +175,10 @@ def test_an_image_over_the_pixel_budget_is_quarantined_by_name(tiny_config, tmp_
     config = tiny_config.replace(batch_pixels=32 * 32 * 2, steps=2)
     out = Protector(config, progress=False).protect_images(images, keys=["a", "b", "c", "big"])
     assert [type(r) for r in out] == [ProtectedImage] * 3 + [FailedImage]
-    assert out[3].key == "big" and "64x64 = 4096 pixels" in out[3].reason and "batch_pixels" in out[3].reason
+    assert out[3].key == "big" and "image big is 64x64 = 4096 pixels" in out[3].reason
+    assert "batch_pixels" in out[3].reason
+    unnamed = Protector(config, progress=False).protect_images(images, names=["a.png", "b.png", "c.png", "big.png"])
+    assert isinstance(unnamed[3], FailedImage) and "image big.png is 64x64" in unnamed[3].reason
 
     import datasets
     from PIL import Image

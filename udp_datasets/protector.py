@@ -346,11 +346,13 @@ class Protector:
         todo = [i for i, d in enumerate(decoded) if isinstance(d, DecodedImage)]
         if todo:
             surrogate = self.prepare_surrogate(rank)
-            self._protect_decoded(decoded, todo, final_keys, captions, surrogate, results)
+            labels = [str(keys[i]) if keys is not None else (names[i] if names is not None else f"item {i}")
+                      for i in range(len(decoded))]
+            self._protect_decoded(decoded, todo, final_keys, captions, surrogate, results, labels)
         return results  # type: ignore[return-value]
 
     def _protect_decoded(self, decoded: list, todo: list[int], keys: list[str], captions: Sequence[Any] | None,
-                         surrogate: Surrogate, results: list) -> None:
+                         surrogate: Surrogate, results: list, labels: list[str]) -> None:
         """Batch the decoded images (size buckets under the pixel budget) and protect each batch; with
         ``overlap`` the rounding and PNG encoding of a batch run while the next one is optimised."""
         tuning = self.tuning
@@ -360,9 +362,9 @@ class Protector:
             i = todo[j]
             h, w = decoded[i].shape[:2]
             results[i] = FailedImage(key=keys[i], index=i, reason=(
-                f"image is {w}x{h} = {w * h} pixels, more than the batch pixel budget of {tuning.batch_pixels} "
-                "(batch_pixels): it cannot be protected within this device's memory; raise --batch-pixels on a "
-                "machine with more memory, or downscale it"))
+                f"image {labels[i]} is {w}x{h} = {w * h} pixels, more than the batch pixel budget of "
+                f"{tuning.batch_pixels} (batch_pixels): it cannot be protected within this device's memory; raise "
+                "--batch-pixels on a machine with more memory, or downscale it"))
         pool = ThreadPoolExecutor(1, thread_name_prefix="udp-finish") if tuning.overlap and len(batches) > 1 else None
         pending: list[Future] = []
         try:
