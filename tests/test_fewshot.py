@@ -122,6 +122,18 @@ def test_lora_victim_trains_only_adapter_weights(vae, photos64):
     assert any(after[k].abs().sum() > 0 for k in adapters if "lora_B" in k)  # B starts at zero and moved
 
 
+def test_study_methods_are_the_product_presets():
+    from udp_datasets.evaluate.experiments.fewshot_tasks import FITTED, METHODS, method_config
+
+    for method in METHODS[1:]:
+        config = method_config(method, "pair", 8, 3, "grey.png")
+        assert (config.budget_levels, config.seed, config.surrogate) == (8, 3, "pair")
+        assert config.preset == ("photoguard" if method == "photoguard_target" else method)
+    target = method_config("photoguard_target", "pair", 4, 0, "grey.png")
+    assert (target.objective, target.encoder_target, target.target_image) == ("encoder", "pattern", "grey.png")
+    assert set(FITTED) == {"aspl", "metacloak", "udp", "eudp"}
+
+
 def test_erasure_arithmetic():
     assert erasure(0.5, 0.2, 0.1) == pytest.approx(0.75)
     assert erasure(0.5, 0.1, 0.1) == pytest.approx(1.0) and erasure(0.5, 0.5, 0.1) == 0.0

@@ -96,10 +96,10 @@ def method_config(method: str, surrogate: str, levels: int, seed: int, target_im
     """
     from ...method.presets import preset_config
 
-    preset, extra = method, {}
-    if method == "photoguard_target":
-        preset, extra = "photoguard", {"encoder_target": "pattern", "target_image": target_image}
-    return preset_config(preset, base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed, **extra)
+    if method == "photoguard_target":  # (preset_config cannot override a field the preset itself sets)
+        return preset_config("photoguard", base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed).replace(
+            encoder_target="pattern", target_image=target_image)
+    return preset_config(method, base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed)
 
 
 @dataclass(frozen=True)
