@@ -72,3 +72,21 @@ def test_encoder_presets_refuse_a_pixel_surrogate(unlearnable_surrogate):
         with pytest.raises(SurrogateError, match="latent"):
             Protector(preset_config(name, surrogate=unlearnable_surrogate), progress=False).protect_images(
                 [np.zeros((32, 32, 3), np.uint8) + 100])
+
+
+def test_cli_preset_flag_applies_the_method_and_other_flags_win(tmp_path):
+    import argparse
+
+    from udp_datasets.cli.config_flags import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    config = config_from_args(parser.parse_args(["--preset", "mist", "--steps", "9", "--encoder-target", "away"]))
+    assert (config.preset, config.objective, config.encoder_weight, config.steps, config.encoder_target) == \
+        ("mist", "adversarial", 1.0, 9, "away")
+    saved = tmp_path / "c.json"
+    saved.write_text(ProtectionConfig(preset="udp", objective="unlearnable", steps=5).to_json())
+    from_file = config_from_args(parser.parse_args(["--config-file", str(saved)]))
+    assert (from_file.preset, from_file.steps) == ("udp", 5)  # a file's preset is a record, not re-applied
+    with pytest.raises(ConfigError, match="not one of"):
+        config_from_args(parser.parse_args(["--preset", "glaze"]))

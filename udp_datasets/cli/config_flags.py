@@ -44,11 +44,20 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, base: ProtectionConfig | None = None) -> ProtectionConfig:
-    """Defaults (or ``base``) < ``--config-file`` < flags."""
+    """Defaults (or ``base``) < ``--config-file`` < ``--preset NAME``'s fields < the other flags.
+
+    A ``preset`` inside a config file is only the record of a method's name (a saved config already
+    holds its fields); the ``--preset`` flag applies the method, so ``--preset mist`` never runs the
+    default objective under the name "mist"."""
     if getattr(args, "config_file", None):
         base = ProtectionConfig.from_file(args.config_file)
     base = base or ProtectionConfig()
     overrides = {f.name: getattr(args, f.name) for f in config_fields() if hasattr(args, f.name)}
+    preset = overrides.pop("preset", None)
+    if preset is not None:
+        from ..method.presets import preset_config
+
+        return preset_config(preset, base, **overrides)
     return base.replace(**overrides)
 
 

@@ -52,9 +52,10 @@ assert set(PRESETS) == set(PRESET_NAMES), "config.PRESET_NAMES and method/preset
 
 
 def preset_config(name: str, base: ProtectionConfig | None = None, **overrides: Any) -> ProtectionConfig:
-    """The config of preset ``name``: ``base`` (or the defaults), the preset's fields, then ``overrides``."""
+    """The config of preset ``name``: ``base`` (or the defaults), the preset's fields, then ``overrides``
+    (an override of a field the preset sets wins: ``preset_config("mist", encoder_target="away")``)."""
     if name not in PRESETS:
         from ..config import ConfigError
 
         raise ConfigError(f"preset={name!r} is not one of {sorted(PRESETS)}")
-    return (base or ProtectionConfig()).replace(**PRESETS[name], preset=name, **overrides)
+    return (base or ProtectionConfig()).replace(**{**PRESETS[name], "preset": name, **overrides})
