@@ -224,9 +224,19 @@ def test_cli_fewshot_sub_mode_runs_tiny_on_a_subject_folder(tmp_path, monkeypatc
         Image.fromarray(a).save(folder / f"{i}.png")
     monkeypatch.setattr(fewshot, "REDUCED", replace(TINY, modes=("full",), purifications=(), sweep_levels=()))
     code = main(["evaluate", "--regime", "fewshot", "--subject", str(folder), "--out", str(tmp_path / "r"),
-                 "--cache-dir", str(tmp_path / "cache"), "--seeds", "0", "--epsilon", "4/255"])
+                 "--cache-dir", str(tmp_path / "cache"), "--seeds", "0", "--epsilon", "4/255",
+                 "--methods", "udp", "--modes", "full"])
     assert code == EXIT_OK
     report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {row["set"] for row in report["tables"]["full"]} == {"clean", "noise", "udp"}  # noise always added
     assert report["subjects"]["me"]["train"] == 6 and report["subjects"]["me"]["heldout"] == 2
     assert report["settings"]["levels"] == 4 and report["settings"]["seeds"] == [0]
     assert "report:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags", [["--methods", "glaze"], ["--modes", "full,dreambooth"], ["--methods", ","]])
+def test_cli_fewshot_refuses_unknown_methods_and_modes(tmp_path, flags, capsys):
+    from udp_datasets.cli.app import EXIT_USAGE, main
+
+    assert main(["evaluate", "--regime", "fewshot", "--out", str(tmp_path / "r"), *flags]) == EXIT_USAGE
+    assert "choose from" in capsys.readouterr().err

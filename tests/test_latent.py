@@ -12,7 +12,6 @@ from udp_datasets import ProtectionConfig, Protector, SurrogateError, load_surro
 from udp_datasets.cli.app import main
 from udp_datasets.images import decode_png_pixels
 from udp_datasets.models.latent import LatentSurrogate, prompts_for, target_pattern
-from udp_datasets.method.objectives import ProtectionObjective
 from udp_datasets.method.pgd import sample_generator
 from udp_datasets.evaluate.tiny_models import save_tiny_latent_pair, save_tiny_stable_diffusion
 

@@ -25,8 +25,10 @@ from ..protector import Protector
 
 logger = logging.getLogger(__name__)
 
-DEMO_CONFIG = ProtectionConfig(resolution=32, fit_rounds=8, fit_surrogate_steps=40, fit_pgd_steps=5,
+DEMO_CONFIG = ProtectionConfig(resolution=32, fit_rounds=4, fit_surrogate_steps=20, fit_pgd_steps=5,
                                steps=40, batch_size=16)
+"""Fit 4 rounds x 20 steps (0.1 fitted 8 x 40): benchmarks/bench_fit.py measured the same surrogate gap
+and victim effect at a third of the fit time (docs/performance.md, "Fit")."""
 QUICK_CONFIG = DEMO_CONFIG.replace(fit_rounds=2, fit_surrogate_steps=10, fit_pgd_steps=2, steps=5)
 
 

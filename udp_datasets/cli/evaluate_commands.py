@@ -77,6 +77,16 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.workers is not None:
         changes["workers"] = args.workers
+    for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora"))):
+        value = getattr(args, flag)
+        if value:
+            chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+            unknown = [v for v in chosen if v not in known]
+            if unknown or not chosen:
+                raise ConfigError(f"--{flag} {value!r}: choose from {', '.join(known)}")
+            if flag == "methods" and "noise" not in chosen:
+                chosen = ("noise", *chosen)  # every method is judged against noise of the same budget
+            changes[flag] = chosen
     if args.subject:
         subject = folder_subject(args.subject, args.holdout_fraction, seed=0)
         subjects = {subject.name: subject}
@@ -171,6 +181,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "budget sweep; hours on a CPU) instead of the reduced one (~20 min on 2 cores)")
     p.add_argument("--seeds", help="fewshot: comma list of seeds (victim and protection), e.g. 0,1,2")
     p.add_argument("--workers", type=int, help="fewshot: worker processes (default 2, one thread each)")
+    p.add_argument("--methods", help="fewshot: comma list of the methods to compare (noise is the baseline), e.g. "
+                   "photoguard,udp (noise, the baseline, is always added); default: the reduced or --full study's")
+    p.add_argument("--modes", help="fewshot: fine-tuning modes, comma list of full,lora")
     p.add_argument("--cache-dir", help="fewshot: where the pretrained models are kept "
                    "(default: ~/.cache/udp_datasets/fewshot)")
     p.add_argument("--clean", help="clean dataset (folder, save_to_disk, Hub id); omit for bundled data")
