@@ -186,6 +186,17 @@ def test_driver_runs_every_stage_and_writes_the_report(tiny_study):
     assert {(r["levels"], r["set"]) for r in report["budget_sweep"]} >= {(4, "noise"), (8, "noise"), (4, "udp")}
     assert {(r["purification"], r["set"]) for r in report["purification"]} >= {("jpeg75", "clean"), ("jpeg75", "udp")}
     assert report["picks"]["best"] in ("udp", None) and report["goal"] is not None
+    assert report["stages"]["done"] == report["stages"]["planned"] == fewshot.planned_stages(TINY)
+    assert "Partial report" not in (out / "report.md").read_text()
+
+
+def test_a_partial_report_says_what_has_not_run(tiny_study):
+    from udp_datasets.evaluate.experiments.fewshot_report import render_markdown
+
+    report = json.loads(json.dumps(tiny_study[3], default=str))
+    report["stages"] = {"done": ["victims (full)"], "planned": ["victims (full)", "purification", "victims (lora)"]}
+    text = render_markdown(report, {"learned": "", "tables": {}, "purification": "", "sweep": ""})
+    assert "**Partial report**" in text and "not run yet: purification, victims (lora)" in text
 
 
 def test_driver_resumes_from_its_cache(tiny_study):
@@ -234,9 +245,43 @@ def test_cli_fewshot_sub_mode_runs_tiny_on_a_subject_folder(tmp_path, monkeypatc
     assert "report:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("flags", [["--methods", "glaze"], ["--modes", "full,dreambooth"], ["--methods", ","]])
+@pytest.mark.parametrize("flags", [["--methods", "glaze"], ["--modes", "full,dreambooth"], ["--methods", ","],
+                                   ["--purifications", "jpeg75,bm3d"], ["--sweep", "4,x"], ["--sweep", "none,4"]])
 def test_cli_fewshot_refuses_unknown_methods_and_modes(tmp_path, flags, capsys):
     from udp_datasets.cli.app import EXIT_USAGE, main
 
     assert main(["evaluate", "--regime", "fewshot", "--out", str(tmp_path / "r"), *flags]) == EXIT_USAGE
     assert "choose from" in capsys.readouterr().err
+
+
+def test_goal_needs_two_seeds_to_claim_a_method_beats_noise():
+    from types import SimpleNamespace
+
+    from udp_datasets.evaluate.experiments.fewshot_report import verdict
+    from udp_datasets.evaluate.experiments.fewshot_scores import Scores
+
+    def goal(n_seeds: int, best_sd: float | None) -> dict:
+        rows = {"udp": dict(erasure=0.9, erasure_sd=best_sd, erasure_n=n_seeds, artifact_vs_clean=1.0),
+                "noise": dict(erasure=0.1, erasure_sd=best_sd, erasure_n=n_seeds),
+                "photoguard": dict(erasure=0.5, erasure_sd=best_sd, erasure_n=n_seeds)}
+        scores = object.__new__(Scores)
+        scores.study = SimpleNamespace(subjects={"cat": None, "ihc": None})
+        scores.summary = lambda subject, name, mode, clean="clean": rows[name]
+        return scores.goal("udp", "photoguard", ())
+
+    one = goal(1, None)
+    assert one["reaches_goal_on_every_subject"] is True and one["beats_noise_on_every_subject"] is None
+    assert "spread is unknown" in verdict(one)
+    three = goal(3, 0.1)
+    assert three["beats_noise_on_every_subject"] is True and "measured as effective" in verdict(three)
+    assert goal(3, 0.9)["beats_noise_on_every_subject"] is False  # the difference is inside the spread
+
+
+def test_study_list_flags():
+    from udp_datasets.cli.evaluate_commands import study_list
+    from udp_datasets.evaluate.experiments.fewshot import PURIFICATIONS
+
+    assert study_list("methods", "udp", ("noise", "udp")) == ("noise", "udp")
+    assert study_list("purifications", "none", PURIFICATIONS) == ()
+    assert study_list("purifications", "jpeg75, diffpure", PURIFICATIONS) == ("jpeg75", "diffpure")
+    assert study_list("sweep_levels", "4,16", None) == (4, 16) and study_list("sweep_levels", "none", None) == ()

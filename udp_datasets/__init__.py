@@ -13,7 +13,7 @@ from .method.pgd import BudgetError
 from .protector import ColumnError, Protector
 from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 compat.install()  # old module paths (udp_datasets.runner, ...) keep working for one release
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from ..config import ConfigError
 from .config_flags import add_config_arguments, config_from_args
@@ -61,6 +62,25 @@ def fewshot_cache_dir(args: argparse.Namespace) -> Path:
     return Path(args.cache_dir) if args.cache_dir else default_surrogate_cache().parent / "fewshot"
 
 
+def study_list(flag: str, value: str, known: Sequence[str] | None) -> tuple:
+    """A comma list flag of the few-shot study, checked: names from ``known`` (budget levels, digits,
+    when ``known`` is None); ``none`` (purifications, sweep) for an empty list; noise is always a method."""
+    chosen = tuple(v.strip() for v in value.split(",") if v.strip())
+    optional = flag in ("purifications", "sweep_levels")
+    if optional and chosen == ("none",):
+        return ()
+    bad = [v for v in chosen if (v not in known if known is not None else not (v.isdigit() and 0 < int(v) < 256))]
+    if bad or not chosen:
+        choices = ", ".join(known) if known is not None else "levels 1-255"
+        raise ConfigError(f"--{flag.replace('_levels', '').replace('_', '-')} {value!r}: choose from {choices}"
+                          + (" (or none)" if optional else ""))
+    if flag == "sweep_levels":
+        return tuple(int(v) for v in chosen)
+    if flag == "methods" and "noise" not in chosen:
+        return ("noise", *chosen)  # every method is judged against noise of the same budget
+    return chosen
+
+
 def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
     """The few-shot regime: bundled subjects (or --subject FOLDER), reduced study unless --full."""
     from dataclasses import replace
@@ -77,16 +97,11 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.workers is not None:
         changes["workers"] = args.workers
-    for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora"))):
+    for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora")),
+                        ("purifications", fewshot.PURIFICATIONS), ("sweep_levels", None)):
         value = getattr(args, flag)
         if value:
-            chosen = tuple(v.strip() for v in value.split(",") if v.strip())
-            unknown = [v for v in chosen if v not in known]
-            if unknown or not chosen:
-                raise ConfigError(f"--{flag} {value!r}: choose from {', '.join(known)}")
-            if flag == "methods" and "noise" not in chosen:
-                chosen = ("noise", *chosen)  # every method is judged against noise of the same budget
-            changes[flag] = chosen
+            changes[flag] = study_list(flag, value, known)
     if args.subject:
         subject = folder_subject(args.subject, args.holdout_fraction, seed=0)
         subjects = {subject.name: subject}
@@ -184,6 +199,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", help="fewshot: comma list of the methods to compare (noise is the baseline), e.g. "
                    "photoguard,udp (noise, the baseline, is always added); default: the reduced or --full study's")
     p.add_argument("--modes", help="fewshot: fine-tuning modes, comma list of full,lora")
+    p.add_argument("--purifications", help="fewshot: comma list of jpeg75,noise0.05,diffpure,impress, or none "
+                   "(default: the reduced or --full study's)")
+    p.add_argument("--sweep", dest="sweep_levels", help="fewshot: budget sweep levels in 8-bit steps, e.g. 4,16, "
+                   "or none")
     p.add_argument("--cache-dir", help="fewshot: where the pretrained models are kept "
                    "(default: ~/.cache/udp_datasets/fewshot)")
     p.add_argument("--clean", help="clean dataset (folder, save_to_disk, Hub id); omit for bundled data")

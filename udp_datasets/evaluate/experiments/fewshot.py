@@ -88,11 +88,13 @@ class FewshotSettings:
 
 REDUCED = FewshotSettings(
     methods=("noise", "photoguard", "udp"), seeds=(0,), modes=("full",), purifications=("jpeg75", "noise0.05"),
-    sweep_levels=(), num_samples=48,
+    sweep_levels=(), followup_sets=("best",), num_samples=48,
     pretrain=PretrainRecipe(corpus_count=1200, victim=TrainRecipe(steps=1000, learning_rate=5e-4, batch_size=32,
                                                                   warmup_steps=50, ema=0.995),
                             surrogate=TrainRecipe(steps=600, learning_rate=5e-4, batch_size=32, warmup_steps=50)))
-"""The default ``evaluate --regime fewshot``: about 20 minutes on 2 CPU cores with its pretraining."""
+"""The default ``evaluate --regime fewshot``: about 20 minutes on 2 CPU cores with its pretraining
+(docs/efficacy.md gives the measured stage times); purifications only on the clean images and the best
+of ours, the --full study also on noise and the best peer."""
 
 
 class Runner:
@@ -248,6 +250,7 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
     start = time.perf_counter()
     out = Path(out)
     timings: dict[str, float] = {}
+    stages: dict[str, list[str]] = {"done": [], "planned": planned_stages(settings)}
     with Runner(settings.workers, settings.threads, progress) as runner:
         t = time.perf_counter()
         pretrained, pretrain_info = prepare_pretrained(corpus, settings, Path(cache_dir), runner, progress)
@@ -257,6 +260,14 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
         t = time.perf_counter()
         judge = prepare_classifier(study, corpus)
         timings["classifier"] = time.perf_counter() - t
+
+        def checkpoint(stage: str, picks: dict[str, str | None]) -> dict[str, Any]:
+            """Write the report of what is done so far: a long study stopped later still has its tables
+            (every stage is cached, so the same command resumes it). Fresh scores: new victims count."""
+            stages["done"].append(stage)
+            timings["total"] = time.perf_counter() - start
+            return write_fewshot_report(study, Scores(study, judge), picks, pretrain_info, timings, stages)
+
         t = time.perf_counter()
         runner.map(protect_jobs(study, [m for m in settings.methods], settings.levels), "protect")
         timings["protect"] = time.perf_counter() - t
@@ -265,8 +276,9 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
         first = [m for m in settings.modes if m == "full"] or list(settings.modes[:1])
         runner.map(victim_jobs(study, main_sets, first), f"victims ({', '.join(first)})")
         timings["victims"] = time.perf_counter() - t
-        scores = Scores(study, judge)
-        best, peer = pick(scores, settings.methods)
+        best, peer = pick(Scores(study, judge), settings.methods)
+        picks = {"best": best, "peer": peer}
+        report = checkpoint(f"victims ({', '.join(first)})", picks)
         t = time.perf_counter()
         chosen = {"noise": "noise", "best": best, "peer": peer}
         followups = [chosen[k] for k in settings.followup_sets if chosen[k] in settings.methods]
@@ -274,18 +286,30 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
             runner.map(purify_jobs(study, ["clean", *followups]), "purify")
             purified = [f"{n}+{p}" for n in ["clean", *followups] for p in settings.purifications]
             runner.map(victim_jobs(study, purified, settings.followup_modes), "victims (purified)")
+            timings["followups"] = time.perf_counter() - t
+            report = checkpoint("purification", picks)
         for levels in settings.sweep_levels:
             runner.map(protect_jobs(study, followups, levels), f"protect @{levels}")
             names = [set_name(m, levels, settings.levels) for m in followups]
             runner.map(victim_jobs(study, names, settings.followup_modes), f"victims @{levels}")
-        timings["followups"] = time.perf_counter() - t
+            timings["followups"] = time.perf_counter() - t
+            report = checkpoint(f"sweep @{levels}", picks)
         t = time.perf_counter()
         rest = [m for m in settings.modes if m not in first]
         if rest:
             runner.map(victim_jobs(study, main_sets, rest), f"victims ({', '.join(rest)})")
-        timings["victims"] += time.perf_counter() - t
-    timings["total"] = time.perf_counter() - start
-    return write_fewshot_report(study, scores, {"best": best, "peer": peer}, pretrain_info, timings)
+            timings["victims"] += time.perf_counter() - t
+            report = checkpoint(f"victims ({', '.join(rest)})", picks)
+    return report
+
+
+def planned_stages(settings: FewshotSettings) -> list[str]:
+    """The report-writing stages of a study, in the order they run."""
+    first = [m for m in settings.modes if m == "full"] or list(settings.modes[:1])
+    rest = [m for m in settings.modes if m not in first]
+    return ([f"victims ({', '.join(first)})"] + (["purification"] if settings.purifications else [])
+            + [f"sweep @{levels}" for levels in settings.sweep_levels]
+            + ([f"victims ({', '.join(rest)})"] if rest else []))
 
 
 def reduced_settings(workers: int = 2) -> FewshotSettings:

@@ -132,7 +132,7 @@ def goal_text(goal: dict[str, Any]) -> str:
         parts.append(f"{subject}: erasure {pm(g['erasure'], g['erasure_sd'])} (noise {pm(g['noise_erasure'], g['noise_erasure_sd'])}"
                      f", {peer} {fmt(g['peer_erasure'], '{:.2f}')}), artifacts {fmt(g['artifact_vs_clean'], '{:.2f}x')} "
                      f"clean-ft, kept after " + ", ".join(f"{p} {fmt(v, '{:.2f}')}" for p, v in g["kept_after"].items()))
-    yes = lambda flag: "yes" if flag else "**no**"  # noqa: E731
+    yes = lambda flag: "not measurable (needs 2+ seeds)" if flag is None else ("yes" if flag else "**no**")  # noqa: E731
     return "\n".join([
         f"Best of ours: `{best}`; best peer: `{peer}` (full fine-tuning, 8-bit budget of the study).", "",
         f"- erasure >= {GOAL_ERASURE} or artifacts >= {GOAL_ARTIFACTS:.0f}x the clean fine-tune on every subject: "
@@ -151,6 +151,9 @@ def verdict(goal: dict[str, Any]) -> str:
     if goal["reaches_goal_on_every_subject"] and goal["beats_noise_on_every_subject"]:
         return (f"`{goal['method']}` reaches the goal on every subject and beats random noise by more than the "
                 "seed spread: protection measured as effective in this few-shot regime.")
+    if goal["reaches_goal_on_every_subject"] and goal["beats_noise_on_every_subject"] is None:
+        return (f"`{goal['method']}` reaches the erasure / artifact goal on every subject, but with one seed the "
+                "seed spread is unknown, so beating random noise is not shown: run 3 or more seeds (--seeds 0,1,2).")
     return (f"The goal is not reached: the best of ours, `{goal['method']}`, does not both reach erasure >= "
             f"{GOAL_ERASURE} (or {GOAL_ARTIFACTS:.0f}x artifacts) and beat random noise by more than the seed "
             "spread on every subject. On this setup the protection is not shown to work.")
@@ -208,8 +211,9 @@ def sweep_plot(rows: list[dict], out: Path) -> str | None:
 
 
 def write_fewshot_report(study: Any, scores: Scores, picks: dict[str, str | None], pretrain: dict[str, Any],
-                         timings: dict[str, float]) -> dict[str, Any]:
-    """Write report.json, report.md, grids and plots into the study folder; returns the report."""
+                         timings: dict[str, float], stages: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Write report.json, report.md, grids and plots into the study folder; returns the report.
+    ``stages`` (done / planned) says how far the study got: a partial report says so on top."""
     s, out = study.settings, study.out
     names = ordered(["clean", *s.methods])
     chosen = {"noise": "noise", "best": picks["best"], "peer": picks["peer"]}
@@ -225,7 +229,8 @@ def write_fewshot_report(study: Any, scores: Scores, picks: dict[str, str | None
               "pretrained": pretrain, "classifier": {"validation": scores.judge.validation},
               "learned": learned, "tables": {mode: rows for mode, (_, rows) in tables.items()},
               "purification": pur_rows, "budget_sweep": sweep_rows, "picks": picks, "goal": goal,
-              "verdict": verdict(goal), "timings": timings, "versions": run_versions(), "files": files}
+              "verdict": verdict(goal), "timings": timings, "versions": run_versions(), "files": files,
+              "stages": stages or {}}
     report["card_markdown"] = card_markdown(report, tables["full"][0] if "full" in tables else "")
     sections = {"learned": learned_md, "tables": {m: md for m, (md, _) in tables.items()}, "purification": pur_md,
                 "sweep": sweep_md}
@@ -246,7 +251,11 @@ def card_markdown(report: dict[str, Any], full_table: str) -> str:
 def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
     s, pre, val = report["settings"], report["pretrained"], report["classifier"]["validation"]
     q = pre.get("quality", {})
-    lines = ["# Few-shot protection report", "", report["verdict"], "", "## Setup", "",
+    stages = report.get("stages") or {}
+    missing = [x for x in stages.get("planned", []) if x not in stages.get("done", [])]
+    partial = ([f"**Partial report**: stages done: {', '.join(stages['done'])}; not run yet: {', '.join(missing)} "
+                "(the same command resumes from its cache).", ""] if missing else [])
+    lines = ["# Few-shot protection report", "", *partial, report["verdict"], "", "## Setup", "",
              "Subjects: " + "; ".join(f"**{k}** ({v['train']} training, {v['heldout']} held-out: {v['source']})"
                                       for k, v in report["subjects"].items()), "",
              f"Pretrained victim: FD of its samples vs its corpus {fmt(q.get('samples_fd'), '{:.1f}')} (another corpus "

@@ -132,10 +132,11 @@ class Scores:
             b, n = self.summary(subject, best, "full"), self.summary(subject, "noise", "full")
             p = self.summary(subject, peer, "full") if peer else {}
             spread = max(b.get("erasure_sd") or 0.0, n.get("erasure_sd") or 0.0)
+            # a spread needs at least two seeds of both; with one, "beats noise" is not measurable (None)
+            measured = min(b.get("erasure_n") or 0, n.get("erasure_n") or 0) >= 2
             reaches = ((b.get("erasure") or -math.inf) >= GOAL_ERASURE
                        or (b.get("artifact_vs_clean") or 0.0) >= GOAL_ARTIFACTS)
-            beats_noise = (b.get("erasure") is not None and n.get("erasure") is not None
-                           and b["erasure"] - n["erasure"] > spread)
+            beats_noise = (None if not measured else b["erasure"] - n["erasure"] > spread)
             kept = {pur: self.kept_after(subject, best, pur) for pur in purifications}
             per_subject[subject] = {
                 "erasure": b.get("erasure"), "erasure_sd": b.get("erasure_sd"),
@@ -145,7 +146,13 @@ class Scores:
                 "at_least_peer": (b.get("erasure") is not None and p.get("erasure") is not None
                                   and b["erasure"] >= p["erasure"]),
                 "kept_after": kept}
-        everywhere = lambda key: bool(per_subject) and all(v[key] for v in per_subject.values())  # noqa: E731
+        def everywhere(key: str) -> bool | None:
+            """True on every subject; None when some subject could not be measured and none failed."""
+            values = [v[key] for v in per_subject.values()]
+            if not values or any(x is False for x in values):
+                return False
+            return None if any(x is None for x in values) else True
+
         kept_ok = all((v["kept_after"].get(p) or 0) >= KEEP_AFTER_PURIFICATION for v in per_subject.values()
                       for p in ("jpeg75", "noise0.05") if p in purifications)
         return {"method": best, "peer": peer, "per_subject": per_subject,
