@@ -523,12 +523,14 @@ def profile_main(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     lat_images = bench_images(args.latent_size, 4)
     lat_config = ProtectionConfig(surrogate=latent_surrogate(work, args.latent_size), objective="adversarial",
                                   device="cpu")
-    return {"pixel": profile_step(px_config, px_images, "pixel, batch 16"),
-            "latent": profile_step(lat_config, lat_images, "latent, batch 4"),
-            "latent_bf16": profile_step(lat_config.replace(autocast="bfloat16", channels_last="on"), lat_images,
-                                        "latent, batch 4, bf16 autocast + channels_last"),
-            "pixel_bf16": profile_step(px_config.replace(autocast="bfloat16", channels_last="on"), px_images,
-                                       "pixel, batch 16, bf16 autocast + channels_last")}
+    fp32 = {"autocast": "off", "channels_last": "off"}
+    bf16 = {"autocast": "bfloat16", "channels_last": "on"}
+    return {"pixel_fp32": profile_step(px_config.replace(**fp32), px_images, "pixel, batch 16, float32 (default)"),
+            "pixel_bf16": profile_step(px_config.replace(**bf16), px_images,
+                                       "pixel, batch 16, bf16 autocast + channels_last"),
+            "latent_fp32": profile_step(lat_config.replace(**fp32), lat_images, "latent, batch 4, float32"),
+            "latent_bf16": profile_step(lat_config.replace(**bf16), lat_images,
+                                        "latent, batch 4, bf16 autocast + channels_last (default on this CPU)")}
 
 
 # ------------------------------------------------------------------ GPU: a Stable-Diffusion-shaped surrogate
