@@ -94,6 +94,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
     protection = config_from_args(args, base=settings.protection)
     changes = {"protection": protection, "levels": protection.budget_levels}
     if args.seeds:
+        if not all(s.strip().isdigit() for s in args.seeds.split(",")):
+            raise ConfigError(f"--seeds {args.seeds!r}: a comma list of non-negative integers, e.g. 0,1,2")
         changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.workers is not None:
         changes["workers"] = args.workers
@@ -196,8 +198,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "budget sweep; hours on a CPU) instead of the reduced one (~20 min on 2 cores)")
     p.add_argument("--seeds", help="fewshot: comma list of seeds (victim and protection), e.g. 0,1,2")
     p.add_argument("--workers", type=int, help="fewshot: worker processes (default 2, one thread each)")
-    p.add_argument("--methods", help="fewshot: comma list of the methods to compare (noise is the baseline), e.g. "
-                   "photoguard,udp (noise, the baseline, is always added); default: the reduced or --full study's")
+    p.add_argument("--methods", help="fewshot: comma list of the methods to compare, e.g. photoguard,udp (noise, "
+                   "the baseline, is always added); default: the reduced or --full study's")
     p.add_argument("--modes", help="fewshot: fine-tuning modes, comma list of full,lora")
     p.add_argument("--purifications", help="fewshot: comma list of jpeg75,noise0.05,diffpure,impress, or none "
                    "(default: the reduced or --full study's)")

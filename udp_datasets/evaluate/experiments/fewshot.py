@@ -273,7 +273,7 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
         timings["protect"] = time.perf_counter() - t
         t = time.perf_counter()
         main_sets = ["clean", *settings.methods]
-        first = [m for m in settings.modes if m == "full"] or list(settings.modes[:1])
+        first, rest = mode_order(settings)
         runner.map(victim_jobs(study, main_sets, first), f"victims ({', '.join(first)})")
         timings["victims"] = time.perf_counter() - t
         best, peer = pick(Scores(study, judge), settings.methods)
@@ -295,7 +295,6 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
             timings["followups"] = time.perf_counter() - t
             report = checkpoint(f"sweep @{levels}", picks)
         t = time.perf_counter()
-        rest = [m for m in settings.modes if m not in first]
         if rest:
             runner.map(victim_jobs(study, main_sets, rest), f"victims ({', '.join(rest)})")
             timings["victims"] += time.perf_counter() - t
@@ -303,10 +302,16 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
     return report
 
 
+def mode_order(settings: FewshotSettings) -> tuple[list[str], list[str]]:
+    """The fine-tuning modes of the main table first (full fine-tuning when asked for, the follow-ups
+    use it), the rest after the follow-ups."""
+    first = [m for m in settings.modes if m == "full"] or list(settings.modes[:1])
+    return first, [m for m in settings.modes if m not in first]
+
+
 def planned_stages(settings: FewshotSettings) -> list[str]:
     """The report-writing stages of a study, in the order they run."""
-    first = [m for m in settings.modes if m == "full"] or list(settings.modes[:1])
-    rest = [m for m in settings.modes if m not in first]
+    first, rest = mode_order(settings)
     return ([f"victims ({', '.join(first)})"] + (["purification"] if settings.purifications else [])
             + [f"sweep @{levels}" for levels in settings.sweep_levels]
             + ([f"victims ({', '.join(rest)})"] if rest else []))
