@@ -249,7 +249,8 @@ def test_cli_fewshot_sub_mode_runs_tiny_on_a_subject_folder(tmp_path, monkeypatc
     (["--methods", "glaze"], "choose from"), (["--modes", "full,dreambooth"], "choose from"),
     (["--methods", ","], "choose from"), (["--purifications", "jpeg75,bm3d"], "choose from"),
     (["--sweep", "4,x"], "levels 1-255"), (["--sweep", "none,4"], "levels 1-255"),
-    (["--seeds", "0,one"], "non-negative integers")])
+    (["--seeds", "0,one"], "non-negative integers"), (["--subjects", "dog"], "choose from"),
+    (["--subjects", "cat", "--subject", "x"], "exclude each other")])
 def test_cli_fewshot_refuses_unknown_methods_and_modes(tmp_path, flags, message, capsys):
     from udp_datasets.cli.app import EXIT_USAGE, main
 

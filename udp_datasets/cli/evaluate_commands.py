@@ -15,8 +15,8 @@ from .exit_codes import EXIT_OK, EXIT_USAGE
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.regime == "fewshot":
         return cmd_evaluate_fewshot(args)
-    if args.subject or args.corpus or args.full:
-        raise ConfigError("--subject, --corpus and --full belong to --regime fewshot")
+    if args.subject or args.subjects or args.corpus or args.full:
+        raise ConfigError("--subject, --subjects, --corpus and --full belong to --regime fewshot")
     from ..evaluate.data import load_images
     from ..evaluate.experiments.evaluate_command import evaluate_bundled, evaluate_pair
     from ..evaluate.experiments.victim_runs import EvalSettings
@@ -86,7 +86,7 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..evaluate.experiments import fewshot
-    from ..evaluate.subjects import bundled_corpus, bundled_subject, folder_corpus, folder_subject
+    from ..evaluate.subjects import SUBJECTS, bundled_corpus, bundled_subject, folder_corpus, folder_subject
 
     if args.clean or args.protected:
         raise ConfigError("--regime fewshot protects the subject itself: give --subject FOLDER, not --clean/--protected")
@@ -100,10 +100,13 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
     if args.workers is not None:
         changes["workers"] = args.workers
     for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora")),
-                        ("purifications", fewshot.PURIFICATIONS), ("sweep_levels", None)):
+                        ("purifications", fewshot.PURIFICATIONS), ("sweep_levels", None),
+                        ("subjects", tuple(SUBJECTS))):
         value = getattr(args, flag)
         if value:
             changes[flag] = study_list(flag, value, known)
+    if args.subject and args.subjects:
+        raise ConfigError("--subject FOLDER (your images) and --subjects (bundled ones) exclude each other")
     if args.subject:
         subject = folder_subject(args.subject, args.holdout_fraction, seed=0)
         subjects = {subject.name: subject}
@@ -192,6 +195,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "fine-tuned on a few images of one subject, every method side by side (docs/efficacy.md)")
     p.add_argument("--subject", help="fewshot: a folder of your own subject's images (split into training and "
                    "held-out by --holdout-fraction); default: the bundled subjects")
+    p.add_argument("--subjects", help="fewshot: comma list of bundled subjects (cat, ihc, retina; default all)")
     p.add_argument("--corpus", help="fewshot: a folder of generic images to pretrain on (default: bundled photos)")
     p.add_argument("--full", action="store_true",
                    help="fewshot: the full committed study (every method, 3 seeds, full + LoRA, purifications, "
