@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = previous | {k: v for k, v in result.items() if k not in ("machine", "seconds", "command")}
     text = json.dumps(result, indent=2, default=str)
     Path(args.out).write_text(text + "\n")
+    Path(args.out + ".partial").unlink(missing_ok=True)  # the checkpoint of a run that has now finished
     print(text)
     return result
 
