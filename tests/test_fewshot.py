@@ -266,3 +266,41 @@ def test_study_list_flags():
     assert study_list("purifications", "none", PURIFICATIONS) == ()
     assert study_list("purifications", "jpeg75, diffpure", PURIFICATIONS) == ("jpeg75", "diffpure")
     assert study_list("sweep_levels", "4,16", None) == (4, 16) and study_list("sweep_levels", "none", None) == ()
+
+
+def test_goal_says_not_measured_until_the_purifications_ran():
+    from types import SimpleNamespace
+
+    from udp_datasets.evaluate.experiments.fewshot_scores import Scores
+
+    scores = object.__new__(Scores)
+    scores.study = SimpleNamespace(subjects={"cat": None})
+    rows = {"udp": dict(erasure=0.5, erasure_sd=0.1, erasure_n=3), "noise": dict(erasure=0.1, erasure_sd=0.1, erasure_n=3)}
+    scores.summary = lambda subject, name, mode, clean="clean": rows.get(name, {})
+    for after, expected in ((None, None), (0.4, True), (0.1, False)):  # kept share: not run, 0.8, 0.2
+        scores.kept_after = lambda subject, name, pur, after=after: None if after is None else after / 0.5
+        assert scores.goal("udp", None, ("jpeg75", "noise0.05"))["keeps_half_after_jpeg_and_noise"] is expected
+    assert scores.goal("udp", None, ())["keeps_half_after_jpeg_and_noise"] is None
+
+
+def test_goal_needs_two_seeds_to_claim_a_method_beats_noise():
+    from types import SimpleNamespace
+
+    from udp_datasets.evaluate.experiments.fewshot_report import verdict
+    from udp_datasets.evaluate.experiments.fewshot_scores import Scores
+
+    def goal(n_seeds: int, best_sd: float | None) -> dict:
+        rows = {"udp": dict(erasure=0.9, erasure_sd=best_sd, erasure_n=n_seeds, artifact_vs_clean=1.0),
+                "noise": dict(erasure=0.1, erasure_sd=best_sd, erasure_n=n_seeds),
+                "photoguard": dict(erasure=0.5, erasure_sd=best_sd, erasure_n=n_seeds)}
+        scores = object.__new__(Scores)
+        scores.study = SimpleNamespace(subjects={"cat": None, "ihc": None})
+        scores.summary = lambda subject, name, mode, clean="clean": rows[name]
+        return scores.goal("udp", "photoguard", ())
+
+    one = goal(1, None)
+    assert one["reaches_goal_on_every_subject"] is True and one["beats_noise_on_every_subject"] is None
+    assert "spread is unknown" in verdict(one)
+    three = goal(3, 0.1)
+    assert three["beats_noise_on_every_subject"] is True and "measured as effective" in verdict(three)
+    assert goal(3, 0.9)["beats_noise_on_every_subject"] is False  # the difference is inside the spread

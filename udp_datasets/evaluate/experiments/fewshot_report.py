@@ -132,7 +132,7 @@ def goal_text(goal: dict[str, Any]) -> str:
         parts.append(f"{subject}: erasure {pm(g['erasure'], g['erasure_sd'])} (noise {pm(g['noise_erasure'], g['noise_erasure_sd'])}"
                      f", {peer} {fmt(g['peer_erasure'], '{:.2f}')}), artifacts {fmt(g['artifact_vs_clean'], '{:.2f}x')} "
                      f"clean-ft, kept after " + ", ".join(f"{p} {fmt(v, '{:.2f}')}" for p, v in g["kept_after"].items()))
-    yes = lambda flag: "not measurable (needs 2+ seeds)" if flag is None else ("yes" if flag else "**no**")  # noqa: E731
+    yes = lambda flag, why="needs 2+ seeds": f"not measured ({why})" if flag is None else ("yes" if flag else "**no**")  # noqa: E731
     return "\n".join([
         f"Best of ours: `{best}`; best peer: `{peer}` (full fine-tuning, 8-bit budget of the study).", "",
         f"- erasure >= {GOAL_ERASURE} or artifacts >= {GOAL_ARTIFACTS:.0f}x the clean fine-tune on every subject: "
@@ -141,7 +141,7 @@ def goal_text(goal: dict[str, Any]) -> str:
         f"{yes(goal['beats_noise_on_every_subject'])}",
         f"- at least as strong as the best peer on every subject: {yes(goal['at_least_peer_on_every_subject'])}",
         f"- keeps at least half its erasure after JPEG 75 and Gaussian noise 0.05: "
-        f"{yes(goal['keeps_half_after_jpeg_and_noise'])}", "",
+        f"{yes(goal['keeps_half_after_jpeg_and_noise'], 'purifications not run, or erasure undefined or <= 0')}", "",
         *[f"  - {p}" for p in parts]])
 
 

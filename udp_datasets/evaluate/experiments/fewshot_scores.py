@@ -153,13 +153,17 @@ class Scores:
                 return False
             return None if any(x is None for x in values) else True
 
-        kept_ok = all((v["kept_after"].get(p) or 0) >= KEEP_AFTER_PURIFICATION for v in per_subject.values()
-                      for p in ("jpeg75", "noise0.05") if p in purifications)
+        kept_values = [v["kept_after"].get(p) for v in per_subject.values() for p in ("jpeg75", "noise0.05")
+                       if p in purifications]
+        # not measured (None) when a purification has not run yet or erasure was undefined; a measured
+        # failure anywhere is a no
+        kept_ok = (False if any(k is not None and k < KEEP_AFTER_PURIFICATION for k in kept_values)
+                   else None if any(k is None for k in kept_values) else True)
         return {"method": best, "peer": peer, "per_subject": per_subject,
                 "reaches_goal_on_every_subject": everywhere("reaches_goal"),
                 "beats_noise_on_every_subject": everywhere("beats_noise_by_more_than_spread"),
                 "at_least_peer_on_every_subject": everywhere("at_least_peer"),
-                "keeps_half_after_jpeg_and_noise": kept_ok and any(p in purifications for p in ("jpeg75", "noise0.05"))}
+                "keeps_half_after_jpeg_and_noise": kept_ok if kept_values else None}
 
     def kept_after(self, subject: str, name: str, purification: str) -> float | None:
         """Erasure after purification (vs the clean images purified the same way) / erasure before."""
