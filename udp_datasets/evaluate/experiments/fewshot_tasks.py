@@ -96,9 +96,9 @@ def method_config(method: str, surrogate: str, levels: int, seed: int, target_im
     """
     from ...method.presets import preset_config
 
-    if method == "photoguard_target":  # (preset_config cannot override a field the preset itself sets)
-        return preset_config("photoguard", base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed).replace(
-            encoder_target="pattern", target_image=target_image)
+    if method == "photoguard_target":
+        return preset_config("photoguard", base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed,
+                             encoder_target="pattern", target_image=target_image)
     return preset_config(method, base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed)
 
 
@@ -117,13 +117,25 @@ class ProtectJob:
     base: ProtectionConfig = FEWSHOT_PROTECTION
 
 
+def cached_info(out: Path) -> dict[str, Any] | None:
+    """The info record of a task whose images ``out`` and record (``out`` as .json) are both saved."""
+    info_path = out.with_suffix(".json")
+    return json.loads(info_path.read_text()) if out.exists() and info_path.exists() else None
+
+
+def save_result(out: Path, images: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """Images first, then the record: a task counts as done (:func:`cached_info`) only when both are."""
+    save_images(out, images)
+    return write_json(out.with_suffix(".json"), info)
+
+
 def protect_task(job: ProtectJob) -> dict[str, Any]:
     """Protect one subject's training set with one method (``noise``: random +-epsilon); cached."""
     from .protected_sets import protect_arrays, random_noise
 
-    out, info_path = Path(job.out), Path(job.out).with_suffix(".json")
-    if out.exists() and info_path.exists():
-        return json.loads(info_path.read_text())
+    out = Path(job.out)
+    if (done := cached_info(out)) is not None:
+        return done
     clean = load_images(Path(job.clean))
     start = time.perf_counter()
     if job.method == "noise":
@@ -140,8 +152,7 @@ def protect_task(job: ProtectJob) -> dict[str, Any]:
     info = {"method": job.method, "levels": job.levels, "seed": job.seed, "seconds": seconds,
             "psnr_db": psnr(b, a), "linf_levels": linf_levels(b, a),
             "latent_shift": float((z_prot - z_clean).norm() / z_clean.norm()), "config": config}
-    save_images(out, protected)
-    return write_json(info_path, info)
+    return save_result(out, protected, info)
 
 
 @dataclass(frozen=True)
@@ -196,9 +207,9 @@ def victim_task(job: VictimJob) -> dict[str, Any]:
 
     Samples use the seed's fixed noise, so victims of one seed differ only by their training data.
     """
-    out, info_path = Path(job.out), Path(job.out).with_suffix(".json")
-    if out.exists() and info_path.exists():
-        return json.loads(info_path.read_text())
+    out = Path(job.out)
+    if (done := cached_info(out)) is not None:
+        return done
     vae, base = victim_codec(job.pretrained), victim_base(job.pretrained)
     start = time.perf_counter()
     if job.images:
@@ -210,8 +221,7 @@ def victim_task(job: VictimJob) -> dict[str, Any]:
     info = {"recipe": asdict(job.recipe), "seed": job.seed, "train_seconds": trained,
             "sample_seconds": time.perf_counter() - start - trained,
             "final_loss": float(np.mean(losses[-50:])) if losses else None, "loss_history": losses[::10]}
-    save_images(out, samples)
-    return write_json(info_path, info)
+    return save_result(out, samples, info)
 
 
 @dataclass(frozen=True)
