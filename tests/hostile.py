@@ -228,6 +228,13 @@ def hostile_tar(path: Path) -> dict[str, str]:
         quarantined["linked"] = "hard link"
         add_member(tar, "fifo.bin", kind=tarfile.FIFOTYPE)
         quarantined["fifo"] = "fifo|special"
+        # two images of one sample that would both become twin.png (issue 20 item 1)
+        add_member(tar, "twin.jpg", encode(Image.fromarray(gradient(seed=1)), "JPEG"))
+        add_member(tar, "twin.jpeg", encode(Image.fromarray(gradient(seed=2)), "JPEG"))
+        quarantined["twin"] = "'twin.jpg' and 'twin.jpeg' would both be written as 'twin.png'"
+        add_member(tar, "pair.webp", encode(Image.fromarray(gradient(seed=3)), "WEBP", lossless=True))
+        add_member(tar, "pair.bmp", encode(Image.fromarray(gradient(seed=4)), "BMP"))
+        quarantined["pair"] = "would both be written as 'pair.png'"
         add_member(tar, "dup.png", good)  # duplicate keys: two samples named dup, both protected
         add_member(tar, "sep.txt", b"between")
         add_member(tar, "dup.png", encode(Image.fromarray(gradient(seed=5))))

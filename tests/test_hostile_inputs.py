@@ -329,7 +329,25 @@ def test_cli_tar_shards(tar_job):
         assert f"{name}.png" in names and f"{name}.txt" in names
     for name in QUARANTINED:
         assert not any(n.startswith(f"{name}.") for n in names)  # a quarantined sample leaves whole
+    assert not any(n.startswith(("twin.", "pair.")) for n in names)  # colliding output names: quarantined
     assert main(["verify", str(out)]) == EXIT_OK
+
+
+def test_verify_flags_two_members_of_one_name_in_a_sample(tar_job, tmp_path, capsys):
+    """An output tar whose sample holds two members of one name (what an older version wrote for
+    ``K.jpg`` + ``K.jpeg``): readers keep one or fail, so verify fails and names it."""
+    _, out, _ = tar_job
+    dst = tmp_path / "copy"
+    shutil.copytree(out, dst)
+    with tarfile.open(out / "shard-000.tar") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(dst / "shard-000.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data))
+            if info.name == "rgb.txt":
+                hostile.add_member(tar, "rgb.png", BYTE["grey"].make())
+    assert main(["verify", str(dst)]) == EXIT_FAILED
+    assert "sample 'rgb' holds two members named 'rgb.png'" in capsys.readouterr().out
 
 
 def test_truncated_tar_is_a_failed_shard(world, flags, tmp_path):

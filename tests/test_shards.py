@@ -179,7 +179,7 @@ def test_corrupt_samples_are_quarantined_never_passed_through(tmp_path, photos32
                                                         (".hidden.jpg", "one.tar"), ("clash", "one.tar")]
     assert any(word in errors[0]["reason"] for word in ("corrupt", "truncated", "not a readable image"))
     assert "empty" in errors[1]["reason"] and "no WebDataset key" in errors[2]["reason"]
-    assert "already has a member" in errors[3]["reason"]
+    assert "would both be written as 'clash.png'" in errors[3]["reason"]
     job = json.loads((dst / ".udp" / "job.json").read_text())
     assert job["errors"] == 4 and job["count"] == 2
     assert json.loads((dst / ".udp" / "shards" / "one.tar.done.json").read_text())["errors"] == 4

@@ -164,14 +164,23 @@ class TarCodec(ShardCodec):
 
 
 def _rename_clash(sample: Any) -> str | None:
-    """Why a sample cannot be written: an image ``KEY.jpg`` whose PNG name ``KEY.png`` is taken."""
-    names = [m.info.name for m in sample.members]
-    problem = None
-    for j in sample.images:  # the last clash is the one reported
-        new = png_member_name(names[j])
-        if new != names[j] and new in names:
-            problem = f"cannot rename {names[j]!r} to {new!r}: the sample already has a member of that name"
-    return problem
+    """Why a sample cannot be written: two members that would get one output name. An image
+    ``KEY.jpg`` becomes ``KEY.png``, so ``KEY.jpg`` beside ``KEY.png``, or ``KEY.jpg`` beside
+    ``KEY.jpeg`` (``.webp`` beside ``.bmp``...), or a member name repeated inside one sample,
+    would write two members of the same name (readers keep one, or fail: "Duplicate field")."""
+    images = set(sample.images)
+    seen: dict[str, str] = {}
+    for j, member in enumerate(sample.members):
+        name = member.info.name
+        out = png_member_name(name) if j in images else name
+        if out in seen:
+            first = seen[out]
+            if first == name:
+                return f"the sample has two members named {name!r}; the output cannot hold both"
+            return (f"{first!r} and {name!r} would both be written as {out!r} (images become PNG); "
+                    "give them distinct names")
+        seen[out] = name
+    return None
 
 
 class TableCodec(ShardCodec):
