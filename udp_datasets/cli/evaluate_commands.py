@@ -164,8 +164,11 @@ def cmd_latent_ablation(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_sd(args: argparse.Namespace) -> int:
     from ..evaluate.experiments.evaluate_sd_command import evaluate_dreambooth
+    from ..evaluate.metrics import faces
     from ..evaluate.victims.sd_lora import DreamBoothError, DreamBoothSettings, load_subject_images
 
+    if args.judge == "faces" and not faces.faces_available():
+        raise ConfigError(f"--judge faces needs the faces extra (dlib): {faces.INSTALL_HINT}")
     try:
         settings = DreamBoothSettings(
             resolution=args.resolution, train_steps=args.steps, batch_size=args.batch_size,
@@ -178,8 +181,9 @@ def cmd_evaluate_sd(args: argparse.Namespace) -> int:
             device=args.device, revision=args.revision, variant=args.variant)
         clean = load_subject_images(args.clean, args.image_column, args.limit)
         protected = load_subject_images(args.protected, args.image_column, args.limit)
-        report = evaluate_dreambooth(args.model, clean, protected, args.prompt, args.out, settings)
-    except DreamBoothError as exc:
+        report = evaluate_dreambooth(args.model, clean, protected, args.prompt, args.out, settings,
+                                     judge=args.judge)
+    except (DreamBoothError, faces.FaceMetricsUnavailable) as exc:
         print(f"udp-datasets evaluate-sd: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(report["verdict"])
@@ -295,4 +299,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--revision", help="model revision (Hub)")
     p.add_argument("--variant", help="weight variant, e.g. fp16 for *.fp16.safetensors")
+    p.add_argument("--judge", choices=["none", "faces"], default="none",
+                   help="faces: also score each victim's samples with Anti-DreamBooth's FDFR and ISM against the "
+                        "clean images (needs pip install 'udp-datasets[faces]')")
     p.set_defaults(func=cmd_evaluate_sd)

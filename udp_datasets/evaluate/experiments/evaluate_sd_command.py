@@ -4,6 +4,8 @@ One victim is fine-tuned on the clean and one on the protected subject images wi
 recipe and seed (:mod:`..victims.sd_lora_training`), each samples the same prompts with the same
 generators (:mod:`..victims.sd_lora_sampling`), and both are scored against the clean images
 with one fitted extractor. Writes report.json / report.md, a comparison grid and loss curves.
+With ``judge="faces"`` each victim's samples also get Anti-DreamBooth's FDFR and ISM against the clean
+subject images (:mod:`..metrics.faces`, the ``faces`` extra).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 import torch
 
 from ...models.devices import resolve_device
+from ..metrics.faces import FaceJudge, face_scores
 from ..metrics.fidelity import perturbation_cost
 from ..metrics.scorer import Scorer
 from ..report import (card_markdown, fmt, json_default, loss_plot, results_table, run_versions, side_by_side_grids,
@@ -83,13 +86,16 @@ def score_victims(samples: dict[str, np.ndarray], training_sets: dict[str, list[
 
 def evaluate_dreambooth(model: str, clean_images: ImageInput, protected_images: ImageInput, prompt: str,
                         out_dir: str | Path, settings: DreamBoothSettings | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, judge: str | None = None) -> dict[str, Any]:
     """Train one LoRA victim on the clean and one on the protected images (same recipe and seed),
     sample both, score the samples against the clean images, and write the report.
 
     ``out_dir`` gets ``report.json``, ``report.md``, ``comparison.png`` (training images and both
     victims' samples side by side), ``loss_curves.png`` and ``victims/{clean,protected}/`` (LoRA
     weights, ``samples.png``, ``victim_training.json``). Returns the report dict.
+
+    ``judge="faces"`` adds each victim's FDFR and ISM (``victims[name]["faces"]``); its models load
+    before any training, so a missing extra fails at once (FaceMetricsUnavailable).
     """
     settings = settings or DreamBoothSettings()
     start = time.perf_counter()
@@ -102,6 +108,7 @@ def evaluate_dreambooth(model: str, clean_images: ImageInput, protected_images: 
         raise DreamBoothError("num_samples must be >= 2 (a Fréchet distance needs a covariance)")
     device = resolve_device(settings.device)
     mixed_precision, _ = resolve_precision(settings, device)  # refuse bad settings before any training
+    face_judge = _face_judge(judge)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     size = settings.resolution
@@ -112,6 +119,8 @@ def evaluate_dreambooth(model: str, clean_images: ImageInput, protected_images: 
     scores, feature_info = score_victims(samples, views, views["clean"], settings)
     for name in victims:
         victims[name] = {**scores[name], **victims[name]}
+        if face_judge is not None:
+            victims[name]["faces"] = face_scores(samples[name], views["clean"], face_judge)
     memory = {k: v for k, v in peak_memory(device).items() if k != "peak_mib"}
     report: dict[str, Any] = {
         "kind": "stable-diffusion-lora-dreambooth",
@@ -126,6 +135,7 @@ def evaluate_dreambooth(model: str, clean_images: ImageInput, protected_images: 
                   "Both victims draw identical timesteps and noise at every training step, so their "
                   "final losses compare directly."],
         "verdict": verdict(victims),
+        **({"faces": _faces_info(face_judge)} if face_judge is not None else {}),
         "seconds": round(time.perf_counter() - start, 1),
         "versions": run_versions(),
     }
@@ -134,6 +144,26 @@ def evaluate_dreambooth(model: str, clean_images: ImageInput, protected_images: 
                  window=max(1, min(50, settings.train_steps // 8)))
     logger.info("SD evaluation written to %s (%.0f s)", out_dir, report["seconds"])
     return report
+
+
+def _face_judge(judge: str | None) -> FaceJudge | None:
+    """The face judge for ``judge="faces"`` (models loaded now), None for no judge."""
+    if judge in (None, "none"):
+        return None
+    if judge != "faces":
+        raise DreamBoothError(f"judge {judge!r}: choose faces or none")
+    return FaceJudge().load()
+
+
+def _faces_info(judge: FaceJudge) -> dict[str, Any]:
+    return {"judge": f"dlib ({judge.detector_name} detector, 5-point landmarks, ResNet identity model)",
+            "scored_against": "the clean subject images at the training resolution",
+            "note": "FDFR: share of samples with no detected face. ISM: mean cosine similarity of each "
+                    "detected face's embedding to the mean clean-face embedding (Anti-DreamBooth's definition; "
+                    "undetected faces count in FDFR, not ISM); identity distance: the mean Euclidean distance "
+                    "to that mean embedding (dlib: under 0.6, the same person). The paper used RetinaFace and "
+                    "ArcFace: the definitions match, the values do not compare across models. Protection shows "
+                    "as a higher FDFR and a lower ISM than the clean-trained victim's."}
 
 
 def _train_and_sample(model: str, training_sets: dict[str, list[np.ndarray]], prompt: str, prompts: list[str],
@@ -226,6 +256,22 @@ def render_markdown(report: dict[str, Any]) -> str:
               f"- perturbation `protected`: PSNR {fmt(cost['psnr_db'], '{:.2f}')} dB (mean; min "
               f"{fmt(cost['psnr_db_min'], '{:.2f}')}), SSIM {fmt(cost['ssim'], '{:.4f}')}, "
               f"max L-inf {cost['linf_levels']} levels", "",
+              *_faces_markdown(report),
               "## Verdict", "", report["verdict"], "",
               "![training images and samples](comparison.png)", "", "![loss curves](loss_curves.png)", ""]
     return "\n".join(lines)
+
+
+def _faces_markdown(report: dict[str, Any]) -> list[str]:
+    """The face metrics' section of report.md (nothing without ``--judge faces``)."""
+    if "faces" not in report:
+        return []
+    lines = ["## Faces", "", f"Judge: {report['faces']['judge']}, against {report['faces']['scored_against']}.",
+             "", "| victim | FDFR | ISM | identity distance | faces found | clean faces found |",
+             "|---|---|---|---|---|---|"]
+    for name, v in report["victims"].items():
+        f = v["faces"]
+        lines.append(f"| {name} | {fmt(f['fdfr'], '{:.3f}')} | {fmt(f['ism'], '{:.3f}')} | "
+                     f"{fmt(f['identity_distance'], '{:.3f}')} | {f['faces_found']}/{f['count']} | "
+                     f"{f['reference_faces']} |")
+    return lines + ["", f"> {report['faces']['note']}", ""]
