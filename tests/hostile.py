@@ -241,6 +241,37 @@ def hostile_tar(path: Path) -> dict[str, str]:
     return quarantined
 
 
+# ------------------------------------------------------------------- tables with a second image column
+def image_features_metadata(**features: dict) -> dict[bytes, bytes]:
+    """Arrow schema metadata naming Hugging Face features (``{"_type": "Image"}`` per image column)."""
+    import json
+
+    return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+
+
+def two_image_columns_table(kind: str) -> Any:
+    """A table with ``image`` and a second image-like column ``thumb`` (issue 20 item 2):
+    ``features``: two ``Image`` features; ``struct``: a ``{bytes, path}`` struct without metadata;
+    ``list``: a list of ``Image`` structs; ``binary``: plain bytes, a PNG in row 1 only."""
+    import pyarrow as pa
+
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = [{"bytes": encode(Image.fromarray(gradient(seed=i))), "path": f"{i}.png"} for i in range(3)]
+    thumbs = [{"bytes": encode(Image.fromarray(gradient(4, 4, seed=10 + i))), "path": f"t{i}.png"} for i in range(3)]
+    ids = pa.array(["a", "b", "c"])
+    if kind == "features":
+        meta = image_features_metadata(id={"dtype": "string", "_type": "Value"}, image={"_type": "Image"},
+                                       thumb={"_type": "Image"})
+        return pa.table({"id": ids, "image": pa.array(images, struct), "thumb": pa.array(thumbs, struct)}).replace_schema_metadata(meta)
+    if kind == "struct":
+        return pa.table({"id": ids, "image": pa.array(images, struct), "thumb": pa.array(thumbs, struct)})
+    if kind == "list":
+        return pa.table({"id": ids, "image": pa.array(images, struct),
+                         "thumb": pa.array([[t] for t in thumbs], pa.list_(struct))})
+    blobs = [b"\x00\x01 not an image", thumbs[1]["bytes"], b"BM but no bitmap header"]
+    return pa.table({"id": ids, "image": pa.array(images, struct), "thumb": pa.array(blobs, pa.binary())})
+
+
 def truncated_tar(path: Path) -> None:
     """A tar cut in the middle of a member: the shard cannot be read at all (a failed shard)."""
     full = path.with_suffix(".full")

@@ -360,6 +360,68 @@ def test_truncated_tar_is_a_failed_shard(world, flags, tmp_path):
     assert "not a readable tar" in job["shards_failed"][0]["reason"]
 
 
+# ---------------------------------------------------------------- a second image column (issue 20 item 2)
+SECOND_COLUMN = r"image column\(s\) \['thumb'\] besides 'image'.*--drop-columns thumb"
+
+
+@pytest.mark.parametrize("kind", ["features", "struct", "list"])
+def test_parquet_with_a_second_image_column_is_refused_or_dropped(kind, flags, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(hostile.two_image_columns_table(kind), src / "rows.parquet")
+    assert main(["protect", str(src), str(tmp_path / "out"), "--key-column", "id", *flags]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert re.search(SECOND_COLUMN, err) and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "rows.parquet").exists()
+    out = tmp_path / "dropped"
+    assert main(["protect", str(src), str(out), "--key-column", "id", "--drop-columns", "thumb", *flags]) == EXIT_OK
+    table = pq.read_table(out / "rows.parquet")
+    assert table.column_names == ["id", "image"]
+    if kind == "features":  # the Hugging Face features follow the dropped column
+        assert datasets.load_dataset("parquet", data_files=str(out / "rows.parquet"), split="train").features == \
+            datasets.Features({"id": datasets.Value("string"), "image": datasets.Image()})
+    assert main(["verify", str(out)]) == EXIT_OK
+    # a hand-made output that kept the column fails verify
+    pq.write_table(pq.read_table(src / "rows.parquet"), out / "rows.parquet")
+    assert main(["verify", str(out)]) == EXIT_FAILED
+    assert "besides 'image', the protected one" in capsys.readouterr().out
+
+
+def test_a_binary_column_holding_an_image_quarantines_its_row(flags, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(hostile.two_image_columns_table("binary"), src / "rows.parquet")
+    out = tmp_path / "out"
+    assert main(["protect", str(src), str(out), "--key-column", "id", *flags]) == EXIT_QUARANTINED
+    assert [r["id"] for r in pq.read_table(out / "rows.parquet").to_pylist()] == ["a", "c"]
+    record = _errors(out / ".udp" / "errors.jsonl")["b"]
+    assert "column 'thumb' holds a PNG image that would be copied unprotected" in record["reason"], record
+    assert record["row"] == 1
+
+
+def test_datasets_with_a_second_image_column(cfg, flags, tmp_path, capsys):
+    """The Arrow / datasets paths: the CLI, ``Protector.map``, plain ``ds.map(protector)`` and the
+    shard runner on a ``Dataset`` all refuse, naming the column; ``--drop-columns`` leaves it out."""
+    table = hostile.two_image_columns_table("features")
+    ds = datasets.Dataset(table).cast_column("image", datasets.Image()).cast_column("thumb", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "saved"))
+    assert main(["protect", str(tmp_path / "saved"), str(tmp_path / "out"), *flags]) == EXIT_USAGE
+    assert re.search(SECOND_COLUMN, capsys.readouterr().err)
+    assert main(["protect", str(tmp_path / "saved"), str(tmp_path / "out"), "--drop-columns", "thumb", *flags]) == EXIT_OK
+    assert datasets.load_from_disk(str(tmp_path / "out" / "data")).column_names == ["id", "image"]
+    from udp_datasets.sources import SourceError
+
+    protector = Protector(cfg, progress=False)
+    with pytest.raises(SourceError, match=SECOND_COLUMN):
+        protector.map(ds)
+    with pytest.raises(SourceError, match=r"image column\(s\) \['thumb'\] besides 'image'"):
+        ds.map(protector, batched=True, load_from_cache_file=False)
+    with pytest.raises(SourceError, match=SECOND_COLUMN):
+        run_shards(ds, tmp_path / "runner", cfg, progress=False)
+    summary = run_shards(ds, tmp_path / "runner", cfg, progress=False, drop_columns=["thumb"])
+    assert summary.count == 3 and pq.read_table(next((tmp_path / "runner" / "data").glob("*.parquet"))).column_names == ["id", "image"]
+
+
 # ---------------------------------------------------------------------------------- verify
 def _hostile_published(parquet_job, world, tmp_path) -> Path:
     """A published Parquet folder with one extra row that names the secret by path only, and a

@@ -36,7 +36,7 @@ from .method.pgd import BudgetError, check_budget, pgd, quantize_within_budget, 
 from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 from .models.devices import resolve_device
 from .models.runtime import Tuning, apply_tuning, autocast, grad_scale, resolve_tuning
-from .sources.hf import stored_column
+from .sources.columns import check_dataset, stored_image_column as stored_column
 from .sources.parquet import data_image_value, inline_path_entry
 
 logger = logging.getLogger(__name__)
@@ -543,7 +543,7 @@ class Protector:
         """
         import datasets
 
-        raw = raw_image_column(ds, self.image_column)
+        raw = raw_image_column(check_dataset(ds, self.image_column), self.image_column)  # one image column
         kwargs: dict[str, Any] = dict(batched=True, batch_size=batch_size or self.config.batch_size,
                                       with_indices=True, **map_kwargs)
         if isinstance(ds, datasets.IterableDataset):

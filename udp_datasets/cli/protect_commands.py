@@ -14,7 +14,7 @@ DEFAULT_IMAGE_COLUMN = "image"
 def cmd_protect(args: argparse.Namespace) -> int:
     from ..jobs.dataset_job import protect_dataset
     from ..jobs.summary import format_summary
-    from .launch import run_cli, wants_runner
+    from .launch import drop_columns, run_cli, wants_runner
 
     config = config_from_args(args)
     if wants_runner(args):  # shards, --format parquet, --num-processes, accelerate launch
@@ -24,7 +24,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
                               image_column=args.image_column or DEFAULT_IMAGE_COLUMN,
                               key_column=args.key_column, output_format=args.format or "arrow",
                               fit_output=args.fit_output, num_proc=args.num_proc,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, drop_columns=drop_columns(args))
     print(format_summary(summary))
     return exit_code(summary, args.allow_errors)
 
@@ -71,6 +71,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column", help=f"image column (default: {DEFAULT_IMAGE_COLUMN}; shards and Parquet "
                    "output: the Image feature, else 'image', else the only binary column)")
     p.add_argument("--key-column", help="column of stable ids that seed per-sample randomness")
+    p.add_argument("--drop-columns", help="columns to leave out of the output (comma list): a table with "
+                   "image columns besides the protected one is refused unless they are dropped")
     p.add_argument("--format", choices=["arrow", "imagefolder", "parquet"],
                    help="arrow (default): save_to_disk folder in DST/data; imagefolder: PNG files + "
                    "metadata.jsonl; parquet: Parquet shards through the shard runner")

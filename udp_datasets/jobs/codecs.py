@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from ..sinks.parquet_writer import ParquetShardWriter, parquet_compression, replace_image_column
 from ..sinks.tar_writer import TarShardWriter
+from ..sources.columns import check_columns, drop_from_schema, image_cells
 from ..sources.hf import SourceError
 from ..sources.keys import png_member_name, split_key
 from ..sources.parquet import find_image_column, iter_parquet_batches, open_parquet
@@ -187,7 +188,7 @@ class TableCodec(ShardCodec):
     """Arrow tables (Parquet files, ``datasets`` slices): one row = one record."""
 
     def __init__(self, unit: WorkUnit, batch_size: int, image_column: str | None, key_column: str | None,
-                 dataset: Any = None):
+                 dataset: Any = None, drop_columns: tuple[str, ...] = ()):
         self.unit = unit
         self.batch_size = batch_size
         self.key_column = key_column
@@ -204,6 +205,10 @@ class TableCodec(ShardCodec):
             self.compression = "snappy"
         self.image_column = find_image_column(self.schema, image_column)
         _check_image_type(self.schema, self.image_column, unit.source)
+        # every other image column is dropped by name, or the unit is refused (sources.columns)
+        self.drop = list(drop_columns)
+        self.side_binary = check_columns(self.schema, self.image_column, self.drop, unit.source)
+        self.out_schema = drop_from_schema(self.schema, self.drop)
         if key_column is not None and key_column not in self.schema.names:
             raise SourceError(f"{unit.source} has no key column {key_column!r}; its columns are "
                               f"{self.schema.names}")
@@ -236,25 +241,29 @@ class TableCodec(ShardCodec):
                 for i, k in enumerate(keys):
                     if k is None:
                         chunk.problems[i] = f"key column {self.key_column!r} is null"
+            for i, reason in image_cells(table, self.side_binary).items():
+                chunk.problems.setdefault(i, reason)
             yield chunk
 
     def open(self, tmp: Path) -> None:
-        self.writer = ParquetShardWriter(tmp, self.schema, compression=self.compression)
+        self.writer = ParquetShardWriter(tmp, self.out_schema, compression=self.compression)
 
     def write(self, chunk: Chunk, ok: list[bool], pngs: list[bytes | None]) -> None:
         assert self.writer is not None
         kept = [p for p, good in zip(pngs, ok) if good]
         table = replace_image_column(chunk.records, self.image_column, ok, kept)  # type: ignore[arg-type]
+        if self.drop:
+            table = table.drop_columns(self.drop)
         self.writer.write(table, chunk.row_group)
 
 
 def make_codec(unit: WorkUnit, batch_size: int, *, image_extensions: frozenset[str], image_column: str | None,
-               key_column: str | None, dataset: Any = None) -> ShardCodec:
+               key_column: str | None, dataset: Any = None, drop_columns: tuple[str, ...] = ()) -> ShardCodec:
     """The codec for ``unit``: tar units by ``image_extensions``, tables by ``image_column``."""
     batch_size = max(batch_size, 1)
     if unit.kind == "tar":
         return TarCodec(unit, batch_size, image_extensions)
-    return TableCodec(unit, batch_size, image_column, key_column, dataset=dataset)
+    return TableCodec(unit, batch_size, image_column, key_column, dataset=dataset, drop_columns=drop_columns)
 
 
 def _check_image_type(schema: Any, column: str, source: str) -> None:

@@ -31,6 +31,7 @@ from ..protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_co
 from ..sinks import atomic_directory, save_dataset, save_imagefolder
 from ..sinks.atomic import OutputExistsError, OutputWriteError
 from ..sources import open_source
+from ..sources.columns import check_dataset
 from ..sources.hf import local_root
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE
 from .manifest import manifest_table, write_manifest
@@ -48,14 +49,15 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
                     split: str | None = None, image_column: str = "image",
                     key_column: str | None = None, output_format: Literal["arrow", "imagefolder"] = "arrow",
                     fit_output: str | os.PathLike | None = None, num_proc: int | None = None,
-                    overwrite: bool = False) -> JobSummary:
+                    overwrite: bool = False, drop_columns: tuple[str, ...] = ()) -> JobSummary:
     """Protect every image of SRC into DST (see module docstring). A file system error while the
     output is made (a full disk, no permission) is an :class:`OutputWriteError` naming the path;
-    DST is then left as it was."""
+    DST is then left as it was. ``drop_columns``: other image columns to leave out (a dataset with
+    image columns besides ``image_column`` is refused otherwise, :mod:`udp_datasets.sources.columns`)."""
     try:
         return _protect_dataset(src, dst, config, split=split, image_column=image_column, key_column=key_column,
                                 output_format=output_format, fit_output=fit_output, num_proc=num_proc,
-                                overwrite=overwrite)
+                                overwrite=overwrite, drop_columns=tuple(drop_columns))
     except OutputExistsError:
         raise
     except OSError as exc:
@@ -64,7 +66,8 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
 
 def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, *, split: str | None,
                      image_column: str, key_column: str | None, output_format: str,
-                     fit_output: str | os.PathLike | None, num_proc: int | None, overwrite: bool) -> JobSummary:
+                     fit_output: str | os.PathLike | None, num_proc: int | None, overwrite: bool,
+                     drop_columns: tuple[str, ...] = ()) -> JobSummary:
     import datasets
 
     from ..sources.hf import describe_source
@@ -78,6 +81,7 @@ def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig,
     if not isinstance(ds.features[image_column], datasets.Image):
         raise ColumnError(f"column {image_column!r} of {src} is {ds.features[image_column]}, not an Image "
                           "column")
+    ds = check_dataset(ds, image_column, drop_columns, src)  # every other image column dropped, or refused
     # raw bytes in: the source hash is of the original file, and nothing is decoded twice
     ds = raw_image_column(ds, image_column)
     dst = Path(dst)

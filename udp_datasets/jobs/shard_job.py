@@ -103,7 +103,7 @@ class ConfigMismatchError(ConfigError):
 
 
 def job_hash(config: ProtectionConfig, surrogate_sha256: str | None, *, image_column: str | None,
-             key_column: str | None, image_extensions: Iterable[str]) -> str:
+             key_column: str | None, image_extensions: Iterable[str], drop_columns: Iterable[str] = ()) -> str:
     """The job id: the identity of a job's output bytes (see the module docstring).
 
     Two runs with the same job id write the same bytes for the same shard, so a marker
@@ -115,7 +115,7 @@ def job_hash(config: ProtectionConfig, surrogate_sha256: str | None, *, image_co
         "surrogate_sha256": surrogate_sha256 if config.surrogate is not None else None,
         "image_column": image_column, "key_column": key_column,
         "image_extensions": sorted(image_extensions), "runner": RUNNER_VERSION,
-    }
+    } | ({"drop_columns": sorted(drop_columns)} if drop_columns else {})
     canon = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
@@ -141,13 +141,15 @@ class ShardRunner:
         image_root: for a ``Dataset`` made from a local image or ``save_to_disk`` folder, that folder:
             its path-only image entries are read inside it only. Shards, Hub and streamed data have none
             (the default): their images come from their bytes, a path-only entry is quarantined unread.
+        drop_columns: image-like columns besides ``image_column`` to leave out of the output; a table
+            with others is refused (:mod:`udp_datasets.sources.columns`).
     """
 
     def __init__(self, src: Any, dst: str | os.PathLike, config: ProtectionConfig, *,
                  image_column: str | None = None, key_column: str | None = None, overwrite: bool = False,
                  image_extensions: Iterable[str] = IMAGE_EXTENSIONS, rows_per_shard: int = 10_000,
                  split: str | None = None, prefetch: int = 2, progress: bool = True, state: Any = None,
-                 image_root: str | os.PathLike | None = None):
+                 image_root: str | os.PathLike | None = None, drop_columns: Iterable[str] = ()):
         if config.caption_column is not None:
             raise ValueError(
                 f"caption_column={config.caption_column!r}: per-sample captions are read by the datasets path "
@@ -166,6 +168,7 @@ class ShardRunner:
         self.progress = progress
         self.state = state
         self.image_root = image_root
+        self.drop_columns = tuple(drop_columns)  # other image columns, left out of the output (sources.columns)
         self.book = self.dst / BOOKKEEPING
         self.record_file = self.book / "job.json"
         self._dataset = None if isinstance(src, (str, os.PathLike, list, tuple)) else src
@@ -179,7 +182,8 @@ class ShardRunner:
 
     def _codec(self, unit: WorkUnit) -> ShardCodec:
         return make_codec(unit, self.config.batch_size, image_extensions=self.image_extensions,
-                          image_column=self.image_column, key_column=self.key_column, dataset=self._dataset)
+                          image_column=self.image_column, key_column=self.key_column, dataset=self._dataset,
+                          drop_columns=self.drop_columns)
 
     def marker_path(self, unit_name: str) -> Path:
         """Where a unit's completion marker lives; its presence is what "done" means."""
@@ -194,6 +198,9 @@ class ShardRunner:
         units = self.units()
         by_name = {u.name: u for u in units}
         self._check_paths(units)
+        tables = [u for u in units if u.kind != "tar"]
+        if tables:  # a second image column is a usage error up front (the other shards fail with it)
+            self._codec(tables[0])
 
         # 1. main process: prepare DST, fit the surrogate if needed; everyone gets the outcome
         config_dict, fit_info = main_then_broadcast(state, lambda: self._prepare(units), "prepare")
@@ -206,7 +213,8 @@ class ShardRunner:
         protector.prepare_surrogate(state.local_process_index)
         ref = protector.surrogate_ref
         job_id = job_hash(config, ref.sha256 if ref else None, image_column=self.image_column,
-                         key_column=self.key_column, image_extensions=self.image_extensions)
+                         key_column=self.key_column, image_extensions=self.image_extensions,
+                         drop_columns=self.drop_columns)
 
         # 3. main scans the markers; everyone works on the same pending list
         pending, skipped = main_then_broadcast(state, lambda: self._scan(units, job_id), "scan")
