@@ -126,6 +126,25 @@ def big_png(width: int, height: int) -> bytes:
     return encode(Image.new("RGB", (width, height), (90, 120, 150)), compress_level=9)
 
 
+def ftyp_image(brand: bytes) -> bytes:
+    """The start of an ISO-BMFF image (AVIF ``avif``, HEIC ``heic``): what a sniffer sees; no real
+    encoder is needed, since such a file is refused by its name or header before any decoding."""
+    return b"\x00\x00\x00\x1cftyp" + brand + b"\x00\x00\x00\x00mif1" + brand + b"miaf" + bytes(64)
+
+
+UNPROTECTED_FORMATS = {  # file or member name -> (payload, reason regex): images the tool does not protect
+    "photo.avif": (ftyp_image(b"avif"), "AVIF image data.*pillow-avif-plugin"),
+    "shot.heic": (ftyp_image(b"heic"), "HEIC/HEIF image data.*pillow-heif"),
+    "disguised.dat": (ftyp_image(b"heic"), "HEIC/HEIF image data.*pillow-heif"),  # by content
+    "renamed.bin": (None, "holds PNG image bytes"),  # a PNG under a name no reader takes for an image
+}
+
+
+def unprotected_format_payload(name: str) -> bytes:
+    data = UNPROTECTED_FORMATS[name][0]
+    return data if data is not None else _rgb()
+
+
 @dataclass(frozen=True)
 class Case:
     """One corpus entry: how to make its payload and what must happen to it."""
@@ -235,6 +254,12 @@ def hostile_tar(path: Path) -> dict[str, str]:
         add_member(tar, "pair.webp", encode(Image.fromarray(gradient(seed=3)), "WEBP", lossless=True))
         add_member(tar, "pair.bmp", encode(Image.fromarray(gradient(seed=4)), "BMP"))
         quarantined["pair"] = "would both be written as 'pair.png'"
+        for name, (_, reason) in UNPROTECTED_FORMATS.items():  # images it cannot protect (issue 20 item 3)
+            add_member(tar, name, unprotected_format_payload(name))
+            add_member(tar, name.split(".")[0] + ".txt", b"its caption")
+            quarantined[name.split(".")[0]] = reason
+        add_member(tar, "loose-no-key", encode(Image.fromarray(gradient(seed=6)), "JPEG"))  # image bytes, no key
+        quarantined["loose-no-key"] = "holds JPEG image bytes"
         add_member(tar, "dup.png", good)  # duplicate keys: two samples named dup, both protected
         add_member(tar, "sep.txt", b"between")
         add_member(tar, "dup.png", encode(Image.fromarray(gradient(seed=5))))

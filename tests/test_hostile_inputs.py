@@ -219,6 +219,8 @@ def folder_jobs(world, flags):
         (src / f"{case.name}.{case.suffix}").write_bytes(case.make())
     (src / "sub" / "nested.png").write_bytes(BYTE["rgb"].make())
     (src / "link_out.png").symlink_to(world["secret"])  # inside the folder, pointing out of it
+    for name in hostile.UNPROTECTED_FORMATS:  # formats the folder reader skips: reported, not skipped
+        (src / "sub" / name).write_bytes(hostile.unprotected_format_payload(name))
     old = os.umask(0o022)
     try:
         codes = {fmt: main(["protect", str(src), str(world["base"] / f"out-{fmt}"), "--format", fmt, *flags])
@@ -234,6 +236,8 @@ def test_cli_image_folder(folder_jobs, world, fmt):
     out = world["base"] / f"out-{fmt}"
     assert codes[fmt] == EXIT_QUARANTINED
     records = _errors(out / "errors.jsonl")
+    for name, (_, reason) in hostile.UNPROTECTED_FORMATS.items():
+        assert re.search(reason, records.pop(f"sub/{name}")["reason"]), name
     by_name = {Path(k).name.split(".")[0]: r for k, r in records.items()}
     assert sorted(by_name) == sorted(QUARANTINED + ["link_out"])
     for name, record in by_name.items():
@@ -330,6 +334,9 @@ def test_cli_tar_shards(tar_job):
     for name in QUARANTINED:
         assert not any(n.startswith(f"{name}.") for n in names)  # a quarantined sample leaves whole
     assert not any(n.startswith(("twin.", "pair.")) for n in names)  # colliding output names: quarantined
+    for name in hostile.UNPROTECTED_FORMATS:  # never copied through
+        assert not any(n.startswith(name.split(".")[0] + ".") for n in names), name
+    assert "loose-no-key" not in names
     assert main(["verify", str(out)]) == EXIT_OK
 
 
@@ -348,6 +355,25 @@ def test_verify_flags_two_members_of_one_name_in_a_sample(tar_job, tmp_path, cap
                 hostile.add_member(tar, "rgb.png", BYTE["grey"].make())
     assert main(["verify", str(dst)]) == EXIT_FAILED
     assert "sample 'rgb' holds two members named 'rgb.png'" in capsys.readouterr().out
+
+
+def test_verify_flags_an_avif_member_in_a_published_tar(tar_job, tmp_path, capsys):
+    _, out, _ = tar_job
+    dst = tmp_path / "copy"
+    shutil.copytree(out, dst)
+    with tarfile.open(dst / "shard-000.tar", "a") as tar:
+        hostile.add_member(tar, "late.avif", hostile.ftyp_image(b"avif"))
+    assert main(["verify", str(dst)]) == EXIT_FAILED
+    assert "member 'late.avif' is AVIF image data" in capsys.readouterr().out
+
+
+def test_an_image_folder_of_only_unprotected_formats_is_refused(flags, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "photo.avif").write_bytes(hostile.ftyp_image(b"avif"))
+    assert main(["protect", str(src), str(tmp_path / "out"), *flags]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "holds no image this tool protects" in err and "photo.avif: AVIF image data" in err and "Traceback" not in err
 
 
 def test_truncated_tar_is_a_failed_shard(world, flags, tmp_path):

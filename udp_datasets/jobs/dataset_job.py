@@ -32,7 +32,8 @@ from ..sinks import atomic_directory, save_dataset, save_imagefolder
 from ..sinks.atomic import OutputExistsError, OutputWriteError
 from ..sources import open_source
 from ..sources.columns import check_dataset
-from ..sources.hf import local_root
+from ..sources.folder_images import skipped_images
+from ..sources.hf import SourceError, is_saved_dataset, local_root
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE
 from .manifest import manifest_table, write_manifest
 from .summary import JobSummary, format_summary, library_versions, mean_psnr, rate, utc_now
@@ -74,7 +75,15 @@ def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig,
 
     start = time.perf_counter()
     started_at = utc_now()
-    ds = open_source(src, split=split)
+    root = local_root(src)
+    skipped = skipped_images(root) if root is not None and not is_saved_dataset(root) else []
+    try:
+        ds = open_source(src, split=split)
+    except ValueError as exc:  # only files the image folder reader skips: name them
+        if not skipped:
+            raise
+        raise SourceError(f"{src} holds no image this tool protects ({exc}); " + "; ".join(
+            f"{rel}: {reason}" for rel, reason in skipped[:5])) from exc
     if image_column not in ds.column_names:
         raise ColumnError(f"{src} has no image column {image_column!r}; its columns are "
                           f"{ds.column_names} (use --image-column)")
@@ -87,6 +96,9 @@ def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig,
     dst = Path(dst)
     with atomic_directory(dst, overwrite=overwrite) as tmp:
         errors_file = tmp / "errors.jsonl"
+        if skipped:  # images the folder reader left out are reported, never silently skipped
+            errors_file.write_text("".join(json.dumps({"key": rel, "index": None, "reason": reason}) + "\n"
+                                           for rel, reason in skipped), encoding="utf-8")
         protector = Protector(config, image_column=image_column, key_column=key_column, errors="quarantine",
                               errors_file=errors_file, provenance_columns=True, image_root=local_root(src))
         fit_info = None

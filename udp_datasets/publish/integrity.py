@@ -1,39 +1,38 @@
 """Checks of a protected folder's integrity that ``verify`` runs beside matching the manifest.
 
-* :func:`duplicate_members`: a tar sample holding two members of one name (``K.jpg`` and
-  ``K.jpeg`` both written as ``K.png`` by an older version, or a hand-made shard). Readers keep
-  one of them or fail ("Duplicate field"), so the folder is not what the manifest describes.
+* :func:`tar_problems`: a tar sample holding two members of one name (``K.jpg`` and ``K.jpeg``
+  both written as ``K.png`` by an older version, or a hand-made shard: readers keep one of them
+  or fail, "Duplicate field"), or a member no protect job copies (an AVIF or HEIC image, image
+  bytes under another extension, a link).
 * :func:`unprotected_columns`: a Parquet or Arrow table with a second image column, copied
   through unprotected.
 """
 
 from __future__ import annotations
 
-import tarfile
 from pathlib import Path
 from typing import Any
 
-from ..sources.keys import split_key
 
+def tar_problems(root: Path, files: list[str]) -> list[str]:
+    """One problem per tar sample that no protect job writes: two members of one name in a
+    sample, or a member the readers refuse (:func:`~udp_datasets.sources.tar.iter_tar_samples`:
+    a link, an unsafe name, an image in a format the job does not protect, image bytes under
+    another extension), which would reach a reader unprotected or outside the folder."""
+    from ..sources.tar import ShardReadError, iter_tar_samples
 
-def duplicate_members(root: Path, files: list[str]) -> list[str]:
-    """One problem per tar sample (consecutive members of one WebDataset key) that holds two
-    members of the same name; the headers are read as a stream, member data is skipped."""
     problems: list[str] = []
     for rel in files:
         try:
-            with tarfile.open(root / rel, mode="r|*") as tar:
-                key, names = None, set()
-                for info in tar:
-                    tar.members = []
-                    member_key = split_key(info.name)[0]
-                    if member_key != key:
-                        key, names = member_key, set()
-                    if info.name in names and key is not None:
-                        problems.append(f"{rel}: sample {key!r} holds two members named {info.name!r} "
-                                        "(readers keep one or fail)")
-                    names.add(info.name)
-        except (tarfile.TarError, OSError):
+            for sample in iter_tar_samples(str(root / rel)):
+                if sample.problem is not None:
+                    problems.append(f"{rel}: {sample.problem}")
+                names = [m.info.name for m in sample.members]
+                twice = sorted({n for n in names if names.count(n) > 1})
+                if twice and sample.key is not None:
+                    problems.append(f"{rel}: sample {sample.key!r} holds two members named {twice[0]!r} "
+                                    "(readers keep one or fail)")
+        except (ShardReadError, OSError):
             continue  # an unreadable shard is reported when its images are read
     return problems
 

@@ -56,7 +56,7 @@ import numpy as np
 from ..sources.hf import SourceError
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE, is_hidden
 from ..sources.layouts import Layout, detect_layout, iter_source_images
-from .integrity import duplicate_members, unprotected_columns
+from .integrity import tar_problems, unprotected_columns
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def verify_directory(directory: str | os.PathLike, *, source: str | None = None,
     if items is None:
         return report
     if layout.name == "webdataset":
-        report.problems.extend(duplicate_members(root, layout.files))
+        report.problems.extend(tar_problems(root, layout.files))
     report.problems.extend(unprotected_columns(layout))
     pairs, altered, extra, missing = _match(items, rows, layout)
     source_index = _SourceIndex(source, source_split) if source else None

@@ -15,7 +15,9 @@ Hostile members are never passed through: a member whose name would extract outs
 output folder (``../x.png``, ``/tmp/x.png``), a symbolic or hard link (``notes.txt ->
 /etc/shadow`` would publish whatever the link reaches on a reader's disk) and a device or
 FIFO give their sample a ``problem`` (:func:`member_problem`), so the shard job quarantines
-the sample whole, with the reason, and copies none of its members.
+the sample whole, with the reason, and copies none of its members. So does a member that is an
+image the job does not protect, by extension or by content (AVIF, HEIC, JPEG XL, ... or PNG bytes
+named ``.bin``: :func:`unprotected_image`): copied, it would go out unprotected.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .keys import IMAGE_EXTENSIONS, is_image_name, split_key, unsafe_name
+from .keys import IMAGE_EXTENSIONS, image_format, is_image_name, split_key, unreadable_format, unsafe_name
 from .remote import open_binary
 
 
@@ -75,7 +77,7 @@ def iter_tar_samples(url: str, image_extensions: frozenset[str] = IMAGE_EXTENSIO
                     current = None
                 yield _loose_member(info, data, image)
                 continue
-            problem = member_problem(info)
+            problem = member_problem(info) or (None if image else unprotected_image(info.name, data))
             if current is None or current.key != key:
                 if current is not None:
                     yield current
@@ -110,12 +112,31 @@ def iter_tar_images(url: str) -> Iterator[tuple[str, str, bytes]]:
 
 def _loose_member(info: tarfile.TarInfo, data: bytes | None, image: bool) -> TarSample:
     """A member that belongs to no sample; an image among them is never passed through."""
-    sample = TarSample(key=None, members=[TarMember(info, data)], problem=member_problem(info))
+    sample = TarSample(key=None, members=[TarMember(info, data)],
+                       problem=member_problem(info) or (None if image else unprotected_image(info.name, data)))
     if image:
         sample.problem = sample.problem or (f"member {info.name!r} looks like an image but has no WebDataset "
                                             "key (its base name starts with a dot or has none)")
         sample.images = [0]
     return sample
+
+
+def unprotected_image(name: str, data: bytes | None) -> str | None:
+    """Why a member that is not one of the job's image members may still not be copied: its
+    extension or its bytes say it is an image (:func:`~udp_datasets.sources.keys.unreadable_format`,
+    :func:`~udp_datasets.sources.keys.image_format`), which would go out unprotected."""
+    foreign = unreadable_format(name, data)
+    if foreign is not None:
+        fmt, reader = foreign
+        return (f"member {name!r} is {fmt} image data, a format this tool does not protect (reading it needs "
+                f"{reader}); it is not copied unprotected: convert it to PNG or JPEG first")
+    fmt = image_format(data)
+    if fmt is not None:
+        ext = name.rsplit("/", 1)[-1].rsplit(".", 1)[-1] if "." in name.rsplit("/", 1)[-1] else ""
+        return (f"member {name!r} holds {fmt} image bytes but {('.' + ext) if ext else 'its name'} is not an "
+                "image extension of this job; it is not copied unprotected (give the extension to --image-ext "
+                "to protect it, or rename it)")
+    return None
 
 
 def member_problem(info: tarfile.TarInfo) -> str | None:
