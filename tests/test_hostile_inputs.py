@@ -492,6 +492,85 @@ def test_verify_reports_an_empty_or_corrupt_manifest(parquet_job, tmp_path, caps
     assert "manifest cannot be read" in capsys.readouterr().out
 
 
+# ------------------------------------------------- a manifest edited to match an unprotected image (item 4)
+def _unprotected_reencode(png: bytes) -> bytes:
+    """The same pixels in other PNG bytes: an unprotected image whose SHA-256 is no source file's."""
+    with Image.open(io.BytesIO(png)) as im:
+        return hostile.encode(im.copy(), compress_level=1, optimize=False)
+
+
+def _plant(dst: Path, manifest: Path, record: Path | None, match, replace) -> None:
+    """Edit the manifest row that ``match``es to claim the bytes ``replace`` wrote; with
+    ``record``, rewrite the job record's digest too (a forger who rewrites both)."""
+    import hashlib
+
+    from udp_datasets.jobs.manifest import manifest_digest
+
+    new = replace()
+    rows = pq.read_table(manifest).to_pylist()
+    for row in rows:
+        if match(row):
+            row["sha256"] = hashlib.sha256(new).hexdigest()
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(manifest)), manifest)
+    if record is not None:
+        job = json.loads(record.read_text())
+        job["manifest_sha256"] = manifest_digest(manifest)
+        record.write_text(json.dumps(job))
+
+
+@pytest.mark.parametrize("forge_record", [False, True])
+def test_verify_fails_an_unprotected_image_whatever_the_manifest_says(folder_jobs, world, tmp_path, capsys,
+                                                                      forge_record):
+    """Issue 20 item 4: one protected image replaced by its source pixels (other PNG bytes), its
+    manifest row edited to match. The digest shows the edit; a forger who rewrites the record's
+    digest too is still caught: the image's pixels hash to its own manifest key (its source)."""
+    dst = tmp_path / "published"
+    shutil.copytree(world["base"] / "out-imagefolder", dst)
+    source_png = (world["base"] / "folder" / "rgb.png").read_bytes()
+
+    def replace() -> bytes:
+        data = _unprotected_reencode(source_png)
+        (dst / "rgb.png").write_bytes(data)
+        return data
+
+    _plant(dst, dst / "manifest.parquet", dst / "udp_protection.json" if forge_record else None,
+           lambda row: row["source"] == "rgb.png", replace)
+    assert main(["verify", str(dst)]) == EXIT_FAILED
+    out = capsys.readouterr().out
+    assert "unprotected" in out and "whatever the manifest row says" in out, out
+    assert ("differs from the" in out) is (not forge_record), out
+
+
+def test_verify_with_source_fails_an_unprotected_image_of_a_keyed_job(parquet_job, world, tmp_path, capsys):
+    """A key-column job (manifest keys are ids, not pixel hashes): the manifest and the record's
+    digest both forged; ``--source`` measures the image against its source and fails it."""
+    _, out, _ = parquet_job
+    dst = tmp_path / "published"
+    shutil.copytree(out, dst)
+    rgb = BYTE["rgb"].make()
+
+    def replace() -> bytes:
+        data = _unprotected_reencode(rgb)
+        table = pq.read_table(dst / "rows.parquet")
+        rows = table.to_pylist()
+        rows[[r["id"] for r in rows].index("rgb")]["image"]["bytes"] = data
+        pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), dst / "rows.parquet")
+        return data
+
+    _plant(dst, dst / ".udp" / "manifest.parquet", dst / ".udp" / "job.json", lambda row: row["key"] == "rgb", replace)
+    assert main(["verify", str(dst), "--source", str(world["base"] / "parquet-src")]) == EXIT_FAILED
+    assert re.search(r"unprotected.*\n.*- rgb .*pixels identical to the source", capsys.readouterr().out)
+
+
+def test_job_records_and_card_carry_the_manifest_digest(folder_jobs, tar_job, world):
+    from udp_datasets.jobs.manifest import manifest_digest
+
+    _, tar_out, _ = tar_job
+    for record, manifest in ((world["base"] / "out-arrow" / "udp_protection.json", world["base"] / "out-arrow" / "manifest.parquet"),
+                             (tar_out / ".udp" / "job.json", tar_out / ".udp" / "manifest.parquet")):
+        assert json.loads(record.read_text())["manifest_sha256"] == manifest_digest(manifest)
+
+
 # --------------------------------------------------------------------------------- publish
 def test_publish_refuses_hostile_and_incomplete_jobs(parquet_job, tar_job, world, flags, tmp_path,
                                                      local_hub):  # noqa: F811
@@ -518,6 +597,7 @@ emit({{"codes": codes}})
     card = local_hub.read_file("test-user/partial", "README.md").decode()
     assert "## Missing data" in card and "`part-0.tar`" in card and "not a readable tar" in card
     assert "shards_missing" in card
+    assert "manifest_sha256: " + json.loads((tmp_path / "failed-out" / ".udp" / "job.json").read_text())["manifest_sha256"] in card
     files = local_hub.list_files("test-user/hostile-tar")
     assert "shard-000.tar" in files
     with tarfile.open(fileobj=io.BytesIO(local_hub.read_file("test-user/hostile-tar", "shard-000.tar"))) as tar:

@@ -35,7 +35,7 @@ from ..sources.columns import check_dataset
 from ..sources.folder_images import skipped_images
 from ..sources.hf import SourceError, is_saved_dataset, local_root
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE
-from .manifest import manifest_table, write_manifest
+from .manifest import manifest_digest, manifest_table, write_manifest
 from .summary import JobSummary, format_summary, library_versions, mean_psnr, rate, utc_now
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig,
             versions=library_versions(), started_at=started_at, finished_at=utc_now(),
             source_info=describe_source(src), output_format=output_format, image_column=image_column,
             split=split, error_records=_error_records(errors_file, src), images=len(out),
-            record_file=str(dst / RECORD_FILE))
+            manifest_sha256=manifest_digest(tmp / MANIFEST_FILE), record_file=str(dst / RECORD_FILE))
         if summary.max_linf_levels > config.budget_levels:  # defence in depth: never publish this
             raise RuntimeError(f"internal error: max L-inf {summary.max_linf_levels} exceeds budget")
         (tmp / RECORD_FILE).write_text(json.dumps(summary.to_dict(), indent=2))

@@ -61,5 +61,19 @@ def write_manifest(tables: Iterable[pa.Table], path: str | os.PathLike) -> Path:
     return path
 
 
+def manifest_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a manifest file's bytes, hex: what the job record keeps (``manifest_sha256``)
+    and ``verify`` recomputes. The file's bytes, not its rows: any edit shows, and publishing
+    copies the file unchanged. It catches accidental and casual edits only; whoever rewrites
+    the manifest and the record together can forge it (``--sign-key`` adds a keyed signature)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_manifest(path: str | os.PathLike) -> pa.Table:
     return pq.read_table(path).cast(MANIFEST_SCHEMA)

@@ -89,7 +89,7 @@ from ..sources.tar import ShardReadError
 from .background import ReadAhead, WriteBehind
 from .codecs import Chunk, ShardCodec, WorkUnit, dataset_units, make_codec, shard_units
 from .distributed import main_then_broadcast, make_state
-from .manifest import MANIFEST_SCHEMA, manifest_table
+from .manifest import MANIFEST_SCHEMA, manifest_digest, manifest_table
 from .summary import JobSummary, library_versions, mean_psnr, rate, utc_now
 
 logger = logging.getLogger(__name__)
@@ -522,7 +522,8 @@ class ShardRunner:
             ranks=[{k: r[k] for k in ("rank", "device", "seconds")} | {"shards": [d["shard"] for d in r["shards"]]}
                    for r in ranks],
             fit=fit_info, errors_file=str(errors_path) if totals["errors"] else None,
-            manifest=str(manifest_path), versions=library_versions(), started_at=started_at,
+            manifest=str(manifest_path), manifest_sha256=manifest_digest(manifest_path),
+            versions=library_versions(), started_at=started_at,
             finished_at=utc_now(), record_file=str(self.record_file))
 
 

@@ -58,6 +58,7 @@ class JobSummary:
     world_size: int | None = None
     ranks: list[dict[str, Any]] = field(default_factory=list)
     manifest: str | None = None
+    manifest_sha256: str | None = None  # of the manifest file's bytes, when the job ended (jobs.manifest)
     record_file: str | None = None  # where this record is saved
     format: str = RECORD_FORMAT
     format_version: int = RECORD_FORMAT_VERSION

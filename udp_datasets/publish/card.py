@@ -100,6 +100,7 @@ def render_card(record: dict[str, Any] | None, manifest: Any, *, repo_id: str, l
         "max_linf_levels": stats["max_linf_levels"],
         "mean_psnr_db": stats["mean_psnr_db"],
         "manifest": MANIFEST_FILE,
+        "manifest_sha256": record.get("manifest_sha256"),
         "record": [f for f in extra_files if f.endswith(".json")] or [RECORD_FILE],
         "versions": record.get("versions") or {},
         "started_at": record.get("started_at"),
@@ -253,7 +254,9 @@ def _how_to_verify(target: str) -> list[str]:
         "```",
         "",
         "It reports every sample that is missing, extra, altered after protection, over budget, or "
-        "identical to its source, and exits non-zero if there is any.",
+        "identical to its source, and exits non-zero if there is any. It also recomputes the "
+        "manifest's SHA-256 (`udp_protection.manifest_sha256` above and in the job record): this shows "
+        "accidental or casual edits of the manifest, not a forgery that rewrites manifest and record together.",
     ]
 
 

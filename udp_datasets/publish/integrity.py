@@ -72,3 +72,23 @@ def unprotected_columns(layout: Any) -> list[str]:
             problems.append(f"{rel}: image column(s) {others} besides {column!r}, the protected one: their images "
                             "were not protected (protect them, or drop them with --drop-columns)")
     return problems
+
+
+def manifest_problem(record: dict[str, Any] | None, manifest: Path | None) -> str | None:
+    """Why the manifest is not the one the job wrote: its SHA-256 differs from the job record's
+    ``manifest_sha256`` (:func:`~udp_datasets.jobs.manifest.manifest_digest`), or the record has
+    none (a record from before digests, or one whose digest was removed). Casual edits only: a
+    forger who rewrites manifest and record together passes this check."""
+    from ..jobs.manifest import manifest_digest
+
+    if record is None or manifest is None:
+        return None  # reported already: no record, or per-shard manifests not merged
+    recorded = record.get("manifest_sha256")
+    if not recorded:
+        return (f"the job record {record.get('_file')} has no manifest_sha256: the manifest cannot be checked "
+                "for edits (re-run the job with this version to record it)")
+    actual = manifest_digest(manifest)
+    if actual != recorded:
+        return (f"the manifest's SHA-256 {actual[:16]}... differs from the {recorded[:16]}... the job record "
+                f"{record.get('_file')} holds: it was edited after the job, its rows cannot be trusted")
+    return None

@@ -13,7 +13,9 @@ each reported with the sample's manifest key and where it lives:
 ``over_budget``  L-inf above the budget (recorded in the manifest, or measured with a source)
 ``unprotected``  identical to its source (recorded L-inf 0, source bytes, or source pixels)
 
-plus ``problems``: folder-level faults (no manifest, unreadable shard, config hash mismatch).
+plus ``problems``: folder-level faults (no manifest, unreadable shard, config hash mismatch, a
+manifest whose SHA-256 is not the job record's ``manifest_sha256``, and the checks of
+:mod:`~udp_datasets.publish.integrity`).
 
 The images are read by :mod:`udp_datasets.sources.layouts` (Arrow ``save_to_disk``, Parquet,
 WebDataset tars, image folders), so the same code verifies a local output and a downloaded
@@ -27,8 +29,9 @@ So one re-encoded row is reported as ``altered`` under its own key, a dropped ro
 ``missing``, an appended one as ``extra``, and nothing shifts. No key column has to be added
 to the published data for this.
 
-How "unprotected" is detected without the source: a published image whose bytes are a
-source file's (manifest ``source_sha256``), or whose decoded pixels hash to a manifest ``key``
+How "unprotected" is detected without the source, for every published image whatever its manifest
+row says (a row edited to match an unprotected image changes nothing): its bytes are a
+source file's (manifest ``source_sha256``), or its decoded pixels hash to a manifest ``key``
 (by default the key *is* the SHA-256 of the source's decoded pixels, see
 :meth:`~udp_datasets.images.DecodedImage.pixel_sha256`), or a manifest row that records
 L-inf 0. With ``source=`` (any SRC that ``protect`` accepts, or a folder of tar / Parquet
@@ -56,7 +59,7 @@ import numpy as np
 from ..sources.hf import SourceError
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE, is_hidden
 from ..sources.layouts import Layout, detect_layout, iter_source_images
-from .integrity import tar_problems, unprotected_columns
+from .integrity import manifest_problem, tar_problems, unprotected_columns
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +232,7 @@ class PublishedImage:
     sha256: str  # "" for an unreadable entry
     alias: str | None = None  # a second name a manifest row may use (a tar member's full name)
     unreadable: bool = False
+    pixel_sha256: str | None = None  # of the decoded pixels (None: undecodable)
 
 
 def verify_directory(directory: str | os.PathLike, *, source: str | None = None,
@@ -284,6 +288,9 @@ def _read_inputs(root: Path, report: VerifyReport, image_column: str | None
     if manifest is None:
         report.problems.append(f"no {MANIFEST_FILE}: nothing to verify the images against")
         return None
+    edited = manifest_problem(record, find_manifest(root))
+    if edited:
+        report.problems.append(edited)
     rows = manifest.to_pylist()
     report.expected = len(rows)
     hashes = {r["config_hash"] for r in rows} - {None}
@@ -299,7 +306,8 @@ def _hash_images(layout: Layout, report: VerifyReport, root: Path) -> list[Publi
     try:
         for position, (location, identity, data) in enumerate(layout.iter_images()):
             sha = hashlib.sha256(data).hexdigest() if data is not None else ""
-            items.append(PublishedImage(location, identity, position, sha, _alias(location), data is None))
+            items.append(PublishedImage(location, identity, position, sha, _alias(location), data is None,
+                                        _pixel_hash(data) if data is not None else None))
     except Exception as exc:  # a truncated tar or a broken Parquet file: name it, don't crash
         report.problems.append(f"cannot read the {layout.name} data in {root}: {type(exc).__name__}: {exc}")
         return None
@@ -419,6 +427,11 @@ class _SampleChecks:
         elif row["source_sha256"] and row["source_sha256"] == row["sha256"]:
             report.add("unprotected", row["key"], item.location, "its bytes are the source file's")
             bad = True
+        # whatever its row says: pixels or bytes that are a source's (manifest key = source pixel hash)
+        elif item.pixel_sha256 in self.manifest_keys or item.sha256 in self.source_shas:
+            report.add("unprotected", row["key"], item.location, "pixels identical to the source of sample "
+                       f"{self.source_shas.get(item.sha256) or item.pixel_sha256}, whatever the manifest row says")
+            bad = True
         return bad
 
 
@@ -450,9 +463,7 @@ def _check_unprotected(report: VerifyReport, item: PublishedImage, row: dict | N
         report.add("unprotected", key or source_shas[item.sha256], item.location,
                    f"byte-identical to the source image of sample {source_shas[item.sha256]}")
         return True
-    if data is None:
-        return False
-    pixel_hash = _pixel_hash(data)
+    pixel_hash = item.pixel_sha256  # decoded once, in pass 1
     if pixel_hash is None:
         return False
     if pixel_hash in manifest_keys:
