@@ -20,7 +20,7 @@ from udp_datasets.evaluate.purify.filters import ATTACKS
 from udp_datasets.evaluate.purify.impress import impress
 from udp_datasets.evaluate.subjects import bundled_corpus, bundled_subject
 from udp_datasets.evaluate.victims.fewshot import (TrainRecipe, build_unet, decode, encode, finetune, latent_data,
-                                                   sample, scaled_taef2, to_tensor)
+                                                   sample, normalised_taef2, to_tensor)
 from udp_datasets.evaluate.victims.fewshot_pretrain import PretrainRecipe
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -38,7 +38,7 @@ TINY = fewshot.FewshotSettings(
 
 @pytest.fixture(scope="module")
 def vae():
-    return scaled_taef2(0.1, 0.8)
+    return normalised_taef2({"shift": 0.1, "scale": 0.8}, per_channel=False)
 
 
 @pytest.fixture(scope="module")
@@ -154,12 +154,24 @@ def test_bundled_subjects_never_share_pixels_with_the_corpus_or_their_heldout():
     assert len(corpus) == 40 and all(a.shape == (64, 64, 3) and a.dtype == np.uint8 for a in corpus)
 
 
+def open_gates(mp: pytest.MonkeyPatch) -> None:
+    """Let a tiny study (whose 3-step victims learn nothing) pass its controls, to test the stages
+    after them; the gates themselves are tested with their real thresholds below."""
+    from udp_datasets.evaluate.experiments import fewshot_scores
+
+    for name, value in (("POSITIVE_MIN", -np.inf), ("SUBSTITUTION_MIN", -np.inf), ("NEGATIVE_MAX", np.inf),
+                        ("VICTIM_QUALITY_FACTOR", np.inf), ("MIN_LIFT", -np.inf)):
+        mp.setattr(fewshot_scores, name, value)
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     root = tmp_path_factory.mktemp("fewshot")
     subjects = {n: bundled_subject(n, TINY.n_train, TINY.n_heldout) for n in TINY.subjects}
     corpus = bundled_corpus(TINY.pretrain.corpus_count)
-    report = fewshot.run_fewshot(root / "study", TINY, subjects, corpus, root / "cache", progress=False)
+    with pytest.MonkeyPatch.context() as mp:
+        open_gates(mp)
+        report = fewshot.run_fewshot(root / "study", TINY, subjects, corpus, root / "cache", progress=False)
     return root, subjects, corpus, report
 
 
@@ -195,11 +207,12 @@ def test_a_partial_report_says_what_has_not_run(tiny_study):
 
     report = json.loads(json.dumps(tiny_study[3], default=str))
     report["stages"] = {"done": ["victims (full)"], "planned": ["victims (full)", "purification", "victims (lora)"]}
-    text = render_markdown(report, {"learned": "", "tables": {}, "purification": "", "sweep": ""})
+    text = render_markdown(report, {"learned": "", "controls": "", "tables": {}, "purification": "", "sweep": ""})
     assert "**Partial report**" in text and "not run yet: purification, victims (lora)" in text
 
 
-def test_driver_resumes_from_its_cache(tiny_study):
+def test_driver_resumes_from_its_cache(tiny_study, monkeypatch):
+    open_gates(monkeypatch)
     root, subjects, corpus, report = tiny_study
     victim = _study(root, subjects, report).victim_path("cat", "udp", "full", 0)
     stamp = victim.stat().st_mtime_ns
@@ -234,15 +247,44 @@ def test_cli_fewshot_sub_mode_runs_tiny_on_a_subject_folder(tmp_path, monkeypatc
     for i, a in enumerate(photos64 + bundled_subject("cat", n_train=4, n_heldout=2, seed=1).train):
         Image.fromarray(a).save(folder / f"{i}.png")
     monkeypatch.setattr(fewshot, "REDUCED", replace(TINY, modes=("full",), purifications=(), sweep_levels=()))
+    open_gates(monkeypatch)
     code = main(["evaluate", "--regime", "fewshot", "--subject", str(folder), "--out", str(tmp_path / "r"),
                  "--cache-dir", str(tmp_path / "cache"), "--seeds", "0", "--epsilon", "4/255",
-                 "--methods", "udp", "--modes", "full"])
+                 "--methods", "udp", "--modes", "full", "--judge", "texture"])
     assert code == EXIT_OK
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert {row["set"] for row in report["tables"]["full"]} == {"clean", "noise", "udp"}  # noise always added
     assert report["subjects"]["me"]["train"] == 6 and report["subjects"]["me"]["heldout"] == 2
     assert report["settings"]["levels"] == 4 and report["settings"]["seeds"] == [0]
+    assert report["judges"] == {"me": "texture"}
     assert "report:" in capsys.readouterr().out
+
+
+def test_a_harness_that_fails_its_controls_says_so_first_and_gives_no_verdict(tmp_path, capsys, photos64):
+    """Real thresholds: 3-step victims learn nothing, so the study must stop after its controls, with
+    the warning on the report's first line, no verdict and a failing exit code."""
+    from udp_datasets.cli.app import EXIT_FAILED, main
+    from udp_datasets.evaluate.experiments.fewshot_scores import HARNESS_FAILED
+
+    folder = tmp_path / "me"
+    folder.mkdir()
+    for i, a in enumerate(photos64 + bundled_subject("cat", n_train=4, n_heldout=2, seed=1).train):
+        Image.fromarray(a).save(folder / f"{i}.png")
+    settings = replace(TINY, modes=("full",), purifications=(), sweep_levels=())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fewshot, "REDUCED", settings)
+        code = main(["evaluate", "--regime", "fewshot", "--subject", str(folder), "--out", str(tmp_path / "r"),
+                     "--cache-dir", str(tmp_path / "cache"), "--methods", "udp"])
+    assert code == EXIT_FAILED
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["controls"]["passed"] is False
+    assert HARNESS_FAILED in report["verdict"].lower() and HARNESS_FAILED in report["card_markdown"].lower()
+    first = (tmp_path / "r" / "report.md").read_text().splitlines()[0]
+    assert HARNESS_FAILED in first.lower()
+    assert "goal is not reached" not in report["verdict"] and "reaches the goal" not in report["verdict"]
+    assert not any(row["set"] == "udp" for row in report["tables"]["full"])  # the main table never ran
+    assert report["stages"]["done"] in (["controls"], ["pretrained victim check (failed: stopped)"])
+    assert HARNESS_FAILED in capsys.readouterr().out.lower()
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -250,7 +292,8 @@ def test_cli_fewshot_sub_mode_runs_tiny_on_a_subject_folder(tmp_path, monkeypatc
     (["--methods", ","], "choose from"), (["--purifications", "jpeg75,bm3d"], "choose from"),
     (["--sweep", "4,x"], "levels 1-255"), (["--sweep", "none,4"], "levels 1-255"),
     (["--seeds", "0,one"], "non-negative integers"), (["--subjects", "dog"], "choose from"),
-    (["--subjects", "cat", "--subject", "x"], "exclude each other")])
+    (["--subjects", "cat", "--subject", "x"], "exclude each other"),
+    (["--subjects", "cat,hash"], "two studies"), (["--judge", "shape"], "--subject FOLDER")])
 def test_cli_fewshot_refuses_unknown_methods_and_modes(tmp_path, flags, message, capsys):
     from udp_datasets.cli.app import EXIT_USAGE, main
 

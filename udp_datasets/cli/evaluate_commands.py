@@ -9,7 +9,7 @@ from typing import Sequence
 
 from ..config import ConfigError
 from .config_flags import add_config_arguments, config_from_args
-from .exit_codes import EXIT_OK, EXIT_USAGE
+from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -86,13 +86,14 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..evaluate.experiments import fewshot
-    from ..evaluate.subjects import SUBJECTS, bundled_corpus, bundled_subject, folder_corpus, folder_subject
+    from ..evaluate.glyphs import STRUCTURED_SUBJECTS, glyph_corpus
+    from ..evaluate.subjects import SUBJECTS, any_subject, bundled_corpus, folder_corpus, folder_subject
 
     if args.clean or args.protected:
         raise ConfigError("--regime fewshot protects the subject itself: give --subject FOLDER, not --clean/--protected")
     settings = fewshot.FewshotSettings() if args.full else fewshot.REDUCED
     protection = config_from_args(args, base=settings.protection)
-    changes = {"protection": protection, "levels": protection.budget_levels}
+    changes = {"protection": protection, "levels": protection.budget_levels, "size": args.size}
     if args.seeds:
         if not all(s.strip().isdigit() for s in args.seeds.split(",")):
             raise ConfigError(f"--seeds {args.seeds!r}: a comma list of non-negative integers, e.g. 0,1,2")
@@ -101,25 +102,46 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         changes["workers"] = args.workers
     for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora")),
                         ("purifications", fewshot.PURIFICATIONS), ("sweep_levels", None),
-                        ("subjects", tuple(SUBJECTS))):
+                        ("subjects", (*STRUCTURED_SUBJECTS, *SUBJECTS))):
         value = getattr(args, flag)
         if value:
             changes[flag] = study_list(flag, value, known)
     if args.subject and args.subjects:
         raise ConfigError("--subject FOLDER (your images) and --subjects (bundled ones) exclude each other")
+    if args.judge != "auto" and not args.subject:
+        raise ConfigError("--judge chooses the judge of --subject FOLDER; bundled subjects have their own "
+                          "(shape for ampersand, hash, percent; texture for cat, ihc, retina)")
+    if args.judge == "faces":
+        from ..evaluate.metrics.faces import INSTALL_HINT, faces_available
+
+        if not faces_available():
+            raise ConfigError(f"--judge faces needs the faces extra (dlib): {INSTALL_HINT}")
     if args.subject:
-        subject = folder_subject(args.subject, args.holdout_fraction, seed=0)
+        subject = folder_subject(args.subject, args.holdout_fraction, seed=0, size=args.size,
+                                 kind="auto" if args.judge == "faces" else args.judge)
         subjects = {subject.name: subject}
         changes["subjects"] = (subject.name,)
     settings = replace(settings, **changes)
     if not args.subject:
-        subjects = {n: bundled_subject(n, settings.n_train, settings.n_heldout) for n in settings.subjects}
+        structured = [n for n in settings.subjects if n in STRUCTURED_SUBJECTS]
+        if structured and len(structured) != len(settings.subjects):
+            raise ConfigError(f"--subjects {','.join(settings.subjects)}: structured subjects ({', '.join(STRUCTURED_SUBJECTS)}) "
+                              f"and texture ones ({', '.join(SUBJECTS)}) pretrain on different corpora; run them as "
+                              "two studies")
+        subjects = {n: any_subject(n, 0, settings.size, settings.n_train, settings.n_heldout) for n in settings.subjects}
     count, seed = settings.pretrain.corpus_count, settings.pretrain.corpus_seed
-    corpus = folder_corpus(args.corpus, count, seed) if args.corpus else bundled_corpus(count, seed)
-    report = fewshot.run_fewshot(args.out, settings, subjects, corpus, fewshot_cache_dir(args))
+    if args.corpus:
+        corpus = folder_corpus(args.corpus, count, seed, settings.size)
+    elif all(s.kind == "shape" for s in subjects.values()):
+        corpus = glyph_corpus(count, seed, settings.size)
+    else:
+        corpus = bundled_corpus(count, seed, settings.size)
+    report = fewshot.run_fewshot(args.out, settings, subjects, corpus, fewshot_cache_dir(args),
+                                 judge_faces=args.judge == "faces")
     print(report["verdict"])
     print(f"report: {Path(args.out) / 'report.md'} ({report['timings']['total']:.0f} s)")
-    return EXIT_OK
+    # a harness that failed its controls measured nothing: a script around it must not read success
+    return EXIT_FAILED if report["controls"]["passed"] is False else EXIT_OK
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
@@ -199,8 +221,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "fine-tuned on a few images of one subject, every method side by side (docs/efficacy.md)")
     p.add_argument("--subject", help="fewshot: a folder of your own subject's images (split into training and "
                    "held-out by --holdout-fraction); default: the bundled subjects")
-    p.add_argument("--subjects", help="fewshot: comma list of bundled subjects (cat, ihc, retina; default all)")
-    p.add_argument("--corpus", help="fewshot: a folder of generic images to pretrain on (default: bundled photos)")
+    p.add_argument("--subjects", help="fewshot: comma list of bundled subjects, structured (ampersand, hash, percent: "
+                   "the default) or texture (cat, ihc, retina), one kind per study")
+    p.add_argument("--corpus", help="fewshot: a folder of generic images to pretrain on (default: generated glyphs "
+                   "for structured subjects, bundled photos for texture subjects and --subject FOLDER)")
+    p.add_argument("--judge", choices=["auto", "shape", "texture", "faces"], default="auto",
+                   help="fewshot --subject FOLDER: what recognises your subject: the CNN shape judge, the colour / "
+                        "texture judge, or face identity (ISM and FDFR, the [faces] extra); auto: the class judge "
+                        "that recognises your held-out images best")
+    p.add_argument("--size", type=int, choices=[64, 128], default=64,
+                   help="fewshot: image side (64: 8x8 TAEF2 latents; 128: 16x16, about 4x the CPU time)")
     p.add_argument("--full", action="store_true",
                    help="fewshot: the full committed study (every method, 3 seeds, full + LoRA, purifications, "
                         "budget sweep; hours on a CPU) instead of the reduced one (~20 min on 2 cores)")

@@ -14,14 +14,20 @@ but content the victim never saw. :data:`SUBJECTS` names the photos and regions;
 the corpus. A user's own subject is a folder of images (:func:`folder_subject`), split at random into
 training and held-out images; a user's corpus folder is cropped like the bundled one.
 
-Every image is an (H, W, 3) uint8 array of ``size`` x ``size`` (64 by default: 8 x 8 x 32 TAEF2 latents).
+Structured subjects (:mod:`.glyphs`): a character drawn in many fonts, sizes, positions, rotations,
+strokes and colours, whose identity is its *shape*; their corpus is letters and digits drawn the same
+way. Each has its own clean **judge** images (never trained on by a victim, never protected) that the
+shape judge learns the subject from, besides the training and held-out images.
+
+Every image is an (H, W, 3) uint8 array of ``size`` x ``size`` (64 by default: 8 x 8 x 32 TAEF2 latents;
+128 gives 16 x 16 latents).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -69,9 +75,15 @@ class Subject:
     train: list[np.ndarray]
     heldout: list[np.ndarray]
     source: str
+    kind: str = "texture"
+    """``shape`` (judged by the CNN shape judge) or ``texture`` (the colour / texture judge); ``faces``
+    for a user's face folder judged by identity (the ``[faces]`` extra)."""
+    judge: list[np.ndarray] = field(default_factory=list)
+    """Extra clean images of the subject that only the judge trains on (empty: it uses ``train``)."""
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "train": len(self.train), "heldout": len(self.heldout), "source": self.source}
+        return {"name": self.name, "kind": self.kind, "train": len(self.train), "heldout": len(self.heldout),
+                "judge": len(self.judge), "source": self.source}
 
 
 def to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -133,6 +145,34 @@ def bundled_subject(name: str, n_train: int = 12, n_heldout: int = 16, seed: int
     return Subject(name, train, heldout, f"scikit-image `{spec.photo}`: {spec.what}")
 
 
+def structured_subject(name: str, n_train: int = 12, n_heldout: int = 24, seed: int = 0, size: int = SIZE,
+                       n_judge: int = 160) -> Subject:
+    """A generated structured subject (:data:`~.glyphs.STRUCTURED_SUBJECTS`): its character in
+    ``n_train`` training drawings, ``n_heldout`` held-out ones and ``n_judge`` more for the judge,
+    each set from its own random stream (no drawing is shared)."""
+    from .glyphs import STRUCTURED_SUBJECTS, glyph_images, subject_seed
+
+    if name not in STRUCTURED_SUBJECTS:
+        raise ValueError(f"unknown structured subject {name!r}; choose from {sorted(STRUCTURED_SUBJECTS)}")
+    char = STRUCTURED_SUBJECTS[name]
+    sets = {split: glyph_images(char, n, subject_seed(name, split, seed), size)
+            for split, n in (("train", n_train), ("heldout", n_heldout), ("judge", n_judge))}
+    return Subject(name, sets["train"], sets["heldout"],
+                   f"generated: the character {char!r} in matplotlib's fonts, random size, rotation, stroke, "
+                   "position and colours", kind="shape", judge=sets["judge"])
+
+
+def any_subject(name: str, seed: int = 0, size: int = SIZE, n_train: int = 12, n_heldout: int = 24) -> Subject:
+    """A bundled subject by name: structured (glyphs) or texture (photo crops)."""
+    from .glyphs import STRUCTURED_SUBJECTS
+
+    if name in STRUCTURED_SUBJECTS:
+        return structured_subject(name, n_train, n_heldout, seed, size)
+    if name in SUBJECTS:
+        return bundled_subject(name, n_train, n_heldout, seed, size)
+    raise ValueError(f"unknown bundled subject {name!r}; choose from {sorted([*STRUCTURED_SUBJECTS, *SUBJECTS])}")
+
+
 def log_uniform_crops(photos: Sequence[np.ndarray], count: int, rng: np.random.Generator, size: int,
                       smallest: int = 48) -> list[np.ndarray]:
     """``count`` crops spread evenly over ``photos``, side log-uniform from ``smallest`` to the short side,
@@ -172,9 +212,10 @@ def square(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 def folder_subject(path: str | Path, holdout_fraction: float = 0.25, seed: int = 0, size: int = SIZE,
-                   name: str | None = None) -> Subject:
+                   name: str | None = None, kind: str = "auto") -> Subject:
     """A user's own subject: every image of ``path`` (central square at ``size``), split at random into
-    training images (protected and fine-tuned on) and held-out ones (at least 2 of each)."""
+    training images (protected and fine-tuned on) and held-out ones (at least 2 of each). ``kind``: the
+    judge (``shape``, ``texture``, or ``auto``: the one that recognises the held-out images best)."""
     from .data import load_images, split_holdout
 
     images = [square(a, size) for a in load_images(str(path))]
@@ -188,7 +229,7 @@ def folder_subject(path: str | Path, holdout_fraction: float = 0.25, seed: int =
     if len(train_idx) > 20:
         logger.warning("%s: %d training images; the few-shot regime is 8-20 (all are used)", path, len(train_idx))
     label = name or Path(path).name or "subject"
-    return Subject(label, [images[i] for i in train_idx], [images[i] for i in hold_idx], f"folder {path}")
+    return Subject(label, [images[i] for i in train_idx], [images[i] for i in hold_idx], f"folder {path}", kind=kind)
 
 
 def folder_corpus(path: str | Path, count: int = 3000, seed: int = 0, size: int = SIZE) -> list[np.ndarray]:

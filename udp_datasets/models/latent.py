@@ -1,7 +1,8 @@
 """Latent surrogates: Stable Diffusion folders and bare VAE + UNet2DModel pairs.
 
 The denoiser of a latent diffusion model never sees pixels: it is trained on
-``z = scaling_factor * E(x)``. A perturbation therefore acts through the VAE
+``z = (E(x) - shift) * scale`` (:class:`LatentNormalisation`: SD's scalar ``scaling_factor`` or
+per-channel statistics). A perturbation therefore acts through the VAE
 encoder, which can turn a delta within 8/255 into a large shift of z (the
 amplification issue #7 measures). :class:`LatentSurrogate` keeps the same
 interface as the pixel :class:`~udp_datasets.models.base.Surrogate` (``to_model_space``,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -48,9 +50,7 @@ class LatentSurrogate(Surrogate):
         self.conditional = getattr(unet.config, "cross_attention_dim", None) is not None
         if self.conditional and (text_encoder is None or tokenizer is None):
             raise SurrogateError("a text-conditioned UNet needs text_encoder/ and tokenizer/ beside it")
-        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
-        shift = getattr(vae.config, "shift_factor", None)
-        self.shift_factor = float(shift) if shift is not None else 0.0
+        self.normalisation = latent_normalisation(vae.config)
         blocks = getattr(vae.config, "block_out_channels", None) or vae.config.encoder_block_out_channels
         factor = 2 ** (len(blocks) - 1)  # AutoencoderKL, or AutoencoderTiny and its pooled variant
         self.vae_factor = factor
@@ -96,7 +96,7 @@ class LatentSurrogate(Surrogate):
         encoded = self.vae.encode(x.to(dtype) * 2 - 1)
         # AutoencoderKL: the posterior mean (deterministic); tiny autoencoders return latents directly
         latents = encoded.latent_dist.mean if hasattr(encoded, "latent_dist") else encoded.latents
-        return (latents - self.shift_factor) * self.scaling_factor
+        return self.normalisation.normalise(latents)
 
     def to_model_space(self, x01: torch.Tensor) -> torch.Tensor:
         return self.encode(x01)
@@ -105,7 +105,7 @@ class LatentSurrogate(Surrogate):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> pixels in [0, 1] (for reports and amplification measurements)."""
         dtype = next(self.vae.parameters()).dtype
-        x = self.vae.decode((z / self.scaling_factor + self.shift_factor).to(dtype)).sample
+        x = self.vae.decode(self.normalisation.denormalise(z).to(dtype)).sample
         return ((x.float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
@@ -183,6 +183,56 @@ class LatentSurrogate(Surrogate):
                 requires_safety_checker=False).save_pretrained(directory, safe_serialization=True)
         else:
             save_latent_pair(directory, self.vae, self.unet, self.scheduler)
+
+
+@dataclass(frozen=True)
+class LatentNormalisation:
+    """The model space of a latent pair: ``z = (E(x) - shift) * scale``, read from the VAE's own config.
+
+    Two conventions, so a saved pair needs nothing beside its VAE config:
+
+    - one scalar pair, ``shift_factor`` / ``scaling_factor`` (Stable Diffusion, FLUX.1): Python floats,
+      so the arithmetic (and every output byte) is what it was before per-channel statistics existed;
+    - per channel, ``latents_mean`` / ``latents_std`` (diffusers' AutoencoderKL names; FLUX.2 standardises
+      each latent channel with its batch-norm statistics): ``scale = scaling_factor / latents_std``.
+      Why: with one scalar, channels of small variance are mostly noise to a denoiser trained on them.
+    """
+
+    shift: float | torch.Tensor
+    scale: float | torch.Tensor
+
+    @property
+    def per_channel(self) -> bool:
+        return isinstance(self.shift, torch.Tensor)
+
+    def _cast(self, value: float | torch.Tensor, like: torch.Tensor) -> float | torch.Tensor:
+        return value.to(like.device, like.dtype) if isinstance(value, torch.Tensor) else value
+
+    def normalise(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents - self._cast(self.shift, latents)) * self._cast(self.scale, latents)
+
+    def denormalise(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self._cast(self.scale, z) + self._cast(self.shift, z)
+
+    def to_dict(self) -> dict[str, Any]:
+        as_list = lambda v: v.flatten().tolist() if isinstance(v, torch.Tensor) else v  # noqa: E731
+        return {"per_channel": self.per_channel, "shift": as_list(self.shift), "scale": as_list(self.scale)}
+
+
+def latent_normalisation(vae_config: Any) -> LatentNormalisation:
+    """The :class:`LatentNormalisation` a VAE config declares (per channel when it has ``latents_mean``
+    and ``latents_std``, else the scalar ``shift_factor`` / ``scaling_factor``)."""
+    channels = int(vae_config.latent_channels)
+    factor = float(getattr(vae_config, "scaling_factor", 1.0) or 1.0)
+    mean, std = getattr(vae_config, "latents_mean", None), getattr(vae_config, "latents_std", None)
+    if mean is not None and std is not None:
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise SurrogateError(f"the VAE config's latents_mean / latents_std need {channels} values each "
+                                 f"(std > 0); got {len(mean)} / {len(std)}")
+        shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        return LatentNormalisation(shift, factor / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    shift_factor = getattr(vae_config, "shift_factor", None)
+    return LatentNormalisation(float(shift_factor) if shift_factor is not None else 0.0, factor)
 
 
 def sd_scheduler(num_train_timesteps: int = 1000):

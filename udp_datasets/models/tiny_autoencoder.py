@@ -69,10 +69,13 @@ class AutoencoderTinyPooled(AutoencoderTiny):
                  num_encoder_blocks: tuple[int, ...] = (1, 3, 3, 3), num_decoder_blocks: tuple[int, ...] = (3, 3, 3, 1),
                  latent_magnitude: int = 3, latent_shift: float = 0.5, force_upcast: bool = False,
                  scaling_factor: float = 1.0, shift_factor: float = 0.0, pooled_blocks: int = 3,
-                 block_out_channels: tuple[int, ...] | None = None):
+                 block_out_channels: tuple[int, ...] | None = None,
+                 latents_mean: tuple[float, ...] | None = None, latents_std: tuple[float, ...] | None = None):
         # block_out_channels: AutoencoderTiny writes it into every saved config (a copy of the decoder's
         # channels); accepted and ignored here so reloading a saved folder does not warn about it.
-        del block_out_channels
+        # latents_mean / latents_std: a per-channel normalisation (diffusers' AutoencoderKL names), read
+        # by models.latent.latent_normalisation; stored in the config only, so nothing else uses them here.
+        del block_out_channels, latents_mean, latents_std
         super().__init__(in_channels=in_channels, out_channels=out_channels,
                          encoder_block_out_channels=encoder_block_out_channels,
                          decoder_block_out_channels=decoder_block_out_channels, act_fn=act_fn, upsample_fn=upsample_fn,

@@ -2,19 +2,26 @@
 
     udp-datasets evaluate --regime fewshot [--full] [--subject FOLDER] [--corpus FOLDER] --out DIR
 
-Stages (each cached under ``out`` or the shared pretraining cache, so a study resumes where it stopped):
+Stages (each cached under ``out`` or the shared pretraining cache, so a study resumes where it stopped).
+The instrument comes first: each gate that fails stops the study with a report that says so on its
+first line, and gives no verdict (issue 17).
 
-1. **pretrain** (:mod:`..victims.fewshot_pretrain`): TAEF2 latents of the generic corpus; the latent
-   victim UNet and the protector's differently shaped surrogate UNet, each a latent pair;
-2. **classifier** (:mod:`..metrics.subject`): trained on clean images only, validated on held-out ones;
-3. **protect** every subject's training set with every method at epsilon, one protection seed per
+1. **pretrain** (:mod:`..victims.fewshot_pretrain`): TAEF2 latents of the corpus; the latent victim UNet
+   and the protector's differently shaped surrogate UNet, each a latent pair. *Gate 1*: the victim's
+   samples are within :data:`~.fewshot_scores.VICTIM_QUALITY_FACTOR` of a corpus split's FD;
+2. **judges** (:mod:`..metrics.subject`, :mod:`..metrics.shape_judge`): trained on clean images only,
+   validated on held-out ones;
+3. **controls** (first ``control_seeds`` seeds): the never-shown model, the clean fine-tune, random
+   noise (negative control), PhotoGuard at ``control_levels`` (positive control, plainly visible) and
+   a fine-tune on another subject's images (substitution control). *Gate 2*: every control passes;
+4. **protect** every subject's training set with every method at epsilon, one protection seed per
    victim seed, through :class:`~udp_datasets.Protector` and the presets (:mod:`.fewshot_tasks`);
-4. **victims**: the pretrained victim fine-tuned (full and LoRA) on clean, each protected and the
-   noise copy, same seeds; plus the never-shown model (the pretrained victim sampled as is);
-5. **follow-ups** chosen by a rule fixed before any result is seen (:func:`pick`): the best of ours
+5. **victims**: the pretrained victim fine-tuned (full and LoRA) on clean, each protected and the
+   noise copy, same seeds;
+6. **follow-ups** chosen by a rule fixed before any result is seen (:func:`pick`): the best of ours
    and the best peer by goal progress; each purification applied to their sets, to noise and to the
    clean images; a budget sweep of both beside noise;
-6. **report** (:mod:`.fewshot_report`): report.json (with ``card_markdown``), report.md, grids, plots.
+7. **report** (:mod:`.fewshot_report`): report.json (with ``card_markdown``), report.md, grids, plots.
 
 Work runs in ``workers`` processes of ``threads`` intra-op threads each (tqdm shows each stage).
 """
@@ -51,7 +58,9 @@ nothing of any subject on this small UNet, whose attention works only at 4x4 and
 class FewshotSettings:
     """What a few-shot study runs (the defaults are the full, committed study)."""
 
-    subjects: tuple[str, ...] = ("cat", "ihc", "retina")
+    subjects: tuple[str, ...] = ("ampersand", "hash", "percent")
+    """Bundled subjects: structured (:data:`~..glyphs.STRUCTURED_SUBJECTS`, judged by shape, on the glyph
+    corpus) or texture ones (``cat``, ``ihc``, ``retina``, on the photo corpus); one kind per study."""
     methods: tuple[str, ...] = METHODS
     seeds: tuple[int, ...] = (0, 1, 2)
     modes: tuple[str, ...] = ("full", "lora")
@@ -73,6 +82,13 @@ class FewshotSettings:
     """Samples of the pretrained victim scored against its corpus (its sample quality)."""
     n_train: int = 12
     n_heldout: int = 24
+    size: int = 64
+    """Image side: 64 (8 x 8 TAEF2 latents) or 128 (16 x 16)."""
+    control_levels: tuple[int, ...] = (16, 32)
+    """Budgets (8-bit levels) of the positive control, PhotoGuard's plainly visible push."""
+    control_seeds: int = 1
+    """How many of ``seeds`` the positive and substitution controls run at (the first ones): a harness
+    that cannot see a 32/255 push on one seed cannot see anything, and each seed costs 3 victims a subject."""
     pretrain: PretrainRecipe = field(default_factory=PretrainRecipe)
     protection: ProtectionConfig = FEWSHOT_PROTECTION
     """The base every preset is applied over (the product's defaults)."""
@@ -87,7 +103,7 @@ class FewshotSettings:
 
 
 REDUCED = FewshotSettings(
-    methods=("noise", "photoguard", "udp"), seeds=(0,), modes=("full",), purifications=("jpeg75", "noise0.05"),
+    methods=("noise", "photoguard", "advdm", "udp"), seeds=(0,), modes=("full",), purifications=("jpeg75", "noise0.05"),
     sweep_levels=(), followup_sets=("best",), num_samples=48,
     pretrain=PretrainRecipe(corpus_count=1200, victim=TrainRecipe(steps=1000, learning_rate=5e-4, batch_size=32,
                                                                   warmup_steps=50, ema=0.995),
@@ -138,6 +154,8 @@ class Study:
     pretrained: Path
     settings: FewshotSettings
     subjects: dict[str, Subject]
+    substitutes: Sequence[np.ndarray] = ()
+    """Corpus images for the substitution control of a one-subject study."""
 
     def set_key(self, subject: str) -> str:
         """What a subject's protected sets depend on: its clean images, the protection base, the surrogate."""
@@ -145,6 +163,16 @@ class Study:
 
         return short_hash([data_hash(self.subjects[subject].train), self.settings.protection.hash(),
                            self.pretrained.name])
+
+    def substitute(self, subject: str) -> list[np.ndarray]:
+        """The substitution control's training images for ``subject``: held-out images of the next
+        subject of the study (or, in a one-subject study, corpus images the judges never trained on)."""
+        names = list(self.subjects)
+        n = len(self.subjects[subject].train)
+        if len(names) > 1:
+            other = self.subjects[names[(names.index(subject) + 1) % len(names)]]
+            return (other.heldout * n)[:n]
+        return list(self.substitutes[-n:])
 
     def set_path(self, subject: str, name: str, seed: int) -> Path:
         """The training set ``name`` of ``subject`` for ``seed`` (clean is the same for every seed); folder
@@ -173,12 +201,13 @@ def short_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def protect_jobs(study: Study, methods: Sequence[str], levels: int) -> list[tuple[str, ProtectJob]]:
+def protect_jobs(study: Study, methods: Sequence[str], levels: int,
+                 seeds: Sequence[int] | None = None) -> list[tuple[str, ProtectJob]]:
     target = study.out / "targets" / "grey.png"
     jobs = []
     for subject in study.subjects:
         for method in methods:
-            for seed in study.settings.seeds:
+            for seed in (study.settings.seeds if seeds is None else seeds):
                 name = set_name(method, levels, study.settings.levels)
                 out = study.set_path(subject, name, seed)
                 jobs.append(("protect", ProtectJob(
@@ -189,10 +218,11 @@ def protect_jobs(study: Study, methods: Sequence[str], levels: int) -> list[tupl
     return jobs
 
 
-def victim_jobs(study: Study, names: Sequence[str], modes: Sequence[str]) -> list[tuple[str, VictimJob]]:
+def victim_jobs(study: Study, names: Sequence[str], modes: Sequence[str],
+                seeds: Sequence[int] | None = None) -> list[tuple[str, VictimJob]]:
     s = study.settings
     jobs = []
-    for seed in s.seeds:
+    for seed in (s.seeds if seeds is None else seeds):
         jobs.append(("victim", VictimJob("", s.full, seed, s.num_samples, s.sample_steps, s.sample_eta,
                                          str(study.never_path(seed)), str(study.pretrained))))
         for subject in study.subjects:
@@ -217,12 +247,14 @@ def purify_jobs(study: Study, names: Sequence[str]) -> list[tuple[str, PurifyJob
 
 
 def write_inputs(study: Study) -> None:
-    """The clean sets, held-out sets and the grey target image, as files the tasks read."""
+    """The clean sets, held-out sets, substitution sets and the grey target image, as files the tasks read."""
     from PIL import Image
 
     for name, subject in study.subjects.items():
         save_images(study.set_path(name, "clean", 0), subject.train)
         save_images(study.out / "sets" / name / "heldout.npz", subject.heldout)
+        for seed in study.settings.seeds[:study.settings.control_seeds]:
+            save_images(study.set_path(name, "substitute", seed), study.substitute(name))
     target = study.out / "targets" / "grey.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     size = study.subjects[next(iter(study.subjects))].train[0].shape[0]
@@ -241,8 +273,10 @@ def pick(scores: Any, methods: Sequence[str]) -> tuple[str | None, str | None]:
 
 
 def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, Subject],
-                corpus: Sequence[np.ndarray], cache_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the whole study and write its report into ``out``; returns the report."""
+                corpus: Sequence[np.ndarray], cache_dir: str | Path, progress: bool = True,
+                judge_faces: bool = False) -> dict[str, Any]:
+    """Run (or resume) the whole study and write its report into ``out``; returns the report.
+    Stops after a failed gate (module docstring) with a report that says so first."""
     from .fewshot_report import write_fewshot_report
     from .fewshot_scores import Scores
     from .fewshot_setup import prepare_pretrained, prepare_classifier
@@ -255,10 +289,15 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
         t = time.perf_counter()
         pretrained, pretrain_info = prepare_pretrained(corpus, settings, Path(cache_dir), runner, progress)
         timings["pretrain"] = time.perf_counter() - t
-        study = Study(out, pretrained, settings, subjects)
+        study = Study(out, pretrained, settings, subjects, substitutes=corpus[-settings.n_train:])
         write_inputs(study)
         t = time.perf_counter()
         judge = prepare_classifier(study, corpus)
+        if judge_faces:
+            from ..metrics.faces import FaceJudge
+
+            judge.faces = FaceJudge().load()
+            judge.kinds = {name: "faces" for name in subjects}
         timings["classifier"] = time.perf_counter() - t
 
         def checkpoint(stage: str, picks: dict[str, str | None]) -> dict[str, Any]:
@@ -268,6 +307,21 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
             timings["total"] = time.perf_counter() - start
             return write_fewshot_report(study, Scores(study, judge), picks, pretrain_info, timings, stages)
 
+        no_picks: dict[str, str | None] = {"best": None, "peer": None}
+        if Scores(study, judge).controls(pretrain_info.get("quality"))["victim_learned_corpus"] is False:
+            return checkpoint("pretrained victim check (failed: stopped)", no_picks)
+        t = time.perf_counter()
+        control_seeds = settings.seeds[:settings.control_seeds]
+        runner.map(protect_jobs(study, ["noise"], settings.levels)
+                   + [job for lv in settings.control_levels
+                      for job in protect_jobs(study, ["photoguard"], lv, control_seeds)], "protect (controls)")
+        control_sets = [set_name("photoguard", lv, settings.levels) for lv in settings.control_levels]
+        runner.map(victim_jobs(study, ["clean", "noise"], ["full"])
+                   + victim_jobs(study, [*control_sets, "substitute"], ["full"], control_seeds), "victims (controls)")
+        timings["controls"] = time.perf_counter() - t
+        report = checkpoint("controls", no_picks)
+        if report["controls"]["passed"] is False:
+            return report
         t = time.perf_counter()
         runner.map(protect_jobs(study, [m for m in settings.methods], settings.levels), "protect")
         timings["protect"] = time.perf_counter() - t
@@ -312,11 +366,6 @@ def mode_order(settings: FewshotSettings) -> tuple[list[str], list[str]]:
 def planned_stages(settings: FewshotSettings) -> list[str]:
     """The report-writing stages of a study, in the order they run."""
     first, rest = mode_order(settings)
-    return ([f"victims ({', '.join(first)})"] + (["purification"] if settings.purifications else [])
+    return (["controls", f"victims ({', '.join(first)})"] + (["purification"] if settings.purifications else [])
             + [f"sweep @{levels}" for levels in settings.sweep_levels]
             + ([f"victims ({', '.join(rest)})"] if rest else []))
-
-
-def reduced_settings(workers: int = 2) -> FewshotSettings:
-    """:data:`REDUCED` with ``workers`` processes."""
-    return replace(REDUCED, workers=workers)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..report import fmt, json_default, labelled_rows, line_plot, run_versions
-from .fewshot_scores import GOAL_ARTIFACTS, GOAL_ERASURE, Scores
+from .fewshot_scores import GOAL_ARTIFACTS, GOAL_ERASURE, HARNESS_FAILED, Scores
 from .fewshot_tasks import OURS, PEERS, load_images, set_name
 
 GRID_IMAGES = 8
@@ -35,9 +35,11 @@ def ordered(names: Sequence[str]) -> list[str]:
 def method_table(scores: Scores, names: Sequence[str], mode: str, clean: str = "clean") -> tuple[str, list[dict]]:
     """Markdown rows: erasure per subject (mean ± sd over seeds), then means over subjects."""
     subjects = list(scores.study.subjects)
-    head = ("| training set | " + " | ".join(f"erasure {s}" for s in subjects) + " | mean erasure | subject score | "
+    kinds = list(scores.judge.scorers())
+    head = ("| training set | " + " | ".join(f"erasure {s}" for s in subjects) + " | mean erasure | " +
+            "".join(f"mean erasure ({k} judge) | " for k in kinds) + "subject score | "
             "artifact score (x real) | artifacts / clean-ft | FD vs held-out | PSNR (dB) | latent shift |")
-    lines = [head, "|---" * (len(subjects) + 8) + "|"]
+    lines = [head, "|---" * (len(subjects) + 8 + len(kinds)) + "|"]
     rows = []
     for name in names:
         per = {s: scores.summary(s, name, mode, clean) for s in subjects}
@@ -46,12 +48,14 @@ def method_table(scores: Scores, names: Sequence[str], mode: str, clean: str = "
         mean = lambda key: float(np.mean([v[key] for v in per.values() if v.get(key) is not None])) \
             if any(v.get(key) is not None for v in per.values()) else None  # noqa: E731
         row = {"set": name, "mode": mode, "per_subject": per, **{k: mean(k) for k in (
-            "erasure", "score", "artifact", "artifact_vs_clean", "fd", "psnr_db", "latent_shift")}}
+            "erasure", "score", "artifact", "artifact_vs_clean", "fd", "psnr_db", "latent_shift",
+            *(f"erasure_{kind}" for kind in kinds))}}
         rows.append(row)
         cells = [pm(per[s].get("erasure"), per[s].get("erasure_sd")) +
                  (f" ({per[s].get('erasure_n')}/{per[s].get('seeds')})" if per[s].get("erasure_n") != per[s].get("seeds")
                   else "") for s in subjects]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(row['erasure'], '{:.2f}')} | "
+                     + "".join(f"{fmt(row[f'erasure_{kind}'], '{:.2f}')} | " for kind in kinds) +
                      f"{fmt(row['score'], '{:.3f}')} | {fmt(row['artifact'], '{:.2f}')} | "
                      f"{fmt(row['artifact_vs_clean'], '{:.2f}x')} | {fmt(row['fd'], '{:.1f}')} | "
                      f"{fmt(row['psnr_db'], '{:.2f}')} | {fmt(row['latent_shift'], '{:.2f}')} |")
@@ -145,6 +149,36 @@ def goal_text(goal: dict[str, Any]) -> str:
         *[f"  - {p}" for p in parts]])
 
 
+def controls_text(controls: dict[str, Any]) -> str:
+    """The controls as a markdown table and the gate's outcome, for the top of the report."""
+    th = controls["thresholds"]
+    q = controls.get("victim_quality") or {}
+    flag = lambda v: "not run" if v is None else ("pass" if v else "**FAIL**")  # noqa: E731
+    lines = [f"- pretrained victim learned its corpus (samples' FD {fmt(q.get('samples_fd'), '{:.1f}')} <= "
+             f"{th['victim_fd_factor']:.0f} x a corpus split's {fmt(q.get('corpus_split_fd'), '{:.1f}')}): "
+             f"{flag(controls['victim_learned_corpus'])}", "",
+             "| subject | clean fine-tune learned (lift >= " + f"{th['min_lift']:.2f}) | " +
+             " | ".join(f"positive: photoguard {lv}/255 erasure (>= {th['positive_min']})" for lv in th["positive_levels"]) +
+             f" | substitution erasure (>= {th['substitution_min']}) | negative: noise erasure (< {th['negative_max']}) |",
+             "|---" * (4 + len(th["positive_levels"])) + "|"]
+    for subject, c in controls["per_subject"].items():
+        pos = " | ".join(f"{fmt(c['positive'].get(str(lv)), '{:.2f}')}" for lv in th["positive_levels"])
+        lines.append(f"| {subject} | {flag(c['learned'])} | {pos} ({flag(c['positive_passed'])}) | "
+                     f"{fmt(c['substitution'], '{:.2f}')} ({flag(c['substitution_passed'])}) | "
+                     f"{fmt(c['negative'], '{:.2f}')} ({flag(c['negative_passed'])}) |")
+    return "\n".join(lines)
+
+
+def harness_verdict(controls: dict[str, Any], goal: dict[str, Any]) -> str:
+    """The verdict, but only once the harness has passed its controls: a failed control replaces it."""
+    if controls["passed"] is False:
+        return (f"**{HARNESS_FAILED[0].upper()}{HARNESS_FAILED[1:]}.** A control failed (table below); "
+                "no verdict is given.")
+    if controls["passed"] is None:
+        return "The controls have not all run yet; no verdict is given until they pass."
+    return verdict(goal)
+
+
 def verdict(goal: dict[str, Any]) -> str:
     if not goal.get("method"):
         return "No method of ours was measured."
@@ -223,16 +257,18 @@ def write_fewshot_report(study: Any, scores: Scores, picks: dict[str, str | None
     pur_md, pur_rows = purification_table(scores, ["clean", *followups], s.purifications)
     sweep_md, sweep_rows = sweep_table(scores, followups, s.sweep_levels)
     goal = scores.goal(picks["best"], picks["peer"], s.purifications)
-    files = {"grids": grids(scores, names, out, s.modes), "pretrained_grid": quality_grid(pretrain, out),
+    controls = scores.controls(pretrain.get("quality"))
+    controls_sets = [set_name("photoguard", lv, s.levels) for lv in s.control_levels] + ["substitute"]
+    files = {"grids": grids(scores, names + controls_sets, out, s.modes), "pretrained_grid": quality_grid(pretrain, out),
              "budget_sweep": sweep_plot(sweep_rows, out) if s.sweep_levels else None}
     report = {"regime": "fewshot", "settings": s.to_dict(), "subjects": {k: v.to_dict() for k, v in study.subjects.items()},
               "pretrained": pretrain, "classifier": {"validation": scores.judge.validation},
-              "learned": learned, "tables": {mode: rows for mode, (_, rows) in tables.items()},
+              "learned": learned, "controls": controls, "tables": {mode: rows for mode, (_, rows) in tables.items()},
               "purification": pur_rows, "budget_sweep": sweep_rows, "picks": picks, "goal": goal,
-              "verdict": verdict(goal), "timings": timings, "versions": run_versions(), "files": files,
+              "verdict": harness_verdict(controls, goal), "judges": scores.judge.kinds, "timings": timings, "versions": run_versions(), "files": files,
               "stages": stages or {}}
     report["card_markdown"] = card_markdown(report, tables["full"][0] if "full" in tables else "")
-    sections = {"learned": learned_md, "tables": {m: md for m, (md, _) in tables.items()}, "purification": pur_md,
+    sections = {"learned": learned_md, "controls": controls_text(controls), "tables": {m: md for m, (md, _) in tables.items()}, "purification": pur_md,
                 "sweep": sweep_md}
     (out / "report.md").write_text(render_markdown(report, sections))
     (out / "report.json").write_text(json.dumps(report, indent=1, default=json_default))
@@ -255,14 +291,18 @@ def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
     missing = [x for x in stages.get("planned", []) if x not in stages.get("done", [])]
     partial = ([f"**Partial report**: stages done: {', '.join(stages['done'])}; not run yet: {', '.join(missing)} "
                 "(the same command resumes from its cache).", ""] if missing else [])
-    lines = ["# Few-shot protection report", "", *partial, report["verdict"], "", "## Setup", "",
+    failed = report["controls"]["passed"] is False
+    lines = [*([f"**{HARNESS_FAILED[0].upper()}{HARNESS_FAILED[1:]}.**", ""] if failed else []),
+             "# Few-shot protection report", "", *partial, report["verdict"], "",
+             "## Controls (checked before any verdict)", "", sections["controls"], "", "## Setup", "",
              "Subjects: " + "; ".join(f"**{k}** ({v['train']} training, {v['heldout']} held-out: {v['source']})"
                                       for k, v in report["subjects"].items()), "",
              f"Pretrained victim: FD of its samples vs its corpus {fmt(q.get('samples_fd'), '{:.1f}')} (another corpus "
              f"split {fmt(q.get('corpus_split_fd'), '{:.1f}')}, TAEF2 round trips {fmt(q.get('round_trip_fd'), '{:.1f}')}, "
              f"uniform noise {fmt(q.get('uniform_noise_fd'), '{:.1f}')}).", "",
-             "Subject classifier (clean images only), on images it never saw: " +
+             "Judges (trained on clean images only), on images they never saw: " +
              ", ".join(f"{k} {v:.2f}" for k, v in val.items()), "",
+             "Judge of each subject: " + ", ".join(f"{k}: {v}" for k, v in (report.get("judges") or {}).items()), "",
              "## Did the victims learn the subject?", "", sections["learned"], ""]
     for mode, md in sections["tables"].items():
         lines += [f"## {mode} fine-tuning, {s['levels']}/255", "",

@@ -23,6 +23,18 @@ from .fewshot_tasks import load_images
 GOAL_ERASURE = 0.8
 GOAL_ARTIFACTS = 2.0
 KEEP_AFTER_PURIFICATION = 0.5
+VICTIM_QUALITY_FACTOR = 10.0
+"""The pretrained victim has learned its corpus when its samples' FD to corpus images is at most this
+many times the FD between two corpus splits (measured in the same feature space). A victim that never
+learned its domain (FD 130x a corpus split in issue 17's run) cannot show what fine-tuning learns."""
+POSITIVE_MIN = 0.8
+"""The positive control (a plainly visible PhotoGuard push) must erase at least this much."""
+SUBSTITUTION_MIN = 0.8
+"""Fine-tuning on another subject's images must read as erasure of at least this much (ideally ~1)."""
+NEGATIVE_MAX = 0.5
+"""Random noise of the study's budget must erase less than this: a harness in which noise "erases"
+0.76 (issue 17) reads anything as protection."""
+HARNESS_FAILED = "this harness cannot see protection; its figures say nothing"
 
 
 def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
@@ -47,15 +59,28 @@ class Scores:
         if key not in self._memo:
             self._memo[key] = None
             if path.exists():
-                x = to_tensor(load_images(path))
+                images = load_images(path)
+                x = to_tensor(images)
                 info_path = path.with_suffix(".json")
                 info = json.loads(info_path.read_text()) if info_path.exists() else {}
-                self._memo[key] = {"score": self.judge.classifier.score(x, subject),
-                                   "artifact": artifact_score(x, self.heldout[subject]),
-                                   "fd": self.judge.space.fd(x, self.heldout[subject]),
-                                   "final_loss": info.get("final_loss"),
-                                   "train_seconds": info.get("train_seconds")}
+                record = {f"score_{kind}": judge.score(x, subject) for kind, judge in self.judge.scorers().items()}
+                kind = self.judge.for_subject(subject)
+                if kind == "faces":
+                    record.update(self._faces(images, subject))
+                    record["score"] = record["ism"]
+                else:
+                    record["score"] = record[f"score_{kind}"]
+                record.update({"artifact": artifact_score(x, self.heldout[subject]),
+                               "fd": self.judge.space.fd(x, self.heldout[subject]),
+                               "final_loss": info.get("final_loss"), "train_seconds": info.get("train_seconds")})
+                self._memo[key] = record
         return self._memo[key]
+
+    def _faces(self, images: list, subject: str) -> dict[str, Any]:
+        """FDFR and ISM (identity similarity to the subject's clean training images) of a sample set."""
+        from ..metrics.faces import face_scores
+
+        return face_scores(images, load_images(self.study.set_path(subject, "clean", 0)), self.judge.faces)
 
     def victim(self, subject: str, name: str, mode: str, seed: int) -> dict[str, Any] | None:
         return self._score(self.study.victim_path(subject, name, mode, seed), subject)
@@ -67,11 +92,13 @@ class Scores:
         path = self.study.set_path(subject, name, seed).with_suffix(".json")
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def erasure(self, subject: str, name: str, mode: str, seed: int, clean: str = "clean") -> float | None:
+    def erasure(self, subject: str, name: str, mode: str, seed: int, clean: str = "clean",
+                key: str = "score") -> float | None:
+        """Erasure by the subject's judge (``key`` ``score``) or by another (``score_shape``, ``score_texture``)."""
         c, p, n = self.victim(subject, clean, mode, seed), self.victim(subject, name, mode, seed), self.never(subject, seed)
-        if c is None or p is None or n is None:
+        if c is None or p is None or n is None or c.get(key) is None or p.get(key) is None or n.get(key) is None:
             return None
-        return erasure(c["score"], p["score"], n["score"])
+        return erasure(c[key], p[key], n[key])
 
     def artifact_vs_clean(self, subject: str, name: str, mode: str, seed: int, clean: str = "clean") -> float | None:
         c, p = self.victim(subject, clean, mode, seed), self.victim(subject, name, mode, seed)
@@ -89,7 +116,9 @@ class Scores:
                             ("artifact_vs_clean", [self.artifact_vs_clean(subject, name, mode, s, clean) for s in seeds]),
                             ("score", [r["score"] if r else None for r in runs]),
                             ("artifact", [r["artifact"] if r else None for r in runs]),
-                            ("fd", [r["fd"] if r else None for r in runs])):
+                            ("fd", [r["fd"] if r else None for r in runs]),
+                            *((f"erasure_{kind}", [self.erasure(subject, name, mode, s, clean, f"score_{kind}")
+                                                   for s in seeds]) for kind in self.judge.scorers())):
             out[key], out[f"{key}_sd"], out[f"{key}_n"] = mean_sd(values)
         base = name.split("+")[0]
         prot = [self.protection(subject, base, s) for s in seeds]
@@ -121,6 +150,36 @@ class Scores:
         if not er and not ar:
             return None
         return max(np.mean(er) / GOAL_ERASURE if er else -math.inf, np.mean(ar) / GOAL_ARTIFACTS if ar else -math.inf)
+
+    # ------------------------------------------------------------ the controls
+    def controls(self, quality: dict[str, Any] | None) -> dict[str, Any]:
+        """The checks every report makes before any verdict (issue 17): the pretrained victim learned
+        its corpus; each clean fine-tune learned its subject; the positive control (PhotoGuard at
+        ``control_levels``) and the substitution control (fine-tuning on another subject) read as
+        erasure; random noise does not. ``passed`` is None while a control has not run."""
+        s = self.study.settings
+        victim_ok = None
+        if quality and quality.get("samples_fd") is not None and quality.get("corpus_split_fd"):
+            victim_ok = quality["samples_fd"] <= VICTIM_QUALITY_FACTOR * quality["corpus_split_fd"]
+        per_subject = {}
+        for subject in self.study.subjects:
+            pos = {lv: self.summary(subject, f"photoguard@{lv}", "full").get("erasure") for lv in s.control_levels}
+            sub = self.summary(subject, "substitute", "full").get("erasure")
+            neg = self.summary(subject, "noise", "full").get("erasure")
+            per_subject[subject] = {
+                "learned": self.learned(subject, "full")["all_learned"] if self.learned(subject, "full")["seeds"] else None,
+                "positive": {str(lv): v for lv, v in pos.items()},
+                "positive_passed": None if any(v is None for v in pos.values()) else all(v >= POSITIVE_MIN for v in pos.values()),
+                "substitution": sub, "substitution_passed": None if sub is None else sub >= SUBSTITUTION_MIN,
+                "negative": neg, "negative_passed": None if neg is None else neg < NEGATIVE_MAX}
+        checks = [victim_ok] + [v[k] for v in per_subject.values()
+                                for k in ("learned", "positive_passed", "substitution_passed", "negative_passed")]
+        passed = False if any(c is False for c in checks) else (None if any(c is None for c in checks) else True)
+        return {"passed": passed, "victim_learned_corpus": victim_ok, "victim_quality": quality,
+                "per_subject": per_subject, "thresholds": {
+                    "victim_fd_factor": VICTIM_QUALITY_FACTOR, "min_lift": MIN_LIFT, "positive_min": POSITIVE_MIN,
+                    "substitution_min": SUBSTITUTION_MIN, "negative_max": NEGATIVE_MAX,
+                    "positive_levels": list(s.control_levels)}}
 
     # ------------------------------------------------------------ the goal
     def goal(self, best: str | None, peer: str | None, purifications: Sequence[str]) -> dict[str, Any]:

@@ -77,36 +77,84 @@ def pretrained_quality(folder: Path, corpus: Sequence[np.ndarray], settings: Any
 
 @dataclass
 class Judge:
-    """The subject classifier, its validation and the FD feature space of one study."""
+    """The study's judges, their validation and the FD feature space.
+
+    ``classifier`` is the colour / texture classifier (:mod:`..metrics.subject`), ``shape`` the CNN shape
+    judge (:mod:`..metrics.shape_judge`, trained when a subject is judged by its shape), ``faces`` the
+    identity judge of the ``[faces]`` extra. A subject is scored by the judge of its kind
+    (:meth:`for_subject`); the other judges' scores are reported beside it.
+    """
 
     classifier: SubjectClassifier
     space: FeatureSpace
     validation: dict[str, float]
     seconds: float
+    shape: Any = None
+    kinds: dict[str, str] | None = None
+    """Subject -> the judge that decides it: ``shape``, ``texture`` or ``faces``."""
+    faces: Any = None
+
+    def for_subject(self, subject: str) -> str:
+        return (self.kinds or {}).get(subject, "texture")
+
+    def scorers(self) -> dict[str, Any]:
+        """Every trained class judge by name (``score(x01, subject)``)."""
+        return {"texture": self.classifier, **({"shape": self.shape} if self.shape is not None else {})}
+
+
+def judge_kinds(subjects: dict[str, Any], validation: dict[str, float], shape_trained: bool) -> dict[str, str]:
+    """The judge of each subject: its declared kind; ``auto`` (a user's folder) picks the class judge that
+    recognises its held-out images best (higher held-out score), so a subject counts as learned by the
+    judge that can recognise its kind."""
+    kinds = {}
+    for name, subject in subjects.items():
+        kind = subject.kind
+        if kind == "auto":
+            shape = validation.get(f"shape/{name}_heldout_score", -1.0) if shape_trained else -1.0
+            kind = "shape" if shape > validation.get(f"texture/{name}_heldout_score", -1.0) else "texture"
+        kinds[name] = kind
+    return kinds
 
 
 def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
-    """Train (or load) the study's subject classifier on clean images only (see metrics/subject.py)."""
+    """Train (or load) the study's judges on clean images only (the subject's judge images, or its
+    training images when it has none; corpus images; their TAEF2 round trips), validated on held-out
+    images. Cached in the study folder under a key of what they were trained on."""
+    from ..data import data_hash
+    from ..metrics.shape_judge import ShapeJudge, train_shape_judge
+
     path = study.out / "classifier.pt"
     vae = victim_codec(str(study.pretrained))
-    subjects = {name: to_tensor(s.train) for name, s in study.subjects.items()}
+    subjects = {name: to_tensor(s.judge or s.train) for name, s in study.subjects.items()}
+    needs_shape = any(s.kind in ("shape", "auto") for s in study.subjects.values())
 
     def round_trip(x: torch.Tensor) -> torch.Tensor:
         return to_tensor(decode(vae, encode(vae, x)))
 
-    key = {"subjects": sorted(subjects), "pretrained": str(study.pretrained), "corpus": len(corpus)}
+    key = {"subjects": sorted(subjects), "pretrained": str(study.pretrained), "corpus": len(corpus),
+           "data": data_hash([a for s in study.subjects.values() for a in (s.judge or s.train)]), "shape": needs_shape}
     if path.exists():
         state = torch.load(path, weights_only=True)
         if json.loads(state["key"]) == key:
+            shape = ShapeJudge.from_state(state["shape"]) if "shape" in state else None
+            validation = json.loads(state["validation"])
             return Judge(SubjectClassifier.from_state(state["classifier"]), FeatureSpace(state["features"].numpy()),
-                         json.loads(state["validation"]), float(state["seconds"]))
+                         validation, float(state["seconds"]), shape, judge_kinds(study.subjects, validation, needs_shape))
     start = time.perf_counter()
     n = min(CLASSIFIER_CORPUS, len(corpus) // 2)
-    clf, features = train_subject_classifier(to_tensor(corpus[:n]), subjects, round_trip)
+    train_corpus, val_corpus = to_tensor(corpus[:n]), to_tensor(corpus[n:n + 300])
+    clf, features = train_subject_classifier(train_corpus, subjects, round_trip)
     heldout = {name: to_tensor(load_images(study.out / "sets" / name / "heldout.npz")) for name in subjects}
-    validation = validate_classifier(clf, to_tensor(corpus[n:n + 300]), heldout, round_trip)
+    validation = {f"texture/{k}": v for k, v in validate_classifier(clf, val_corpus, heldout, round_trip).items()}
+    shape = None
+    if needs_shape:
+        shape = train_shape_judge(train_corpus, subjects, round_trip)
+        validation.update({f"shape/{k}": v for k, v in validate_classifier(shape, val_corpus, heldout, round_trip).items()})
     seconds = time.perf_counter() - start
-    torch.save({"key": json.dumps(key), "classifier": clf.state(), "features": torch.from_numpy(features),
-                "validation": json.dumps(validation), "seconds": seconds}, path)
-    logger.info("subject classifier validation: %s", validation)
-    return Judge(clf, FeatureSpace(features), validation, seconds)
+    state = {"key": json.dumps(key), "classifier": clf.state(), "features": torch.from_numpy(features),
+             "validation": json.dumps(validation), "seconds": seconds}
+    if shape is not None:
+        state["shape"] = shape.state()
+    torch.save(state, path)
+    logger.info("judges' validation: %s", validation)
+    return Judge(clf, FeatureSpace(features), validation, seconds, shape, judge_kinds(study.subjects, validation, needs_shape))

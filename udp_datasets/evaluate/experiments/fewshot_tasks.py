@@ -243,8 +243,3 @@ def run_task(task: tuple[str, Any]) -> dict[str, Any]:
     """Dispatch ``(kind, job)``: the one entry point worker processes call."""
     kind, job = task
     return {"pretrain": pretrain_task, "protect": protect_task, "purify": purify_task, "victim": victim_task}[kind](job)
-
-
-def subject_tensors(paths: dict[str, Path]) -> dict[str, torch.Tensor]:
-    """{name: (N, 3, H, W) float} of image files (the classifier's inputs)."""
-    return {name: to_tensor(load_images(p)) for name, p in paths.items()}

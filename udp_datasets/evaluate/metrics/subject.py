@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from .artifacts import artifact_ratio, colour_noise_ratio
 from .distribution import frechet_distance_from_features
 
-MIN_LIFT = 0.10
+MIN_LIFT = 0.20
 """The clean fine-tune must raise the subject score by at least this much over the never-shown model
-before an erasure figure counts."""
+before an erasure figure counts (0.10 until 0.3: a lift of 0.13 let random noise "erase" 0.76, issue 17)."""
 
 
 def _filters() -> torch.Tensor:
@@ -105,7 +105,7 @@ class SubjectClassifier:
         self.mu = self.sd = self.weight = self.bias = None
 
     def fit(self, features: np.ndarray, labels: np.ndarray) -> "SubjectClassifier":
-        self.mu, self.sd = features.mean(0), features.std(0) + 1e-6
+        self.mu, self.sd = features.mean(0), feature_scale(features)
         x = torch.tensor((features - self.mu) / self.sd, dtype=torch.float32)
         y = torch.as_tensor(labels, dtype=torch.long)
         k = len(self.names)
@@ -177,24 +177,49 @@ def validate_classifier(clf: SubjectClassifier, corpus_heldout: torch.Tensor, su
     return out
 
 
+def feature_scale(features: np.ndarray) -> np.ndarray:
+    """Per-feature std for standardising, infinite for features (nearly) constant on the clean images.
+
+    Why: on grey images every colour feature is 0, and dividing a sample's tiny deviation by a std of
+    1e-6 made FD values of 1e5-1e6 (issue 17); a constant feature now simply drops out (x / inf = 0).
+    """
+    sd = features.std(0)
+    return np.where(sd > 1e-4 * max(float(np.median(sd)), 1e-12), sd, np.inf)
+
+
 class FeatureSpace:
     """FD in the top ``dims`` principal components of the standardised features of clean images."""
 
     def __init__(self, clean_features: np.ndarray, dims: int = 16):
-        self.mu, self.sd = clean_features.mean(0), clean_features.std(0) + 1e-6
+        self.mu, self.sd = clean_features.mean(0), feature_scale(clean_features)
         z = (clean_features - self.mu) / self.sd
         _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
         self.projection = vt[:dims].T
+        self.dims = self.projection.shape[1]
 
     def embed(self, x01: torch.Tensor) -> np.ndarray:
         return ((subject_features(x01) - self.mu) / self.sd) @ self.projection
 
-    def fd(self, a01: torch.Tensor, b01: torch.Tensor) -> float:
+    def fd(self, a01: torch.Tensor, b01: torch.Tensor) -> float | None:
+        """FD, or ``None`` when either set has too few images for a covariance in ``dims`` dimensions
+        (fewer than dims + 2): a small folder gets no FD rather than a meaningless one."""
+        if min(a01.shape[0], b01.shape[0]) < self.dims + 2:
+            return None
         return float(frechet_distance_from_features(self.embed(a01), self.embed(b01)))
 
 
+GREY_CHROMA = 1e-3
+"""Colour noise (RMS chroma residual) below which reference images count as grey."""
+
+
 def artifact_score(samples01: torch.Tensor, reference01: torch.Tensor) -> float:
-    """Mean of the high-frequency-energy ratio and the colour-noise ratio of samples to real images."""
+    """Mean of the high-frequency-energy ratio and the colour-noise ratio of samples to real images;
+    the high-frequency ratio alone when the references are grey (their colour noise is ~0, so a colour
+    ratio would be infinite: issue 17)."""
+    from .artifacts import colour_noise
+
+    if colour_noise(reference01) < GREY_CHROMA:
+        return artifact_ratio(samples01, reference01)
     return 0.5 * (artifact_ratio(samples01, reference01) + colour_noise_ratio(samples01, reference01))
 
 

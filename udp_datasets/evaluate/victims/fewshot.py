@@ -5,9 +5,11 @@ generic images is fine-tuned on a few images of one subject through its real VAE
 VAE is TAEF2, the pretrained tiny autoencoder the package ships (``models.tiny_autoencoder``), and
 the denoiser a ``UNet2DModel`` on its 32 x 8 x 8 latents of 64 px images:
 
-- model space ``z = (E(x) - shift) * scale`` with one scalar ``shift`` / ``scale`` (the corpus
-  latents' mean and 1 / std), stored as TAEF2's ``shift_factor`` / ``scaling_factor`` so a latent
-  pair of this VAE and any UNet here is read by :func:`udp_datasets.load_surrogate` unchanged;
+- model space ``z = (E(x) - shift) * scale`` (:class:`~udp_datasets.models.latent.LatentNormalisation`),
+  either **per channel** (each of the 32 channels standardised by its corpus mean and std, stored as
+  the VAE config's ``latents_mean`` / ``latents_std``, as FLUX.2 standardises its latents) or with one
+  scalar ``shift`` / ``scale`` (``shift_factor`` / ``scaling_factor``); either way a latent pair of
+  this VAE and any UNet here is read by :func:`udp_datasets.load_surrogate` unchanged;
 - Stable Diffusion's scaled-linear noise schedule (1000 steps), epsilon prediction;
 - horizontal flips: the latents of the mirrored images are encoded once beside the originals (a
   mirrored latent is not the latent of the mirrored image);
@@ -35,7 +37,6 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 LATENT_CHANNELS = 32
-VAE_FACTOR = 8
 
 FEWSHOT_UNETS: dict[str, dict[str, Any]] = {
     # the victim: 3 levels, attention at the two deepest (4x4 and 2x2), 4.7 M parameters
@@ -101,13 +102,31 @@ def build_unet(kind: str, latent_size: int = 8, seed: int = 0):
                            **FEWSHOT_UNETS[kind])
 
 
-def scaled_taef2(shift: float, scale: float):
-    """The bundled TAEF2 with its latent normalisation in the config (``shift_factor``, ``scaling_factor``)."""
+def normalised_taef2(stats: dict[str, Any] | None = None, per_channel: bool = True):
+    """The bundled TAEF2 with a latent normalisation in its config, from corpus statistics
+    (:func:`latent_statistics`): per channel (``latents_mean`` / ``latents_std``) or one scalar pair
+    (``shift_factor`` / ``scaling_factor``). ``None``: raw latents (shift 0, scale 1)."""
     from ...models.tiny_autoencoder import bundled_taef2
 
     vae = bundled_taef2()
-    vae.register_to_config(shift_factor=float(shift), scaling_factor=float(scale))
+    if stats is not None and per_channel:
+        vae.register_to_config(latents_mean=[float(v) for v in stats["channel_mean"]],
+                               latents_std=[float(v) for v in stats["channel_std"]])
+    elif stats is not None:
+        vae.register_to_config(shift_factor=float(stats["shift"]), scaling_factor=float(stats["scale"]))
     return vae.requires_grad_(False)
+
+
+def latent_statistics(raw: torch.Tensor) -> dict[str, Any]:
+    """Both normalisations of raw latents (N, C, h, w): scalar (mean, 1 / std) and per channel."""
+    return {"shift": float(raw.mean()), "scale": float(1 / raw.std()),
+            "channel_mean": raw.mean((0, 2, 3)).tolist(), "channel_std": raw.std((0, 2, 3)).tolist()}
+
+
+def normalisation(vae):
+    from ...models.latent import latent_normalisation
+
+    return latent_normalisation(vae.config)
 
 
 def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
@@ -129,14 +148,14 @@ def raw_latents(vae, x01: torch.Tensor, batch: int = 64) -> torch.Tensor:
 @torch.no_grad()
 def encode(vae, x01: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Pixels in [0, 1] -> model-space latents ``(E(x) - shift) * scale``."""
-    return (raw_latents(vae, x01, batch) - vae.config.shift_factor) * vae.config.scaling_factor
+    return normalisation(vae).normalise(raw_latents(vae, x01, batch))
 
 
 @torch.no_grad()
 def decode(vae, z: torch.Tensor, batch: int = 64) -> np.ndarray:
     """Model-space latents -> (N, H, W, 3) uint8 images."""
-    out = [vae.decode(z[i:i + batch] / vae.config.scaling_factor + vae.config.shift_factor).sample
-           for i in range(0, z.shape[0], batch)]
+    norm = normalisation(vae)
+    out = [vae.decode(norm.denormalise(z[i:i + batch])).sample for i in range(0, z.shape[0], batch)]
     return to_uint8((torch.cat(out) + 1) / 2)
 
 
@@ -254,8 +273,3 @@ def sample(unet: torch.nn.Module, count: int, seed: int, steps: int = 50, eta: f
             z = scheduler.step(unet(z, t).sample, t, z, eta=eta, generator=gen).prev_sample
         out.append(z)
     return torch.cat(out)
-
-
-def trainable_names(unet: torch.nn.Module) -> list[str]:
-    """Names of the parameters that would train (for checks: LoRA trains only ``lora_`` weights)."""
-    return [name for name, p in unet.named_parameters() if p.requires_grad]

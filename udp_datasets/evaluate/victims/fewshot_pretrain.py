@@ -4,8 +4,9 @@ a differently shaped latent surrogate UNet pretrained on them, each saved as a l
 Everything is cached under one folder per (recipe, corpus) key, so the pretraining runs once per
 machine and any later run (or another study with the same recipe) reuses it:
 
-- ``corpus.pt``: raw TAEF2 latents of the corpus and of its mirror images, and their normalisation
-  (one scalar shift = mean, one scalar scale = 1 / std);
+- ``corpus.pt``: raw TAEF2 latents of the corpus and of its mirror images, and their statistics
+  (per channel, and one scalar shift = mean, scale = 1 / std); the recipe's ``per_channel`` picks the
+  normalisation the pairs are saved with;
 - ``victim/`` and ``surrogate/``: latent pairs (TAEF2 with that normalisation in its config + UNet +
   SD's scheduler; :func:`udp_datasets.models.latent.save_latent_pair`), so ``load_surrogate`` reads
   both: the protector attacks ``surrogate/``, DiffPure denoises with ``victim/``, and the few-shot
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 
 from ..data import data_hash
-from .fewshot import LatentData, TrainRecipe, build_unet, raw_latents, scaled_taef2, to_tensor, train_unet
+from .fewshot import (LatentData, TrainRecipe, build_unet, latent_statistics, normalisation, normalised_taef2, raw_latents,
+                      to_tensor, train_unet)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ class PretrainRecipe:
         steps=1500, learning_rate=3e-4, batch_size=32, warmup_steps=100))
     victim_seed: int = 10
     surrogate_seed: int = 20
+    per_channel: bool = True
+    """Standardise each latent channel by its corpus mean and std (FLUX.2's convention, the default since
+    0.3: docs/efficacy.md measures both); False: one scalar shift and scale for every channel."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,11 +75,10 @@ def encode_corpus(corpus: Sequence[np.ndarray], folder: Path) -> dict[str, Any]:
     if path.exists():
         return torch.load(path, weights_only=True)
     start = time.perf_counter()
-    vae = scaled_taef2(0.0, 1.0)
+    vae = normalised_taef2(None)
     x = to_tensor(corpus)
     raw, raw_flip = raw_latents(vae, x), raw_latents(vae, x.flip(-1))
-    state = {"raw": raw, "raw_flip": raw_flip, "shift": float(raw.mean()), "scale": float(1 / raw.std()),
-             "seconds": time.perf_counter() - start}
+    state = {"raw": raw, "raw_flip": raw_flip, **latent_statistics(raw), "seconds": time.perf_counter() - start}
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     logger.info("corpus: %d images encoded (with mirrors) in %.0f s; latent std %.3f", len(corpus),
@@ -93,13 +97,14 @@ def pretrain_unet(kind: str, folder: Path, recipe: PretrainRecipe, progress: boo
     if not (folder / "corpus.pt").exists():
         raise FileNotFoundError(f"{folder / 'corpus.pt'}: encode the corpus first (encode_corpus)")
     corpus = torch.load(folder / "corpus.pt", weights_only=True)
-    shift, scale = corpus["shift"], corpus["scale"]
-    data = LatentData((corpus["raw"] - shift) * scale, (corpus["raw_flip"] - shift) * scale)
+    vae = normalised_taef2(corpus, recipe.per_channel)
+    norm = normalisation(vae)
+    data = LatentData(norm.normalise(corpus["raw"]), norm.normalise(corpus["raw_flip"]))
     train, seed = (recipe.victim, recipe.victim_seed) if kind == "victim" else (recipe.surrogate, recipe.surrogate_seed)
     unet = build_unet(f"fewshot-{kind}", data.z.shape[-1], seed).requires_grad_(True)
     start = time.perf_counter()
     model, losses, _ = train_unet(unet, data, train, seed, desc=f"pretrain {kind}" if progress else None)
-    save_latent_pair(target, scaled_taef2(shift, scale), model, sd_scheduler())
+    save_latent_pair(target, vae, model, sd_scheduler())
     info = {"kind": kind, "seconds": time.perf_counter() - start, "final_loss": float(np.mean(losses[-100:])),
             "parameters": sum(p.numel() for p in model.parameters()), "recipe": train.to_dict(), "seed": seed,
             "loss_history": losses[::10]}
