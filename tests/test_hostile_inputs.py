@@ -716,6 +716,67 @@ def test_sigkill_then_rerun_cleans_the_stale_temporary(flags, tmp_path):
     assert rows(out) == rows(reference)
 
 
+HOLD_LOCK = r"""
+import sys, time
+from udp_datasets.sinks.lock import destination_lock
+with destination_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("path", ["folder", "tar"])
+def test_one_writer_per_destination(path, flags, tmp_path, capsys):
+    """Issue 20 item 5: a live run's lock refuses a second run (exit 2, naming the holder, DST
+    untouched); once that run is killed (SIGKILL: no clean-up), the next run takes the lock over."""
+    src = tmp_path / "src"
+    src.mkdir()
+    if path == "folder":
+        (src / "a.png").write_bytes(BYTE["rgb"].make())
+        target = str(src)
+    else:
+        with tarfile.open(src / "s.tar", "w") as tar:
+            hostile.add_member(tar, "a.png", BYTE["rgb"].make())
+        target = str(src / "s.tar")
+    out = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], env=_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["protect", target, str(out), *flags]) == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert f"is being written by another protect run (pid {holder.pid}" in err and "Traceback" not in err, err
+        assert not out.exists() or not any(out.iterdir())
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    lock = tmp_path / ".out.udp-lock"
+    assert lock.exists()  # what a killed run leaves: a file nobody holds
+    assert main(["protect", target, str(out), *flags]) == EXIT_OK
+    assert not lock.exists()
+
+
+def test_resume_with_other_rows_per_shard_is_refused(cfg, tmp_path, capsys):
+    """A resume whose output-shaping options differ (another rows_per_shard names the Parquet
+    shards otherwise) is refused like a config change; --overwrite replaces the earlier shards,
+    so no row is in the output twice."""
+    from udp_datasets.jobs.shard_job import ConfigMismatchError
+
+    ds = datasets.Dataset.from_dict({"image": [{"bytes": hostile.encode(Image.fromarray(hostile.gradient(seed=i))),
+                                                "path": None} for i in range(4)]}).cast_column("image", datasets.Image())
+    run_shards(ds, tmp_path / "out", cfg, rows_per_shard=2, progress=False)
+    with pytest.raises(ConfigMismatchError, match=r"another --rows-per-shard.*--overwrite"):
+        run_shards(ds, tmp_path / "out", cfg, rows_per_shard=4, progress=False)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    flags = ["--surrogate", cfg.surrogate, "--resolution", "16", "--steps", "2", "--format", "parquet"]
+    assert main(["protect", str(tmp_path / "saved"), str(tmp_path / "out"), "--rows-per-shard", "4", *flags]) == EXIT_USAGE
+    assert "another --rows-per-shard" in capsys.readouterr().err
+    summary = run_shards(ds, tmp_path / "out", cfg, rows_per_shard=4, progress=False, overwrite=True)
+    files = sorted(p.name for p in (tmp_path / "out" / "data").glob("*.parquet"))
+    assert files == ["train-00000-of-00001.parquet"] and summary.count == 4
+    assert sum(pq.read_metadata(tmp_path / "out" / "data" / f).num_rows for f in files) == 4
+    assert main(["verify", str(tmp_path / "out")]) == EXIT_OK
+
+
 MEMORY_SCRIPT = r"""
 import json, resource, sys
 import torch, diffusers, datasets  # noqa: F401  (their address space is not what the cap is about)

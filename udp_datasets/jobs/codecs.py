@@ -15,6 +15,7 @@ from the data alone, so a resumed job may use another number of processes.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -312,6 +313,18 @@ def dataset_units(ds: Any, rows_per_shard: int = 10_000, split: str | None = Non
                      source=f"{getattr(ds, 'info', None) and ds.info.dataset_name or 'dataset'}[{split}] "
                             f"shard {i}/{count}", index=i, count=count)
             for i in range(count)]
+
+
+_DATASET_UNIT = re.compile(r"^(.*)-\d{5}-of-\d{5}\.parquet$")
+
+
+def stale_dataset_units(marked: Iterable[str], units: list[WorkUnit]) -> list[str]:
+    """Units an earlier run wrote for the same dataset split that these ``units`` do not hold
+    (``data/train-00000-of-00002.parquet`` beside this run's ``...-of-00004``: another
+    ``rows_per_shard``). Left in place they would put every row in the output twice."""
+    current = {u.name for u in units}
+    prefixes = {m.group(1) for u in units if u.kind == "hf" and (m := _DATASET_UNIT.match(u.name))}
+    return sorted(n for n in marked if n not in current and (m := _DATASET_UNIT.match(n)) and m.group(1) in prefixes)
 
 
 def shard_units(shards: Iterable[Shard]) -> list[WorkUnit]:

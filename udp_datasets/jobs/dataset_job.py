@@ -30,6 +30,7 @@ from ..config import ProtectionConfig
 from ..protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_column
 from ..sinks import atomic_directory, save_dataset, save_imagefolder
 from ..sinks.atomic import OutputExistsError, OutputWriteError
+from ..sinks.lock import destination_lock
 from ..sources import open_source
 from ..sources.columns import check_dataset
 from ..sources.folder_images import skipped_images
@@ -56,9 +57,10 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
     DST is then left as it was. ``drop_columns``: other image columns to leave out (a dataset with
     image columns besides ``image_column`` is refused otherwise, :mod:`udp_datasets.sources.columns`)."""
     try:
-        return _protect_dataset(src, dst, config, split=split, image_column=image_column, key_column=key_column,
-                                output_format=output_format, fit_output=fit_output, num_proc=num_proc,
-                                overwrite=overwrite, drop_columns=tuple(drop_columns))
+        with destination_lock(dst):  # one writer per DST; a second live run is refused (sinks.lock)
+            return _protect_dataset(src, dst, config, split=split, image_column=image_column,
+                                    key_column=key_column, output_format=output_format, fit_output=fit_output,
+                                    num_proc=num_proc, overwrite=overwrite, drop_columns=tuple(drop_columns))
     except OutputExistsError:
         raise
     except OSError as exc:

@@ -82,12 +82,13 @@ from ..images import ImageError
 from ..protector import FailedImage, ProtectedImage, Protector
 from ..sinks.atomic import (OutputExistsError, atomic_directory, atomic_file, is_temp_name, remove_path,
                             write_bytes_atomic, write_json_atomic)
+from ..sinks.lock import destination_lock
 from ..sources.hf import SourceError
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import discover_shards
 from ..sources.tar import ShardReadError
 from .background import ReadAhead, WriteBehind
-from .codecs import Chunk, ShardCodec, WorkUnit, dataset_units, make_codec, shard_units
+from .codecs import Chunk, ShardCodec, WorkUnit, dataset_units, make_codec, shard_units, stale_dataset_units
 from .distributed import main_then_broadcast, make_state
 from .manifest import MANIFEST_SCHEMA, manifest_digest, manifest_table
 from .summary import JobSummary, library_versions, mean_psnr, rate, utc_now
@@ -191,7 +192,12 @@ class ShardRunner:
 
     # -------------------------------------------------------------------- run
     def run(self) -> JobSummary:
-        """Protect the pending shards on this rank; every rank returns the merged summary."""
+        """Protect the pending shards on this rank; every rank returns the merged summary. The main
+        process holds DST's lock (:mod:`udp_datasets.sinks.lock`) from preparing DST to the summary."""
+        with contextlib.ExitStack() as self._held:
+            return self._run()
+
+    def _run(self) -> JobSummary:
         start, started_at = time.perf_counter(), utc_now()
         state = self.state if self.state is not None else make_state()
         rank, world = state.process_index, state.num_processes
@@ -261,7 +267,8 @@ class ShardRunner:
                                             "choose another destination")
 
     def _prepare(self, units: list[WorkUnit]) -> tuple[dict[str, Any], dict[str, Any] | None]:
-        """Main process: claim DST, clean temporaries, resolve (fit) the surrogate."""
+        """Main process: claim DST (its lock first), clean temporaries, resolve (fit) the surrogate."""
+        self._held.enter_context(destination_lock(self.dst))
         if self.dst.exists() and any(self.dst.iterdir()) and not self.book.is_dir() and not self.overwrite:
             raise OutputExistsError(
                 f"{self.dst} is not empty and is not the output of a shard job (no {BOOKKEEPING}/); "
@@ -322,6 +329,18 @@ class ShardRunner:
         carries this job id and its output still has the recorded size; shards of another
         job id are refused unless ``overwrite`` (they would mix two configs in one dataset)."""
         pending, skipped, foreign = [], [], []
+        shards = self.book / "shards"
+        stale = stale_dataset_units([p.relative_to(shards).as_posix()[:-len(".done.json")]
+                                     for p in shards.rglob("*.done.json")], units)
+        if stale and not self.overwrite:
+            raise ConfigMismatchError(
+                f"{self.dst} holds {len(stale)} shard(s) an earlier run wrote that this job would not ({stale[0]}"
+                f"{', ...' if len(stale) > 1 else ''}): the output-shaping options differ (another --rows-per-shard "
+                "names the shards otherwise); use another DST, or --overwrite to replace them")
+        for name in stale:  # --overwrite: the earlier run's shards go, or the rows would be there twice
+            for path in (self.dst / name, self.marker_path(name), shards / f"{name}.manifest.parquet",
+                         shards / f"{name}.errors.jsonl"):
+                path.unlink(missing_ok=True)
         for unit in units:
             marker = self._read_marker(unit.name)
             if marker is None:
