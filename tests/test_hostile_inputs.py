@@ -571,6 +571,48 @@ def test_job_records_and_card_carry_the_manifest_digest(folder_jobs, tar_job, wo
         assert json.loads(record.read_text())["manifest_sha256"] == manifest_digest(manifest)
 
 
+def test_sign_key_signs_the_record_and_verify_checks_it(flags, tmp_path, capsys):
+    """``protect --sign-key`` adds an HMAC-SHA256 of the manifest digest (and config hash, budget,
+    source, count) to the record; ``verify --sign-key`` fails a forged digest, another key, an
+    unsigned record; an unusable key file is refused before any work (exit 2)."""
+    from udp_datasets.jobs.manifest import manifest_digest
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.png").write_bytes(BYTE["rgb"].make())
+    key, other, short = tmp_path / "key", tmp_path / "other", tmp_path / "short"
+    key.write_bytes(os.urandom(32))
+    other.write_bytes(os.urandom(32))
+    short.write_bytes(b"abc")
+    out = tmp_path / "out"
+    for bad, message in ((tmp_path / "missing", "cannot read the key file"), (short, "at least 16")):
+        assert main(["protect", str(src), str(out), "--sign-key", str(bad), *flags]) == EXIT_USAGE
+        assert message in capsys.readouterr().err and not out.exists()
+        assert main(["verify", str(src), "--sign-key", str(bad)]) == EXIT_USAGE
+        assert message in capsys.readouterr().err
+    assert main(["protect", str(src), str(out), "--sign-key", str(key), *flags]) == EXIT_OK
+    record = json.loads((out / "udp_protection.json").read_text())
+    assert record["manifest_signature"].startswith("hmac-sha256:")
+    assert main(["verify", str(out), "--sign-key", str(key)]) == EXIT_OK
+    assert main(["verify", str(out)]) == EXIT_OK  # no key: the digest is checked, the signature cannot be
+    capsys.readouterr()
+    assert main(["verify", str(out), "--sign-key", str(other)]) == EXIT_FAILED
+    assert "signature does not match" in capsys.readouterr().out
+    # a forger edits the manifest and the record's digest, but cannot sign without the key
+    rows = pq.read_table(out / "manifest.parquet")
+    pq.write_table(rows.set_column(rows.schema.get_field_index("psnr"), "psnr", pa.array([99.0], pa.float64())),
+                   out / "manifest.parquet")
+    record["manifest_sha256"] = manifest_digest(out / "manifest.parquet")
+    (out / "udp_protection.json").write_text(json.dumps(record))
+    assert main(["verify", str(out)]) == EXIT_OK  # what the digest alone cannot tell (README says so)
+    assert main(["verify", str(out), "--sign-key", str(key)]) == EXIT_FAILED
+    assert "signature does not match" in capsys.readouterr().out
+    del record["manifest_signature"]
+    (out / "udp_protection.json").write_text(json.dumps(record))
+    assert main(["verify", str(out), "--sign-key", str(key)]) == EXIT_FAILED
+    assert "is not signed" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------------- publish
 def test_publish_refuses_hostile_and_incomplete_jobs(parquet_job, tar_job, world, flags, tmp_path,
                                                      local_hub):  # noqa: F811

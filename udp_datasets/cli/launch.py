@@ -50,7 +50,7 @@ def drop_columns(args: Any) -> tuple[str, ...]:
     return tuple(c.strip() for c in (getattr(args, "drop_columns", None) or "").split(",") if c.strip())
 
 
-def run_cli(args: Any, config: ProtectionConfig) -> int:
+def run_cli(args: Any, config: ProtectionConfig, sign_key: bytes | None = None) -> int:
     """``udp-datasets protect`` through the runner (shards, --format parquet, --num-processes).
 
     No ``--image-column`` (None) lets the runner find the image column; no ``--format`` (None)
@@ -78,7 +78,7 @@ def run_cli(args: Any, config: ProtectionConfig) -> int:
     summary = run_shards(src, args.dst, config, image_column=args.image_column, key_column=args.key_column,
                          overwrite=args.overwrite, image_extensions=extensions,
                          rows_per_shard=getattr(args, "rows_per_shard", None) or 10_000, split=args.split,
-                         state=state, image_root=root, drop_columns=drop_columns(args))
+                         state=state, image_root=root, drop_columns=drop_columns(args), sign_key=sign_key)
     if state.is_main_process:
         print(format_summary(summary))
     return exit_code(summary, args.allow_errors,

@@ -13,18 +13,20 @@ DEFAULT_IMAGE_COLUMN = "image"
 
 def cmd_protect(args: argparse.Namespace) -> int:
     from ..jobs.dataset_job import protect_dataset
+    from ..jobs.signing import read_key
     from ..jobs.summary import format_summary
     from .launch import drop_columns, run_cli, wants_runner
 
     config = config_from_args(args)
+    key = read_key(args.sign_key) if args.sign_key else None  # a bad key file fails before any work
     if wants_runner(args):  # shards, --format parquet, --num-processes, accelerate launch
-        return run_cli(args, config)
+        return run_cli(args, config, sign_key=key)
     # the datasets path: no --image-column means "image", no --format means Arrow
     summary = protect_dataset(args.src, args.dst, config, split=args.split,
                               image_column=args.image_column or DEFAULT_IMAGE_COLUMN,
                               key_column=args.key_column, output_format=args.format or "arrow",
                               fit_output=args.fit_output, num_proc=args.num_proc,
-                              overwrite=args.overwrite, drop_columns=drop_columns(args))
+                              overwrite=args.overwrite, drop_columns=drop_columns(args), sign_key=key)
     print(format_summary(summary))
     return exit_code(summary, args.allow_errors)
 
@@ -82,6 +84,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-ext", help="shard runner: tar member extensions that are images (comma list)")
     p.add_argument("--rows-per-shard", type=int, help="shard runner: rows per output shard for a datasets SRC")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    p.add_argument("--sign-key", help="key file: add an HMAC-SHA256 signature of the manifest digest to the job "
+                   "record (check it with verify --sign-key)")
     p.add_argument("--allow-errors", action="store_true",
                    help=f"exit 0 even when images were quarantined (default exit {EXIT_QUARANTINED})")
     add_config_arguments(p)

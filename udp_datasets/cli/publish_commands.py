@@ -17,6 +17,12 @@ def _hub_error_exit(command: str, exc: Exception) -> int:
     return EXIT_USAGE if status in (401, 403, 404) else EXIT_FAILED
 
 
+def _sign_key(args: argparse.Namespace) -> bytes | None:
+    from ..jobs.signing import read_key
+
+    return read_key(args.sign_key) if getattr(args, "sign_key", None) else None
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -28,7 +34,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
                          commit_message=args.commit_message, create_pr=args.create_pr, source=args.source,
                          source_split=args.source_split, license=args.license, pretty_name=args.pretty_name,
                          eval_report=args.eval_report, max_shard_size=args.max_shard_size,
-                         staging_dir=args.staging_dir, allow_failed_shards=args.allow_failed_shards)
+                         staging_dir=args.staging_dir, allow_failed_shards=args.allow_failed_shards,
+                         sign_key=_sign_key(args))
     except PublishRefused as exc:
         print(exc.report.format(args.max_listed))
         print(f"udp-datasets publish: {exc}", file=sys.stderr)
@@ -55,7 +62,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     try:
         report = verify(args.target, source=args.source, source_split=args.source_split,
-                        image_column=args.image_column)
+                        image_column=args.image_column, sign_key=_sign_key(args))
     except PublishError as exc:
         print(f"udp-datasets verify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -84,6 +91,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-shard-size", default="500MB", help="Parquet shard size for Arrow folders")
     p.add_argument("--staging-dir", help="where the upload is staged (default: the temp folder)")
     p.add_argument("--max-listed", type=int, default=20, help="samples listed per category on failure")
+    p.add_argument("--sign-key", help="key file: the job record's signature (protect --sign-key) must hold")
     p.add_argument("--allow-failed-shards", action="store_true",
                    help="publish a shard job that has failed shards (refused otherwise); the card lists them")
     p.set_defaults(func=cmd_publish)
@@ -95,4 +103,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column", help="image column of a local folder (default: from the job record)")
     p.add_argument("--json", help="also write the full report as JSON to this file")
     p.add_argument("--max-listed", type=int, default=20, help="samples listed per category")
+    p.add_argument("--sign-key", help="key file: the job record's signature (protect --sign-key) must hold")
     p.set_defaults(func=cmd_verify)

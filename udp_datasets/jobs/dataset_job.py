@@ -37,6 +37,7 @@ from ..sources.folder_images import skipped_images
 from ..sources.hf import SourceError, is_saved_dataset, local_root
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE
 from .manifest import manifest_digest, manifest_table, write_manifest
+from .signing import sign_record
 from .summary import JobSummary, format_summary, library_versions, mean_psnr, rate, utc_now
 
 logger = logging.getLogger(__name__)
@@ -51,16 +52,19 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
                     split: str | None = None, image_column: str = "image",
                     key_column: str | None = None, output_format: Literal["arrow", "imagefolder"] = "arrow",
                     fit_output: str | os.PathLike | None = None, num_proc: int | None = None,
-                    overwrite: bool = False, drop_columns: tuple[str, ...] = ()) -> JobSummary:
+                    overwrite: bool = False, drop_columns: tuple[str, ...] = (), sign_key: bytes | None = None
+                    ) -> JobSummary:
     """Protect every image of SRC into DST (see module docstring). A file system error while the
     output is made (a full disk, no permission) is an :class:`OutputWriteError` naming the path;
     DST is then left as it was. ``drop_columns``: other image columns to leave out (a dataset with
-    image columns besides ``image_column`` is refused otherwise, :mod:`udp_datasets.sources.columns`)."""
+    image columns besides ``image_column`` is refused otherwise, :mod:`udp_datasets.sources.columns`).
+    ``sign_key``: sign the record (:mod:`udp_datasets.jobs.signing`)."""
     try:
         with destination_lock(dst):  # one writer per DST; a second live run is refused (sinks.lock)
             return _protect_dataset(src, dst, config, split=split, image_column=image_column,
                                     key_column=key_column, output_format=output_format, fit_output=fit_output,
-                                    num_proc=num_proc, overwrite=overwrite, drop_columns=tuple(drop_columns))
+                                    num_proc=num_proc, overwrite=overwrite, drop_columns=tuple(drop_columns),
+                                    sign_key=sign_key)
     except OutputExistsError:
         raise
     except OSError as exc:
@@ -70,7 +74,7 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
 def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, *, split: str | None,
                      image_column: str, key_column: str | None, output_format: str,
                      fit_output: str | os.PathLike | None, num_proc: int | None, overwrite: bool,
-                     drop_columns: tuple[str, ...] = ()) -> JobSummary:
+                     drop_columns: tuple[str, ...] = (), sign_key: bytes | None = None) -> JobSummary:
     import datasets
 
     from ..sources.hf import describe_source
@@ -141,6 +145,8 @@ def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig,
         if summary.max_linf_levels > config.budget_levels:  # defence in depth: never publish this
             raise RuntimeError(f"internal error: max L-inf {summary.max_linf_levels} exceeds budget")
         (tmp / RECORD_FILE).write_text(json.dumps(summary.to_dict(), indent=2))
+        if sign_key is not None:
+            sign_record(tmp / RECORD_FILE, sign_key)
     logger.info("protected %d images (%d quarantined) into %s", summary.count, errors, dst)
     return summary
 

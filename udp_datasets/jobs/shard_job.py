@@ -91,6 +91,7 @@ from .background import ReadAhead, WriteBehind
 from .codecs import Chunk, ShardCodec, WorkUnit, dataset_units, make_codec, shard_units, stale_dataset_units
 from .distributed import main_then_broadcast, make_state
 from .manifest import MANIFEST_SCHEMA, manifest_digest, manifest_table
+from .signing import sign_record
 from .summary import JobSummary, library_versions, mean_psnr, rate, utc_now
 
 logger = logging.getLogger(__name__)
@@ -144,13 +145,15 @@ class ShardRunner:
             (the default): their images come from their bytes, a path-only entry is quarantined unread.
         drop_columns: image-like columns besides ``image_column`` to leave out of the output; a table
             with others is refused (:mod:`udp_datasets.sources.columns`).
+        sign_key: key bytes to sign the job record with (``--sign-key``, :mod:`udp_datasets.jobs.signing`).
     """
 
     def __init__(self, src: Any, dst: str | os.PathLike, config: ProtectionConfig, *,
                  image_column: str | None = None, key_column: str | None = None, overwrite: bool = False,
                  image_extensions: Iterable[str] = IMAGE_EXTENSIONS, rows_per_shard: int = 10_000,
                  split: str | None = None, prefetch: int = 2, progress: bool = True, state: Any = None,
-                 image_root: str | os.PathLike | None = None, drop_columns: Iterable[str] = ()):
+                 image_root: str | os.PathLike | None = None, drop_columns: Iterable[str] = (),
+                 sign_key: bytes | None = None):
         if config.caption_column is not None:
             raise ValueError(
                 f"caption_column={config.caption_column!r}: per-sample captions are read by the datasets path "
@@ -169,6 +172,7 @@ class ShardRunner:
         self.progress = progress
         self.state = state
         self.image_root = image_root
+        self.sign_key = sign_key  # the record is signed with it (jobs.signing)
         self.drop_columns = tuple(drop_columns)  # other image columns, left out of the output (sources.columns)
         self.book = self.dst / BOOKKEEPING
         self.record_file = self.book / "job.json"
@@ -251,6 +255,8 @@ class ShardRunner:
             summary = self._finish(units, config, ref, job_id, fit_info, world, skipped,
                                    time.perf_counter() - start, started_at)
             write_json_atomic(self.record_file, summary.to_dict())
+            if self.sign_key is not None:
+                sign_record(self.record_file, self.sign_key)
         state.wait_for_everyone()
         return JobSummary.from_dict(json.loads(self.record_file.read_text(encoding="utf-8")))
 

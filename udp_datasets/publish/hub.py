@@ -248,7 +248,8 @@ def publish(directory: str | os.PathLike, repo_id: str, *, private: bool = False
             source_split: str | None = None, license: str | None = None, pretty_name: str | None = None,
             eval_report: dict[str, Any] | str | os.PathLike | None = None, token: str | bool | None = None,
             max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-            staging_dir: str | os.PathLike | None = None, allow_failed_shards: bool = False) -> PublishResult:
+            staging_dir: str | os.PathLike | None = None, allow_failed_shards: bool = False,
+            sign_key: bytes | None = None) -> PublishResult:
     """Verify a protected folder and push it to ``repo_id`` (a dataset repo) in one commit.
 
     Raises :class:`PublishRefused` (nothing uploaded) when verification fails. ``source``
@@ -256,7 +257,8 @@ def publish(directory: str | os.PathLike, repo_id: str, *, private: bool = False
     ``HF_TOKEN`` or the login cache. ``eval_report``: a dict, or the path of an
     ``udp-datasets evaluate`` ``report.json`` (or a Markdown file) for the card. A job whose record
     lists failed shards is refused (:class:`PublishIncomplete`) unless ``allow_failed_shards``; the
-    card then names every missing shard and why it failed.
+    card then names every missing shard and why it failed. ``sign_key``: the record's signature
+    must hold under it (``--sign-key``).
     """
     from .card import load_eval_report, render_card
 
@@ -274,7 +276,7 @@ def publish(directory: str | os.PathLike, repo_id: str, *, private: bool = False
     with _staging_folder(staging_dir) as folder:
         staged = stage(directory, folder, max_shard_size=max_shard_size)
         report = verify_directory(folder, source=source, source_split=source_split,
-                                  target=f"{directory} (staged for {repo_id})")
+                                  target=f"{directory} (staged for {repo_id})", sign_key=sign_key)
         if not report.ok:
             raise PublishRefused(report)
         record = read_record(folder)
@@ -346,7 +348,7 @@ def is_repo_id(text: str) -> bool:
 
 def verify_remote(repo_id: str, revision: str | None = None, *, source: str | None = None,
                   source_split: str | None = None, token: str | bool | None = None,
-                  download_dir: str | os.PathLike | None = None) -> VerifyReport:
+                  download_dir: str | os.PathLike | None = None, sign_key: bytes | None = None) -> VerifyReport:
     """Download one commit of a published dataset into a fresh folder and verify it."""
     from huggingface_hub import HfApi, snapshot_download
 
@@ -356,21 +358,24 @@ def verify_remote(repo_id: str, revision: str | None = None, *, source: str | No
         local = snapshot_download(repo_id, repo_type=REPO_TYPE, revision=commit or revision,
                                   local_dir=str(folder / "snapshot"), token=token)
         report = verify_directory(local, source=source, source_split=source_split,
-                                  target=repo_id + (f"@{revision}" if revision else ""))
+                                  target=repo_id + (f"@{revision}" if revision else ""), sign_key=sign_key)
     report.commit = commit
     return report
 
 
 def verify(target: str | os.PathLike, *, source: str | None = None, source_split: str | None = None,
-           token: str | bool | None = None, image_column: str | None = None) -> VerifyReport:
+           token: str | bool | None = None, image_column: str | None = None,
+           sign_key: bytes | None = None) -> VerifyReport:
     """Verify a local protected folder, or a Hub dataset ``REPO_ID[@revision]``."""
     path = Path(target).expanduser()
     if path.exists():
         if not path.is_dir():
             raise PublishError(f"{path} is a file; give the protected output folder or a Hub dataset id")
-        return verify_directory(path, source=source, source_split=source_split, image_column=image_column)
+        return verify_directory(path, source=source, source_split=source_split, image_column=image_column,
+                                sign_key=sign_key)
     text = str(target)
     if not is_repo_id(text):
         raise PublishError(f"{text} is neither an existing folder nor a Hub dataset id (namespace/name[@revision])")
     repo_id, revision = parse_target(text)
-    return verify_remote(repo_id, revision, source=source, source_split=source_split, token=token)
+    return verify_remote(repo_id, revision, source=source, source_split=source_split, token=token,
+                         sign_key=sign_key)

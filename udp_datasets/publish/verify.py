@@ -59,6 +59,7 @@ import numpy as np
 from ..sources.hf import SourceError
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE, is_hidden
 from ..sources.layouts import Layout, detect_layout, iter_source_images
+from ..jobs.signing import signature_problem
 from .integrity import manifest_problem, tar_problems, unprotected_columns
 
 logger = logging.getLogger(__name__)
@@ -237,11 +238,15 @@ class PublishedImage:
 
 def verify_directory(directory: str | os.PathLike, *, source: str | None = None,
                      source_split: str | None = None, image_column: str | None = None,
-                     target: str | None = None) -> VerifyReport:
-    """Verify a protected folder (see the module docstring); never raises for bad samples."""
+                     target: str | None = None, sign_key: bytes | None = None) -> VerifyReport:
+    """Verify a protected folder (see the module docstring); never raises for bad samples.
+    ``sign_key``: the job record's ``manifest_signature`` must hold under it (:mod:`~udp_datasets.jobs.signing`)."""
     root = Path(directory)
     report = VerifyReport(target=target or str(root), layout=None, source=source)
     inputs = _read_inputs(root, report, image_column)
+    unsigned = signature_problem(read_record(root) if root.is_dir() else None, sign_key)
+    if unsigned:
+        report.problems.append(unsigned)
     if inputs is None:
         return report
     layout, rows = inputs
