@@ -65,6 +65,34 @@ def test_presets_set_only_their_fields_and_record_the_name():
         ProtectionConfig(preset="nightshade")
 
 
+def test_mist_is_weighted_as_its_released_code_and_mist_w1_keeps_the_old_weighting():
+    """Mist's mist_v3.py minimises MSELoss(sum)(zx, zy) - 1e4 * semantic: our loss is that over -1e4."""
+    mist, old = preset_config("mist"), preset_config("mist_w1")
+    assert (mist.encoder_weight, mist.encoder_reduction, mist.encoder_target) == (1e-4, "sum", "pattern")
+    assert (old.encoder_weight, old.encoder_reduction, old.encoder_target) == (1.0, "mean", "pattern")
+    assert {"mist", "mist_w1"} <= LATENT_ONLY
+    # the old weighting's config hash did not change with the new field (left out at its default)
+    assert old.replace(preset="mist").hash() == ProtectionConfig(
+        objective="adversarial", timesteps="uniform", encoder_weight=1.0, encoder_target="pattern",
+        preset="mist").hash()
+
+
+def test_mist_sum_reduction_weights_the_textural_term_by_the_latent_size(latent_pair, photos32):
+    """encoder_reduction='sum' scales the textural term by the number of latent elements."""
+    from udp_datasets import load_surrogate
+
+    surrogate = load_surrogate(latent_pair).freeze()
+    x = _as_tensor(photos32[:2])
+    base = dict(objective="encoder", encoder_target="pattern")
+    losses = {}
+    for reduction in ("mean", "sum"):
+        objective = ProtectionObjective(surrogate, ProtectionConfig(**base, encoder_reduction=reduction))
+        gens = [sample_generator(0, str(i)) for i in range(2)]
+        losses[reduction] = objective.evaluate(x, gens, repeats=1)
+    elements = int(np.prod(surrogate.model_shape))
+    torch.testing.assert_close(losses["sum"], losses["mean"] * elements, rtol=1e-4, atol=1e-6)
+
+
 def test_encoder_presets_refuse_a_pixel_surrogate(unlearnable_surrogate):
     from udp_datasets import SurrogateError
 
@@ -83,7 +111,7 @@ def test_cli_preset_flag_applies_the_method_and_other_flags_win(tmp_path):
     add_config_arguments(parser)
     config = config_from_args(parser.parse_args(["--preset", "mist", "--steps", "9", "--encoder-target", "away"]))
     assert (config.preset, config.objective, config.encoder_weight, config.steps, config.encoder_target) == \
-        ("mist", "adversarial", 1.0, 9, "away")
+        ("mist", "adversarial", 1e-4, 9, "away")
     saved = tmp_path / "c.json"
     saved.write_text(ProtectionConfig(preset="udp", objective="unlearnable", steps=5).to_json())
     from_file = config_from_args(parser.parse_args(["--config-file", str(saved)]))

@@ -26,6 +26,7 @@ CONFIG_VERSION = 1
 
 Objective = Literal["unlearnable", "adversarial", "encoder", "matching", "sds", "aspl"]
 EncoderTarget = Literal["away", "pattern"]
+EncoderReduction = Literal["mean", "sum"]
 TimestepSchedule = Literal["uniform", "eudp", "snr", "range"]
 TimestepMode = Literal["sample", "weight"]
 Dtype = Literal["float32", "float16", "bfloat16"]
@@ -33,7 +34,7 @@ Autocast = Literal["auto", "off", "bfloat16", "float16"]
 Switch = Literal["auto", "on", "off"]
 FitPgdScope = Literal["all", "next_round"]
 EOT_NAMES = ("blur", "resize", "jpeg", "noise")  # method/eot.py implements them
-PRESET_NAMES = ("advdm", "photoguard", "mist", "sds", "aspl", "metacloak", "udp", "eudp")  # method/presets.py
+PRESET_NAMES = ("advdm", "photoguard", "mist", "mist_w1", "sds", "aspl", "metacloak", "udp", "eudp")  # method/presets.py
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")  # diffusers DDPMScheduler's
 
 # Fields that change where or how fast a job runs but not what it computes (up to
@@ -45,7 +46,7 @@ RUNTIME_FIELDS = frozenset({"device", "batch_size", "gradient_checkpointing", "b
 # Fields added after config version 1 shipped, with their defaults. While a field is at its default
 # it is left out of the hash, so adding a field never changes the identity of an existing job
 # (shard jobs resume across an upgrade instead of asking for --overwrite).
-ADDED_FIELDS: dict[str, Any] = {"eot": "", "preset": None, "fit_pgd_scope": "all"}
+ADDED_FIELDS: dict[str, Any] = {"eot": "", "preset": None, "fit_pgd_scope": "all", "encoder_reduction": "mean"}
 
 
 class ConfigError(ValueError):
@@ -115,6 +116,10 @@ class ProtectionConfig:
     ``encoder_target``), as PhotoGuard / Mist do. ``objective='encoder'`` uses it alone."""
     encoder_target: EncoderTarget = "away"
     """``away``: maximise ||E(x+delta) - E(x)||; ``pattern``: minimise ||E(x+delta) - E(target)||."""
+    encoder_reduction: EncoderReduction = "mean"
+    """How the encoder term's squared distance is reduced over latent elements: ``mean`` (ours), or
+    ``sum`` (Mist's released code, ``nn.MSELoss(reduction="sum")``, so its weight against the
+    denoising loss grows with the latent's size, as published)."""
     target_image: str | None = None
     """Image file whose latent is the target of ``encoder_target='pattern'``; ``None`` uses a
     built-in high-contrast pattern (see udp_datasets.latent.target_pattern)."""
@@ -142,7 +147,7 @@ class ProtectionConfig:
     """(t, noise) draws averaged per PGD step (expectation over the forward process)."""
     preset: str | None = None
     """The named method this config was made from (``udp_datasets.method.presets``: advdm, photoguard,
-    mist, sds, aspl, metacloak, udp, eudp); recorded for provenance, the fields themselves decide."""
+    mist, mist_w1, sds, aspl, metacloak, udp, eudp); recorded for provenance, the fields themselves decide."""
     eot: str = ""
     """Expectation over transformations: comma list of ``blur``, ``resize``, ``jpeg``, ``noise``; each
     PGD step passes every image through one of them, drawn at random (see method/eot.py), so the
@@ -227,6 +232,7 @@ class ProtectionConfig:
         _choice("timestep_mode", self.timestep_mode, TimestepMode)
         _choice("dtype", self.dtype, Dtype)
         _choice("encoder_target", self.encoder_target, EncoderTarget)
+        _choice("encoder_reduction", self.encoder_reduction, EncoderReduction)
         _choice("autocast", self.autocast, Autocast)
         _choice("channels_last", self.channels_last, Switch)
         _choice("fit_pgd_scope", self.fit_pgd_scope, FitPgdScope)

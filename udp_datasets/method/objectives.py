@@ -39,7 +39,8 @@ class ProtectionObjective:
     (unlearnable, minimised) or ``g`` (encoder, maximised), where ``d`` is the
     weighted denoising loss E_t,eps ||eps - eps_theta(x_t, t, c)||^2 and ``g`` the
     encoder gain: ||z - z_clean||^2 (``away``) or -||z - z_target||^2 (``pattern``),
-    both means over latent elements. For ``sds`` the denoiser term ``d`` is the
+    both means over latent elements (sums with ``encoder_reduction='sum'``, Mist's convention).
+    For ``sds`` the denoiser term ``d`` is the
     score-distillation loss instead (minimised, see :meth:`_sds_loss`).
     """
 
@@ -183,7 +184,8 @@ class ProtectionObjective:
             total = total + (per * weights.to(device)).view(x01.shape[0], self.draws).mean(1)
         if self.uses_encoder:
             assert reference is not None
-            dist = (z.float() - reference.float()).pow(2).flatten(1).mean(1)
+            dist = (z.float() - reference.float()).pow(2).flatten(1)
+            dist = dist.sum(1) if self.config.encoder_reduction == "sum" else dist.mean(1)
             gain = -dist if self.config.encoder_target == "pattern" else dist
             # objective='encoder': maximize with weight 1, i.e. the gain alone
             total = total + (1 if self.maximize else -1) * self.encoder_weight * gain

@@ -10,7 +10,10 @@ preset     what it optimises                                                    
 ========== ==================================================================== =====================
 advdm      maximise the surrogate's denoising loss, t uniform                   Liang et al., ICML 2023
 photoguard push the VAE latent E(x+d) away from E(x) (encoder attack)            Salman et al., ICML 2023
-mist       AdvDM + a textural term pulling E(x+d) toward E(pattern)             Liang & Wu, 2023
+mist       AdvDM + a textural term pulling E(x+d) toward E(pattern), weighted   Liang & Wu, 2023
+           as Mist's released code (see below)
+mist_w1    the same with our 0.2 weighting: textural mean at weight 1 (measured
+           to cancel AdvDM on the structured subjects; kept to be measured)
 sds        minimise the score-distillation loss (SDS-), UNet Jacobian skipped   Xue et al., ICLR 2024
 aspl       Anti-DreamBooth: surrogate fine-tuned on clean images, alternating   Van Le et al., ICCV 2023
            with PGD and training on the protected images (in fit)
@@ -25,6 +28,24 @@ transform then attacks the frozen result (one code path for every sample, see ME
 scale"), where the papers alternate per image set; ``mist``'s textural target is our built-in
 pattern unless ``target_image`` is given; ``photoguard``, ``mist`` and ``sds`` need a latent
 surrogate (a VAE to attack).
+
+Mist's weighting, as published. Liang & Wu's released code (github.com/psyker-team/mist,
+``mist_v3.py`` at commit ``70a2956ba463fb1459ec8694cf7750dde533d8f0``, class ``target_model``)
+runs a *targeted* (loss-minimising) PGD on ``fn(zx, zy) - loss_semantic * rate`` in its fused mode
+(``mode=2``, the default), with ``fn = nn.MSELoss(reduction="sum")`` between the latents of the image
+and of the target (the textural term, a *sum* over latent elements), ``loss_semantic`` the LDM's
+denoising loss (a *mean* over latent elements, t uniform) and ``rate = 10 ** (args.rate + 3)`` with
+``--rate`` 1 by default, i.e. ``rate = 1e4``. Maximising ``semantic - 1e-4 * textural_sum`` is the
+same problem, so ``mist`` sets ``encoder_weight=1e-4`` with ``encoder_reduction='sum'``: on SD's
+64 x 64 x 4 latents that is a per-element weight of 1.64; on TAEF2's 8 x 8 x 32 latents of a 64 px
+image, 0.20 (the weight grows with the latent's size, as in their code). Mist's own budget and steps
+(not set by the preset): ``--epsilon 16`` grey levels (their code multiplies by 2 for its [-1, 1]
+images, so it is 16/255 on our [0, 1] scale), 100 steps of 1/255.
+
+``mist2`` (Mist v2 / ACE, Zheng et al. 2023, "Understanding and Improving Adversarial Attacks on
+Latent Diffusion Model"): see ``objective='ace'`` in :mod:`.objectives`. Their code's budget
+(``--pgd_eps 8/255`` on [-1, 1] images) is **4/255** on our scale, step 0.005 on [-1, 1] = 0.0025
+here; not set by the preset either.
 """
 
 from __future__ import annotations
@@ -36,7 +57,9 @@ from ..config import PRESET_NAMES, ProtectionConfig
 PRESETS: dict[str, dict[str, Any]] = {
     "advdm": dict(objective="adversarial", timesteps="uniform", encoder_weight=0.0),
     "photoguard": dict(objective="encoder", encoder_target="away", random_start=True),
-    "mist": dict(objective="adversarial", timesteps="uniform", encoder_weight=1.0, encoder_target="pattern"),
+    "mist": dict(objective="adversarial", timesteps="uniform", encoder_weight=1e-4, encoder_target="pattern",
+                 encoder_reduction="sum"),
+    "mist_w1": dict(objective="adversarial", timesteps="uniform", encoder_weight=1.0, encoder_target="pattern"),
     "sds": dict(objective="sds", timesteps="uniform", encoder_weight=0.0),
     "aspl": dict(objective="aspl", timesteps="uniform", encoder_weight=0.0),
     "metacloak": dict(objective="adversarial", timesteps="uniform", fit_pool=3, eot="blur,resize,jpeg,noise"),
@@ -45,7 +68,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """The fields each preset sets; everything else keeps its default or the caller's value."""
 
-LATENT_ONLY = frozenset({"photoguard", "mist", "sds"})
+LATENT_ONLY = frozenset({"photoguard", "mist", "mist_w1", "sds"})
 """Presets that attack a VAE encoder and so need a latent surrogate."""
 
 assert set(PRESETS) == set(PRESET_NAMES), "config.PRESET_NAMES and method/presets.py must name the same presets"
