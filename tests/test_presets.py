@@ -118,3 +118,28 @@ def test_cli_preset_flag_applies_the_method_and_other_flags_win(tmp_path):
     assert (from_file.preset, from_file.steps) == ("udp", 5)  # a file's preset is a record, not re-applied
     with pytest.raises(ConfigError, match="not one of"):
         config_from_args(parser.parse_args(["--preset", "glaze"]))
+
+
+def test_mist2_ace_loss_is_the_distance_of_the_denoiser_output_to_the_target_latent(latent_pair, photos32):
+    """objective='ace' (Mist v2): mean over latent elements of (eps_theta(z_t, t) - E(target))^2, descended,
+    and at Mist v2's own budget (8/255 on [-1, 1] = 4/255 here) PGD lowers it."""
+    from udp_datasets import load_surrogate
+
+    surrogate = load_surrogate(latent_pair).freeze()
+    config = preset_config("mist2", surrogate=latent_pair, epsilon=4 / 255, steps=20, alpha=1 / 255)
+    objective = ProtectionObjective(surrogate, config)
+    assert not objective.maximize and objective.ace and "mist2" in LATENT_ONLY
+    x = _as_tensor(photos32[:2])
+    t, w, noise = objective.draw([sample_generator(5, str(i)) for i in range(2)])
+    got = objective.loss(x, t, w, noise)
+    z = surrogate.encode(x)
+    abar = surrogate.alphas_cumprod[t].view(-1, 1, 1, 1)
+    pred = surrogate.predict(abar.sqrt() * z + (1 - abar).sqrt() * noise, t)
+    want = (pred - objective.target_latent()).pow(2).flatten(1).mean(1) * w
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    results = Protector(config, progress=False).protect_images(photos32[:2])
+    assert all(0 < r.linf <= 4 for r in results)
+    protected = _as_tensor([decode_png_pixels(r.png) for r in results])
+    gens = lambda: [sample_generator(99, str(i)) for i in range(2)]  # noqa: E731
+    assert float(objective.evaluate(protected, gens(), repeats=16).mean()) < \
+        float(objective.evaluate(x, gens(), repeats=16).mean())

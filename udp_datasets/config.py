@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args
 
 CONFIG_VERSION = 1
 
-Objective = Literal["unlearnable", "adversarial", "encoder", "matching", "sds", "aspl"]
+Objective = Literal["unlearnable", "adversarial", "encoder", "matching", "sds", "aspl", "ace"]
 EncoderTarget = Literal["away", "pattern"]
 EncoderReduction = Literal["mean", "sum"]
 TimestepSchedule = Literal["uniform", "eudp", "snr", "range"]
@@ -34,7 +34,7 @@ Autocast = Literal["auto", "off", "bfloat16", "float16"]
 Switch = Literal["auto", "on", "off"]
 FitPgdScope = Literal["all", "next_round"]
 EOT_NAMES = ("blur", "resize", "jpeg", "noise")  # method/eot.py implements them
-PRESET_NAMES = ("advdm", "photoguard", "mist", "mist_w1", "sds", "aspl", "metacloak", "udp", "eudp")  # method/presets.py
+PRESET_NAMES = ("advdm", "photoguard", "mist", "mist_w1", "mist2", "sds", "aspl", "metacloak", "udp", "eudp")  # method/presets.py
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")  # diffusers DDPMScheduler's
 
 # Fields that change where or how fast a job runs but not what it computes (up to
@@ -107,7 +107,10 @@ class ProtectionConfig:
     skips the denoiser's Jacobian (only the encoder is back-propagated; latent surrogates).
     ``aspl``: Anti-DreamBooth's ASPL: fit alternates a copy of the surrogate fine-tuned on the clean
     images with PGD against it and training on the perturbed ones; the transform maximises the
-    loss of that clean-fine-tuned copy (as ``adversarial``)."""
+    loss of that clean-fine-tuned copy (as ``adversarial``).
+    ``ace``: Mist v2 / ACE (Zheng et al. 2023; latent surrogates): *minimise* ||eps_theta(z_t, t) - z_target||^2,
+    the denoiser's output pulled toward the latent of the target pattern (``target_image``), so a model
+    fine-tuned on the images learns to put that pattern into what it draws."""
 
     # --- latent surrogates (Stable Diffusion, AutoencoderKL + UNet) ----------
     encoder_weight: float = 0.0
@@ -147,7 +150,7 @@ class ProtectionConfig:
     """(t, noise) draws averaged per PGD step (expectation over the forward process)."""
     preset: str | None = None
     """The named method this config was made from (``udp_datasets.method.presets``: advdm, photoguard,
-    mist, mist_w1, sds, aspl, metacloak, udp, eudp); recorded for provenance, the fields themselves decide."""
+    mist, mist_w1, mist2, sds, aspl, metacloak, udp, eudp); recorded for provenance, the fields themselves decide."""
     eot: str = ""
     """Expectation over transformations: comma list of ``blur``, ``resize``, ``jpeg``, ``noise``; each
     PGD step passes every image through one of them, drawn at random (see method/eot.py), so the

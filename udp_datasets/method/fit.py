@@ -175,7 +175,7 @@ def fit_surrogate(surrogate: Surrogate, images: Sequence[np.ndarray], keys: Sequ
     surrogate.extras = {}  # a refit starts from the weights only
     objective = ProtectionObjective(surrogate, config.replace(objective="unlearnable", fit_pool=1, clusters=0))
     prompts = objective.prompts(len(images), captions)
-    train_clean = config.objective in ("adversarial", "matching")
+    train_clean = config.objective in ("adversarial", "matching", "ace")
     shared = _Clusters(data, config) if config.clusters else None
     delta = torch.zeros_like(data)
     stage_rounds = _stage_rounds(config.fit_rounds, config.fit_pool)

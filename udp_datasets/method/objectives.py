@@ -41,7 +41,8 @@ class ProtectionObjective:
     encoder gain: ||z - z_clean||^2 (``away``) or -||z - z_target||^2 (``pattern``),
     both means over latent elements (sums with ``encoder_reduction='sum'``, Mist's convention).
     For ``sds`` the denoiser term ``d`` is the
-    score-distillation loss instead (minimised, see :meth:`_sds_loss`).
+    score-distillation loss instead (minimised, see :meth:`_sds_loss`); for ``ace`` (Mist v2) it is
+    ||eps_theta(z_t, t) - z_target||^2 (minimised, see :meth:`_ace_loss`), so ``d - w * g``.
     """
 
     def __init__(self, surrogate: Surrogate, config: ProtectionConfig):
@@ -58,6 +59,11 @@ class ProtectionObjective:
         self.maximize = config.objective in ("adversarial", "encoder", "aspl")
         self.matching = config.objective == "matching"
         self.sds = config.objective == "sds"
+        self.ace = config.objective == "ace"
+        if self.ace and surrogate.kind != "latent":
+            raise SurrogateError("objective='ace' (Mist v2) pulls the denoiser's output toward a target image's "
+                                 "VAE latent: it needs a latent surrogate (--surrogate taef2, a Stable Diffusion "
+                                 "folder or a VAE + UNet pair)")
         if self.sds and surrogate.kind != "latent":
             raise SurrogateError("objective='sds' distils the score through a VAE encoder: it needs a latent "
                                  "surrogate (pass a Stable Diffusion folder or a VAE + UNet pair as --surrogate)")
@@ -142,18 +148,23 @@ class ProtectionObjective:
         return None if prompts is None else self.surrogate.encode_text(prompts)
 
     @torch.no_grad()
+    def target_latent(self) -> torch.Tensor:
+        """E(target): the latent of ``target_image`` (or the built-in pattern), (1, C, h, w), cached."""
+        if self._target is None or self._target.device != self.surrogate.device:
+            from ..models.latent import load_target
+
+            h, w = self.surrogate.image_size
+            target = load_target(self.config.target_image, h, w, self.surrogate.image_channels)
+            self._target = self.surrogate.encode(target.to(self.surrogate.device))
+        return self._target
+
+    @torch.no_grad()
     def reference(self, clean: torch.Tensor | None) -> torch.Tensor | None:
         """What the encoder gain measures from: E(clean) (``away``) or E(target) (``pattern``)."""
         if not self.uses_encoder:
             return None
         if self.config.encoder_target == "pattern":
-            if self._target is None:
-                from ..models.latent import load_target
-
-                h, w = self.surrogate.image_size
-                target = load_target(self.config.target_image, h, w, self.surrogate.image_channels)
-                self._target = self.surrogate.encode(target.to(self.surrogate.device))
-            return self._target
+            return self.target_latent()
         if clean is None:
             raise ValueError("the encoder objective (encoder_target='away') needs the clean images")
         return self.surrogate.encode(clean)
@@ -175,6 +186,8 @@ class ProtectionObjective:
             params = self._member_params(step)
             if self.sds:
                 per = self._sds_loss(z0, noise, t, c)
+            elif self.ace:
+                per = self._ace_loss(z0, noise, t, c, params)
             elif isinstance(params, tuple):  # matching: directional derivative along the clean gradient
                 plus, minus, h = params
                 per = (self.surrogate.denoising_loss(z0, noise, t, c, plus)
@@ -201,6 +214,17 @@ class ProtectionObjective:
             eps_hat = self.surrogate.predict_noise(abar.sqrt() * z0 + (1 - abar).sqrt() * noise, t, cond)
             direction = ((1 - abar) * (eps_hat - noise.float())).to(z0.dtype)
         return (direction * z0).flatten(1).mean(1).float()
+
+    def _ace_loss(self, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None,
+                  params: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """Per-sample ACE loss (Mist v2): mean over latent elements of (eps_theta(z_t, t) - z_target)^2, the
+        denoiser's raw output against the target's model-space latent, as psyker-team/mist-v2's
+        ``attacks/mist.py`` (``pgd_attack``, mode ``lunet``: ``loss = -F.mse_loss(model_pred, target_tensor)``,
+        ascended, i.e. the distance descended). PGD *descends* it."""
+        abar = self.surrogate._abar(z0.device)[t].to(z0.dtype).view(-1, 1, 1, 1)
+        pred = self.surrogate.predict(abar.sqrt() * z0 + (1 - abar).sqrt() * noise, t, cond, params)
+        target = self.target_latent().to(device=pred.device, dtype=torch.float32)
+        return (pred.float() - target).pow(2).flatten(1).mean(1)
 
     def loss_fn(self, generators: Sequence[torch.Generator], clean: torch.Tensor | None = None,
                 captions: Sequence[str | None] | None = None) -> LossFn:

@@ -12,8 +12,10 @@ advdm      maximise the surrogate's denoising loss, t uniform                   
 photoguard push the VAE latent E(x+d) away from E(x) (encoder attack)            Salman et al., ICML 2023
 mist       AdvDM + a textural term pulling E(x+d) toward E(pattern), weighted   Liang & Wu, 2023
            as Mist's released code (see below)
-mist_w1    the same with our 0.2 weighting: textural mean at weight 1 (measured
+mist_w1    the same as weighted in release 0.2: textural mean at weight 1 (measured
            to cancel AdvDM on the structured subjects; kept to be measured)
+mist2      Mist v2 / ACE: minimise ||eps_theta(z_t, t) - E(pattern)||^2 (the     Zheng et al., 2023
+           denoiser's output pulled toward the target's latent), t uniform
 sds        minimise the score-distillation loss (SDS-), UNet Jacobian skipped   Xue et al., ICLR 2024
 aspl       Anti-DreamBooth: surrogate fine-tuned on clean images, alternating   Van Le et al., ICCV 2023
            with PGD and training on the protected images (in fit)
@@ -26,8 +28,8 @@ What is ours, not the papers': every method uses sign-PGD on the L-inf ball with
 proof; ``aspl`` and ``metacloak`` train their surrogates in ``fit`` on the fit subset and the
 transform then attacks the frozen result (one code path for every sample, see METHOD.md "Dataset
 scale"), where the papers alternate per image set; ``mist``'s textural target is our built-in
-pattern unless ``target_image`` is given; ``photoguard``, ``mist`` and ``sds`` need a latent
-surrogate (a VAE to attack).
+pattern unless ``target_image`` is given (``mist2``'s too); the presets of ``LATENT_ONLY`` need a
+latent surrogate (a VAE to attack).
 
 Mist's weighting, as published. Liang & Wu's released code (github.com/psyker-team/mist,
 ``mist_v3.py`` at commit ``70a2956ba463fb1459ec8694cf7750dde533d8f0``, class ``target_model``)
@@ -43,7 +45,10 @@ image, 0.20 (the weight grows with the latent's size, as in their code). Mist's 
 images, so it is 16/255 on our [0, 1] scale), 100 steps of 1/255.
 
 ``mist2`` (Mist v2 / ACE, Zheng et al. 2023, "Understanding and Improving Adversarial Attacks on
-Latent Diffusion Model"): see ``objective='ace'`` in :mod:`.objectives`. Their code's budget
+Latent Diffusion Model"; psyker-team/mist-v2 ``attacks/mist.py`` at commit
+``ed195b944f81e361b3a172c6b3e9eaad538fcde9``, ``pgd_attack``): see ``objective='ace'`` in
+:mod:`.objectives`. Ours attacks a frozen surrogate; their code alternates 5 rounds of 30 PGD steps with
+LoRA fine-tuning of the surrogate on the perturbed images (mode ``lunet``). Their code's budget
 (``--pgd_eps 8/255`` on [-1, 1] images) is **4/255** on our scale, step 0.005 on [-1, 1] = 0.0025
 here; not set by the preset either.
 """
@@ -60,6 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mist": dict(objective="adversarial", timesteps="uniform", encoder_weight=1e-4, encoder_target="pattern",
                  encoder_reduction="sum"),
     "mist_w1": dict(objective="adversarial", timesteps="uniform", encoder_weight=1.0, encoder_target="pattern"),
+    "mist2": dict(objective="ace", timesteps="uniform", encoder_weight=0.0),
     "sds": dict(objective="sds", timesteps="uniform", encoder_weight=0.0),
     "aspl": dict(objective="aspl", timesteps="uniform", encoder_weight=0.0),
     "metacloak": dict(objective="adversarial", timesteps="uniform", fit_pool=3, eot="blur,resize,jpeg,noise"),
@@ -68,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 """The fields each preset sets; everything else keeps its default or the caller's value."""
 
-LATENT_ONLY = frozenset({"photoguard", "mist", "mist_w1", "sds"})
+LATENT_ONLY = frozenset({"photoguard", "mist", "mist_w1", "mist2", "sds"})
 """Presets that attack a VAE encoder and so need a latent surrogate."""
 
 assert set(PRESETS) == set(PRESET_NAMES), "config.PRESET_NAMES and method/presets.py must name the same presets"
