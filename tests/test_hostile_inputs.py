@@ -376,14 +376,87 @@ def test_an_image_folder_of_only_unprotected_formats_is_refused(flags, tmp_path,
     assert "holds no image this tool protects" in err and "photo.avif: AVIF image data" in err and "Traceback" not in err
 
 
-def test_truncated_tar_is_a_failed_shard(world, flags, tmp_path):
+def test_truncated_tar_is_a_failed_shard(world, flags, tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
     hostile.truncated_tar(src / "part-0.tar")
+    with tarfile.open(src / "part-1.tar", "w") as tar:
+        hostile.add_member(tar, "ok.png", BYTE["rgb"].make())
     assert main(["protect", str(src), str(tmp_path / "out"), *flags]) == EXIT_FAILED
     job = json.loads((tmp_path / "out" / ".udp" / "job.json").read_text())
     assert [f["shard"] for f in job["shards_failed"]] == ["part-0.tar"]
     assert "not a readable tar" in job["shards_failed"][0]["reason"]
+    # verify of an incomplete job does not say OK (issue 20): the failed shard's samples are missing
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "out")]) == EXIT_FAILED
+    assert "1 failed shard(s) (part-0.tar) whose samples are missing" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "out"), "--allow-failed-shards"]) == EXIT_OK
+
+
+# ------------------------------------------------------------------ weaker findings of issue 20
+@pytest.mark.parametrize("target", ["a/..", "ns/x..y@main", "ns/-x", "ns/x--y"])
+def test_verify_and_publish_refuse_an_invalid_repo_id_by_name(target, tmp_path, capsys):
+    assert main(["verify", target]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "nor a valid Hub dataset id" in err and "Traceback" not in err, err
+    assert main(["publish", str(tmp_path), target.split("@")[0]]) == EXIT_USAGE
+    assert "is not a repo id" in capsys.readouterr().err
+
+
+class _Zeros:
+    """A file object of ``n`` zero bytes, read in blocks (a huge member without holding it)."""
+
+    def __init__(self, n: int):
+        self.left = n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        self.left -= size
+        return bytes(size)
+
+
+def test_a_member_that_inflates_past_the_limit_is_quarantined_unread(flags, tmp_path, monkeypatch, capsys):
+    """A .tar.gz member of 24 MB of zeros (a small file): over the member limit (lowered to 1 MiB
+    here, 1 GiB by default) it is skipped unread and its sample quarantined, never a MemoryError."""
+    import udp_datasets.sources.tar as tar_source
+
+    monkeypatch.setattr(tar_source, "MAX_MEMBER_BYTES", 1 << 20)
+    src = tmp_path / "bomb.tar.gz"
+    with tarfile.open(src, "w:gz") as tar:
+        hostile.add_member(tar, "ok.png", BYTE["rgb"].make())
+        hostile.add_member(tar, "big.png", BYTE["rgb"].make())
+        info = tarfile.TarInfo("big.bin")
+        info.size = 24 << 20
+        tar.addfile(info, _Zeros(info.size))
+    assert src.stat().st_size < 1 << 20
+    out = tmp_path / "out"
+    assert main(["protect", str(src), str(out), *flags]) == EXIT_QUARANTINED
+    record = _errors(out / ".udp" / "errors.jsonl")["big"]
+    assert "'big.bin' is 25,165,824 bytes, more than the 1,048,576 a member may hold" in record["reason"]
+    with tarfile.open(out / "bomb.tar.gz") as tar:
+        assert tar.getnames() == ["ok.png"]
+
+
+def test_an_image_folder_holding_a_tar_is_refused(flags, tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "more").mkdir(parents=True)
+    (src / "a.png").write_bytes(BYTE["rgb"].make())
+    with tarfile.open(src / "more" / "s.tar", "w") as tar:
+        hostile.add_member(tar, "b.png", BYTE["rgb"].make())
+    assert main(["protect", str(src), str(tmp_path / "out"), *flags]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "holds shard files (more/s.tar) and image files (a.png)" in err and "Traceback" not in err, err
+
+
+def test_an_image_struct_whose_bytes_field_is_not_binary_is_named(flags, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    struct = pa.struct([("bytes", pa.string()), ("path", pa.string())])
+    pq.write_table(pa.table({"image": pa.array([{"bytes": "iVBORw0KGgo=", "path": "a.png"}], struct)}),
+                   src / "rows.parquet")
+    assert main(["protect", str(src), str(tmp_path / "out"), *flags]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "image column 'image' is a struct whose 'bytes' field has type string; it must be binary" in err, err
 
 
 # ---------------------------------------------------------------- a second image column (issue 20 item 2)

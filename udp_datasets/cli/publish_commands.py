@@ -62,7 +62,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     try:
         report = verify(args.target, source=args.source, source_split=args.source_split,
-                        image_column=args.image_column, sign_key=_sign_key(args))
+                        image_column=args.image_column, sign_key=_sign_key(args),
+                        allow_failed_shards=args.allow_failed_shards)
     except PublishError as exc:
         print(f"udp-datasets verify: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -103,5 +104,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column", help="image column of a local folder (default: from the job record)")
     p.add_argument("--json", help="also write the full report as JSON to this file")
     p.add_argument("--max-listed", type=int, default=20, help="samples listed per category")
+    p.add_argument("--allow-failed-shards", action="store_true",
+                   help="do not fail a job whose record lists failed shards (their samples are missing)")
     p.add_argument("--sign-key", help="key file: the job record's signature (protect --sign-key) must hold")
     p.set_defaults(func=cmd_verify)

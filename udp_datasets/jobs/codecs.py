@@ -274,7 +274,12 @@ def _check_image_type(schema: Any, column: str, source: str) -> None:
     if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
         return
     if pa.types.is_struct(typ) and typ.get_field_index("bytes") >= 0:
-        return
+        inner = typ.field(typ.get_field_index("bytes")).type
+        if pa.types.is_binary(inner) or pa.types.is_large_binary(inner):
+            return
+        raise SourceError(f"{source}: image column {column!r} is a struct whose 'bytes' field has type {inner}; it "
+                          "must be binary (a Hugging Face Image struct<bytes: binary, path: string>): re-encode "
+                          "the column as image bytes, or name another with --image-column")
     raise SourceError(f"{source}: image column {column!r} has type {typ}; it must hold the image bytes "
                       "(binary, or a Hugging Face Image struct<bytes, path>)")
 

@@ -262,8 +262,8 @@ def publish(directory: str | os.PathLike, repo_id: str, *, private: bool = False
     """
     from .card import load_eval_report, render_card
 
-    if not _REPO_ID.match(repo_id):
-        raise PublishError(f"{repo_id!r} is not a repo id like 'namespace/name'")
+    if repo_id_problem(repo_id):
+        raise PublishError(f"{repo_id!r} is not a repo id like 'namespace/name': {repo_id_problem(repo_id)}")
     if eval_report is not None and not isinstance(eval_report, dict):
         eval_report = load_eval_report(eval_report)
     directory = Path(directory)
@@ -276,7 +276,8 @@ def publish(directory: str | os.PathLike, repo_id: str, *, private: bool = False
     with _staging_folder(staging_dir) as folder:
         staged = stage(directory, folder, max_shard_size=max_shard_size)
         report = verify_directory(folder, source=source, source_split=source_split,
-                                  target=f"{directory} (staged for {repo_id})", sign_key=sign_key)
+                                  target=f"{directory} (staged for {repo_id})", sign_key=sign_key,
+                                  allow_failed_shards=allow_failed_shards)
         if not report.ok:
             raise PublishRefused(report)
         record = read_record(folder)
@@ -346,9 +347,24 @@ def is_repo_id(text: str) -> bool:
     return bool(_REPO_ID.match(parse_target(text)[0]))
 
 
+def repo_id_problem(repo_id: str) -> str | None:
+    """Why a ``namespace/name`` is not a Hub repo id (the Hub's own rules: no ``..`` or ``--``, no
+    name that starts or ends with ``.`` or ``-``, at most 96 characters), or None."""
+    if not _REPO_ID.match(repo_id):
+        return "a Hub id is namespace/name"
+    if ".." in repo_id or "--" in repo_id:
+        return "a Hub id may not contain '..' or '--'"
+    if any(part.startswith((".", "-")) or part.endswith((".", "-")) for part in repo_id.split("/")):
+        return "a Hub id's parts may not start or end with '.' or '-'"
+    if len(repo_id) > 96:
+        return "a Hub id is at most 96 characters"
+    return None
+
+
 def verify_remote(repo_id: str, revision: str | None = None, *, source: str | None = None,
                   source_split: str | None = None, token: str | bool | None = None,
-                  download_dir: str | os.PathLike | None = None, sign_key: bytes | None = None) -> VerifyReport:
+                  download_dir: str | os.PathLike | None = None, sign_key: bytes | None = None,
+                  allow_failed_shards: bool = False) -> VerifyReport:
     """Download one commit of a published dataset into a fresh folder and verify it."""
     from huggingface_hub import HfApi, snapshot_download
 
@@ -358,24 +374,28 @@ def verify_remote(repo_id: str, revision: str | None = None, *, source: str | No
         local = snapshot_download(repo_id, repo_type=REPO_TYPE, revision=commit or revision,
                                   local_dir=str(folder / "snapshot"), token=token)
         report = verify_directory(local, source=source, source_split=source_split,
-                                  target=repo_id + (f"@{revision}" if revision else ""), sign_key=sign_key)
+                                  target=repo_id + (f"@{revision}" if revision else ""), sign_key=sign_key,
+                                  allow_failed_shards=allow_failed_shards)
     report.commit = commit
     return report
 
 
 def verify(target: str | os.PathLike, *, source: str | None = None, source_split: str | None = None,
            token: str | bool | None = None, image_column: str | None = None,
-           sign_key: bytes | None = None) -> VerifyReport:
+           sign_key: bytes | None = None, allow_failed_shards: bool = False) -> VerifyReport:
     """Verify a local protected folder, or a Hub dataset ``REPO_ID[@revision]``."""
     path = Path(target).expanduser()
     if path.exists():
         if not path.is_dir():
             raise PublishError(f"{path} is a file; give the protected output folder or a Hub dataset id")
         return verify_directory(path, source=source, source_split=source_split, image_column=image_column,
-                                sign_key=sign_key)
+                                sign_key=sign_key, allow_failed_shards=allow_failed_shards)
     text = str(target)
     if not is_repo_id(text):
         raise PublishError(f"{text} is neither an existing folder nor a Hub dataset id (namespace/name[@revision])")
     repo_id, revision = parse_target(text)
+    problem = repo_id_problem(repo_id)
+    if problem:
+        raise PublishError(f"{text} is neither an existing folder nor a valid Hub dataset id: {problem}")
     return verify_remote(repo_id, revision, source=source, source_split=source_split, token=token,
-                         sign_key=sign_key)
+                         sign_key=sign_key, allow_failed_shards=allow_failed_shards)

@@ -92,3 +92,14 @@ def manifest_problem(record: dict[str, Any] | None, manifest: Path | None) -> st
         return (f"the manifest's SHA-256 {actual[:16]}... differs from the {recorded[:16]}... the job record "
                 f"{record.get('_file')} holds: it was edited after the job, its rows cannot be trusted")
     return None
+
+
+def failed_shards_problem(record: dict[str, Any] | None) -> str | None:
+    """A job whose record lists failed shards is incomplete: their samples are in no manifest row,
+    so matching alone would call the rest verified."""
+    failed = (record or {}).get("shards_failed") or []
+    if not failed:
+        return None
+    names = ", ".join(str(f.get("shard")) for f in failed[:5]) + (" ..." if len(failed) > 5 else "")
+    return (f"the job has {len(failed)} failed shard(s) ({names}) whose samples are missing: re-run protect to "
+            "redo them (--allow-failed-shards verifies the rest)")

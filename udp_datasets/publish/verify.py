@@ -60,7 +60,7 @@ from ..sources.hf import SourceError
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE, is_hidden
 from ..sources.layouts import Layout, detect_layout, iter_source_images
 from ..jobs.signing import signature_problem
-from .integrity import manifest_problem, tar_problems, unprotected_columns
+from .integrity import failed_shards_problem, manifest_problem, tar_problems, unprotected_columns
 
 logger = logging.getLogger(__name__)
 
@@ -238,15 +238,17 @@ class PublishedImage:
 
 def verify_directory(directory: str | os.PathLike, *, source: str | None = None,
                      source_split: str | None = None, image_column: str | None = None,
-                     target: str | None = None, sign_key: bytes | None = None) -> VerifyReport:
+                     target: str | None = None, sign_key: bytes | None = None,
+                     allow_failed_shards: bool = False) -> VerifyReport:
     """Verify a protected folder (see the module docstring); never raises for bad samples.
-    ``sign_key``: the job record's ``manifest_signature`` must hold under it (:mod:`~udp_datasets.jobs.signing`)."""
+    ``sign_key``: the job record's ``manifest_signature`` must hold under it (:mod:`~udp_datasets.jobs.signing`).
+    A job whose record lists failed shards fails unless ``allow_failed_shards``."""
     root = Path(directory)
     report = VerifyReport(target=target or str(root), layout=None, source=source)
     inputs = _read_inputs(root, report, image_column)
-    unsigned = signature_problem(read_record(root) if root.is_dir() else None, sign_key)
-    if unsigned:
-        report.problems.append(unsigned)
+    record = read_record(root) if root.is_dir() else None
+    report.problems.extend(p for p in (signature_problem(record, sign_key),
+                                       None if allow_failed_shards else failed_shards_problem(record)) if p)
     if inputs is None:
         return report
     layout, rows = inputs

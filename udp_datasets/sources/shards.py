@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from .hf import SourceError, is_saved_dataset
-from .keys import COMPRESSED_TAR_SUFFIXES, SHARD_SUFFIXES, ShardKind, shard_kind
+from .keys import COMPRESSED_TAR_SUFFIXES, SHARD_SUFFIXES, ShardKind, is_image_name, shard_kind
 from .parquet import find_image_column, iter_parquet_batches, open_parquet
 from .remote import is_url, local_path, open_binary, url_basename
 from .tar import ShardReadError, TarMember, TarSample, iter_tar_samples
@@ -63,8 +63,24 @@ def looks_like_shards(src: str) -> bool:
     if path.is_file():
         return shard_kind(path.name) is not None
     if path.is_dir() and not is_saved_dataset(path):
-        return next(_walk_shards(path), None) is not None
+        first = next(_walk_shards(path), None)
+        if first is not None:
+            _refuse_mixed_folder(path, first)
+        return first is not None
     return False
+
+
+def _refuse_mixed_folder(root: Path, shard: Path) -> None:
+    """A folder with shard files *and* image files is neither a shard source (its images would be
+    left out) nor an image folder (its shards would be): refused, naming one of each."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and is_image_name(name):
+                image = (Path(dirpath) / name).relative_to(root)
+                raise SourceError(f"{root} holds shard files ({shard.relative_to(root)}) and image files ({image}); "
+                                  "a folder is protected either as shards or as an image folder: move one of "
+                                  "them out, or give the shards by name")
 
 
 def discover_shards(src: str | os.PathLike | Sequence[str]) -> list[Shard]:

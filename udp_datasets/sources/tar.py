@@ -30,6 +30,12 @@ from .keys import IMAGE_EXTENSIONS, image_format, is_image_name, split_key, unre
 from .remote import open_binary
 
 
+MAX_MEMBER_BYTES = 1 << 30
+"""The largest member read into memory (1 GiB): the tar header gives a member's size before its
+data, so a bigger one (a gzip member that inflates to more than memory holds) is skipped unread
+and its sample quarantined, never a MemoryError."""
+
+
 class ShardReadError(IOError):
     """A shard that cannot be read at all (truncated or corrupt container)."""
 
@@ -66,18 +72,22 @@ def iter_tar_samples(url: str, image_extensions: frozenset[str] = IMAGE_EXTENSIO
         stream = tarfile.open(fileobj=fh, mode="r|*")
         current: TarSample | None = None
         for info in stream:
-            data = stream.extractfile(info).read() if info.isreg() else None  # type: ignore[union-attr]
+            too_big = info.isreg() and info.size > MAX_MEMBER_BYTES
+            data = stream.extractfile(info).read() if info.isreg() and not too_big else None  # type: ignore[union-attr]
             stream.members = []  # keep memory flat: tarfile would remember every header
             key, _ = split_key(info.name)
             image = is_image_name(info.name, image_extensions)
+            problem = member_problem(info) or (
+                f"member {info.name!r} is {info.size:,} bytes, more than the {MAX_MEMBER_BYTES:,} a member may "
+                "hold in memory; it was skipped unread" if too_big else
+                None if image else unprotected_image(info.name, data))
             meta = "/" not in info.name and info.name.startswith("__") and info.name.endswith("__")
             if key is None or meta:
                 if current is not None:
                     yield current
                     current = None
-                yield _loose_member(info, data, image)
+                yield _loose_member(info, data, image, problem)
                 continue
-            problem = member_problem(info) or (None if image else unprotected_image(info.name, data))
             if current is None or current.key != key:
                 if current is not None:
                     yield current
@@ -85,7 +95,7 @@ def iter_tar_samples(url: str, image_extensions: frozenset[str] = IMAGE_EXTENSIO
             current.members.append(TarMember(info, data))
             if image:
                 current.images.append(len(current.members) - 1)
-                if data is None and current.problem is None and unsafe_name(info.name) is None:
+                if data is None and current.problem is None and unsafe_name(info.name) is None and not too_big:
                     current.problem = f"image member {info.name!r} is a {_member_kind(info)}, not a file"
             if current.problem is None and problem is not None:
                 current.problem = problem
@@ -110,10 +120,9 @@ def iter_tar_images(url: str) -> Iterator[tuple[str, str, bytes]]:
                 yield member.info.name, sample.key, member.data
 
 
-def _loose_member(info: tarfile.TarInfo, data: bytes | None, image: bool) -> TarSample:
+def _loose_member(info: tarfile.TarInfo, data: bytes | None, image: bool, problem: str | None) -> TarSample:
     """A member that belongs to no sample; an image among them is never passed through."""
-    sample = TarSample(key=None, members=[TarMember(info, data)],
-                       problem=member_problem(info) or (None if image else unprotected_image(info.name, data)))
+    sample = TarSample(key=None, members=[TarMember(info, data)], problem=problem)
     if image:
         sample.problem = sample.problem or (f"member {info.name!r} looks like an image but has no WebDataset "
                                             "key (its base name starts with a dot or has none)")
