@@ -197,7 +197,7 @@ def test_driver_runs_every_stage_and_writes_the_report(tiny_study):
     assert study.victim_path("cat", "udp", "lora", 0).exists() and study.set_path("cat", "noise@4", 0).exists()
     assert {(r["levels"], r["set"]) for r in report["budget_sweep"]} >= {(4, "noise"), (8, "noise"), (4, "udp")}
     assert {(r["purification"], r["set"]) for r in report["purification"]} >= {("jpeg75", "clean"), ("jpeg75", "udp")}
-    assert report["picks"]["best"] in ("udp", None) and report["goal"] is not None
+    assert report["picks"]["ours"] in ("udp", None) and report["goal"] is not None
     assert report["stages"]["done"] == report["stages"]["planned"] == fewshot.planned_stages(TINY)
     assert "Partial report" not in (out / "report.md").read_text()
 

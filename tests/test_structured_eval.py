@@ -149,3 +149,35 @@ def test_judges_are_trained_on_clean_images_only(tmp_path, monkeypatch):
         if path.parent.name != "hash" or not path.name.startswith(("clean", "heldout")):
             others |= _digests(np.load(path)["images"])
     assert others and not given & others  # no protected, substituted or generated image reached a judge
+
+
+def test_fewshot_judge_faces_scores_identity_on_a_face_folder(tmp_path, capsys):
+    """--judge faces wires the [faces] judge into the study: the subject score is ISM and FDFR is reported.
+    The tiny CPU victims draw no faces, so the harness must fail its controls and say so (exit 1)."""
+    pytest.importorskip("dlib")
+    from PIL import Image
+    from skimage.data import astronaut
+    from test_fewshot import TINY
+
+    from udp_datasets.cli.app import EXIT_FAILED, main
+    from udp_datasets.evaluate.experiments import fewshot
+
+    face = astronaut()[20:220, 130:330]
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(6):
+        crop = face[i * 4:200 - i * 4, i * 3:200 - i * 5]
+        Image.fromarray(np.ascontiguousarray(crop)).resize((64, 64)).save(folder / f"{i}.png")
+    settings = replace(TINY, modes=("full",), purifications=(), sweep_levels=())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fewshot, "REDUCED", settings)
+        code = main(["evaluate", "--regime", "fewshot", "--subject", str(folder), "--judge", "faces",
+                     "--out", str(tmp_path / "r"), "--cache-dir", str(tmp_path / "cache"), "--methods", "udp"])
+    assert code == EXIT_FAILED
+    import json
+
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["judges"] == {"faces": "faces"}
+    rows = {row["set"]: row for row in report["tables"]["full"]}
+    if rows:  # the controls ran (the victim check may stop the study before them)
+        assert rows["clean"]["per_subject"]["faces"]["fdfr"] is not None

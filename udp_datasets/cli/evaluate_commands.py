@@ -93,7 +93,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         raise ConfigError("--regime fewshot protects the subject itself: give --subject FOLDER, not --clean/--protected")
     settings = fewshot.FewshotSettings() if args.full else fewshot.REDUCED
     protection = config_from_args(args, base=settings.protection)
-    changes = {"protection": protection, "levels": protection.budget_levels, "size": args.size}
+    changes = {"protection": protection, "levels": protection.budget_levels, "size": args.size,
+               "pretrain": replace(settings.pretrain, per_channel=args.latent_norm == "channel")}
     if args.seeds:
         if not all(s.strip().isdigit() for s in args.seeds.split(",")):
             raise ConfigError(f"--seeds {args.seeds!r}: a comma list of non-negative integers, e.g. 0,1,2")
@@ -229,6 +230,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="fewshot --subject FOLDER: what recognises your subject: the CNN shape judge, the colour / "
                         "texture judge, or face identity (ISM and FDFR, the [faces] extra); auto: the class judge "
                         "that recognises your held-out images best")
+    p.add_argument("--latent-norm", choices=["channel", "scalar"], default="channel",
+                   help="fewshot: the victim's latent normalisation: each channel standardised by its corpus "
+                        "statistics (FLUX.2's convention, default) or one scalar shift and scale (SD's)")
     p.add_argument("--size", type=int, choices=[64, 128], default=64,
                    help="fewshot: image side (64: 8x8 TAEF2 latents; 128: 16x16, about 4x the CPU time)")
     p.add_argument("--full", action="store_true",

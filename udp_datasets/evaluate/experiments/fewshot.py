@@ -18,9 +18,9 @@ first line, and gives no verdict (issue 17).
    victim seed, through :class:`~udp_datasets.Protector` and the presets (:mod:`.fewshot_tasks`);
 5. **victims**: the pretrained victim fine-tuned (full and LoRA) on clean, each protected and the
    noise copy, same seeds;
-6. **follow-ups** chosen by a rule fixed before any result is seen (:func:`pick`): the best of ours
-   and the best peer by goal progress; each purification applied to their sets, to noise and to the
-   clean images; a budget sweep of both beside noise;
+6. **follow-ups** chosen by a rule fixed before any result is seen (:func:`pick`): by default the two
+   best methods by goal progress; each purification applied to their sets, to noise and to the clean
+   images; a budget sweep of both beside noise;
 7. **report** (:mod:`.fewshot_report`): report.json (with ``card_markdown``), report.md, grids, plots.
 
 Work runs in ``workers`` processes of ``threads`` intra-op threads each (tqdm shows each stage).
@@ -32,7 +32,7 @@ import logging
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,6 +43,7 @@ from ..subjects import Subject
 from ..victims.fewshot import TrainRecipe
 from ..victims.fewshot_pretrain import PretrainRecipe
 from ...config import ProtectionConfig
+from .fewshot_scores import followup_methods
 from .fewshot_tasks import (FEWSHOT_PROTECTION, METHODS, OURS, PEERS, PURIFICATIONS, ProtectJob, PurifyJob,
                             VictimJob, run_task, save_images, set_name, set_threads)
 
@@ -67,12 +68,13 @@ class FewshotSettings:
     levels: int = 8
     """The budget in 8-bit levels (8 = 8/255 on [0, 1])."""
     purifications: tuple[str, ...] = PURIFICATIONS
-    sweep_levels: tuple[int, ...] = (4, 16)
+    sweep_levels: tuple[int, ...] = (2, 4, 16)
     followup_modes: tuple[str, ...] = ("full",)
     """Fine-tuning modes of the purification and budget-sweep victims."""
-    followup_sets: tuple[str, ...] = ("noise", "best", "peer")
+    followup_sets: tuple[str, ...] = ("noise", "best", "second")
     """What the purifications and the sweep are applied to (besides the clean images): ``noise``, ``best``
-    (the best of ours by :func:`pick`), ``peer`` (the best peer)."""
+    and ``second`` (the two best methods by :func:`pick`), ``ours`` (the best of ours), ``peer`` (the best
+    peer)."""
     full: TrainRecipe = FULL_FINETUNE
     lora: TrainRecipe = LORA_FINETUNE
     num_samples: int = 64
@@ -261,15 +263,17 @@ def write_inputs(study: Study) -> None:
     Image.fromarray(np.full((size, size, 3), 128, np.uint8)).save(target)
 
 
-def pick(scores: Any, methods: Sequence[str]) -> tuple[str | None, str | None]:
-    """The best of ours and the best peer by goal progress, mean over subjects and seeds at full
-    fine-tuning: max(mean erasure / 0.8, mean artifact ratio to clean-ft / 2) (1 = the issue's goal).
-    Fixed before any result was seen; the follow-ups (purification, budget sweep) run on them."""
-    progress = {m: scores.goal_progress(m, "full") for m in methods}
+def pick(scores: Any, methods: Sequence[str]) -> dict[str, str | None]:
+    """By goal progress, mean over subjects and seeds at full fine-tuning: max(mean erasure / 0.8, mean
+    artifact ratio to clean-ft / 2) (1 = the goal): ``best`` and ``second`` (the two best methods, noise
+    excluded), ``ours`` (the best of ours) and ``peer`` (the best peer). Fixed before any result was seen;
+    the follow-ups (purification, budget sweep) and the goal's tests run on them."""
+    progress = {m: scores.goal_progress(m, "full") for m in methods if m != "noise"}
     progress = {m: v for m, v in progress.items() if v is not None}
-    ours = [m for m in OURS if m in progress]
-    peers = [m for m in PEERS if m in progress]
-    return (max(ours, key=progress.get) if ours else None, max(peers, key=progress.get) if peers else None)
+    ranked = sorted(progress, key=progress.get, reverse=True)
+    first = lambda names: next((m for m in ranked if m in names), None)  # noqa: E731
+    return {"best": ranked[0] if ranked else None, "second": ranked[1] if len(ranked) > 1 else None,
+            "ours": first(OURS), "peer": first(PEERS)}
 
 
 def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, Subject],
@@ -307,7 +311,7 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
             timings["total"] = time.perf_counter() - start
             return write_fewshot_report(study, Scores(study, judge), picks, pretrain_info, timings, stages)
 
-        no_picks: dict[str, str | None] = {"best": None, "peer": None}
+        no_picks: dict[str, str | None] = {"best": None, "second": None, "ours": None, "peer": None}
         if Scores(study, judge).controls(pretrain_info.get("quality"))["victim_learned_corpus"] is False:
             return checkpoint("pretrained victim check (failed: stopped)", no_picks)
         t = time.perf_counter()
@@ -330,12 +334,10 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
         first, rest = mode_order(settings)
         runner.map(victim_jobs(study, main_sets, first), f"victims ({', '.join(first)})")
         timings["victims"] = time.perf_counter() - t
-        best, peer = pick(Scores(study, judge), settings.methods)
-        picks = {"best": best, "peer": peer}
+        picks = pick(Scores(study, judge), settings.methods)
         report = checkpoint(f"victims ({', '.join(first)})", picks)
         t = time.perf_counter()
-        chosen = {"noise": "noise", "best": best, "peer": peer}
-        followups = [chosen[k] for k in settings.followup_sets if chosen[k] in settings.methods]
+        followups = followup_methods(settings, picks)
         if settings.purifications:
             runner.map(purify_jobs(study, ["clean", *followups]), "purify")
             purified = [f"{n}+{p}" for n in ["clean", *followups] for p in settings.purifications]

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..report import fmt, json_default, labelled_rows, line_plot, run_versions
-from .fewshot_scores import GOAL_ARTIFACTS, GOAL_ERASURE, HARNESS_FAILED, Scores
+from .fewshot_scores import GOAL_ARTIFACTS, GOAL_ERASURE, HARNESS_FAILED, Scores, followup_methods
 from .fewshot_tasks import OURS, PEERS, load_images, set_name
 
 GRID_IMAGES = 8
@@ -71,7 +71,7 @@ def learned_table(scores: Scores, modes: Sequence[str]) -> tuple[str, dict[str, 
         for mode in modes:
             r = scores.learned(subject, mode)
             out[f"{subject}/{mode}"] = r
-            lifts = ", ".join(f"{x['lift']:.2f}" for x in r["seeds"])
+            lifts = ", ".join(fmt(x["lift"], "{:.2f}") for x in r["seeds"])
             lines.append(f"| {subject} | {mode} | {fmt(r['never'], '{:.3f}')} | {fmt(r['clean'], '{:.3f}')} | {lifts} | "
                          f"{'yes' if r['all_learned'] else '**no**: erasure is not defined where the lift is short'} |")
     return "\n".join(lines), out
@@ -129,7 +129,7 @@ def sweep_table(scores: Scores, names: Sequence[str], levels: Sequence[int]) -> 
 def goal_text(goal: dict[str, Any]) -> str:
     """The issue's Goal in plain words."""
     if not goal.get("method"):
-        return "No method of ours was measured."
+        return "No protection method was measured."
     best, peer = goal["method"], goal.get("peer")
     parts = []
     for subject, g in goal["per_subject"].items():
@@ -138,12 +138,13 @@ def goal_text(goal: dict[str, Any]) -> str:
                      f"clean-ft, kept after " + ", ".join(f"{p} {fmt(v, '{:.2f}')}" for p, v in g["kept_after"].items()))
     yes = lambda flag, why="needs 2+ seeds": f"not measured ({why})" if flag is None else ("yes" if flag else "**no**")  # noqa: E731
     return "\n".join([
-        f"Best of ours: `{best}`; best peer: `{peer}` (full fine-tuning, 8-bit budget of the study).", "",
+        f"Best method: `{best}`; compared with `{peer}` (the best of the other side: ours vs the peers); "
+        "full fine-tuning, the study's budget.", "",
         f"- erasure >= {GOAL_ERASURE} or artifacts >= {GOAL_ARTIFACTS:.0f}x the clean fine-tune on every subject: "
         f"{yes(goal['reaches_goal_on_every_subject'])}",
         f"- beats random noise of the same budget by more than the seed spread on every subject: "
         f"{yes(goal['beats_noise_on_every_subject'])}",
-        f"- at least as strong as the best peer on every subject: {yes(goal['at_least_peer_on_every_subject'])}",
+        f"- at least as strong as `{peer}` on every subject: {yes(goal['at_least_peer_on_every_subject'])}",
         f"- keeps at least half its erasure after JPEG 75 and Gaussian noise 0.05: "
         f"{yes(goal['keeps_half_after_jpeg_and_noise'], 'purifications not run, or erasure undefined or <= 0')}", "",
         *[f"  - {p}" for p in parts]])
@@ -181,14 +182,14 @@ def harness_verdict(controls: dict[str, Any], goal: dict[str, Any]) -> str:
 
 def verdict(goal: dict[str, Any]) -> str:
     if not goal.get("method"):
-        return "No method of ours was measured."
+        return "No protection method was measured."
     if goal["reaches_goal_on_every_subject"] and goal["beats_noise_on_every_subject"]:
         return (f"`{goal['method']}` reaches the goal on every subject and beats random noise by more than the "
                 "seed spread: protection measured as effective in this few-shot regime.")
     if goal["reaches_goal_on_every_subject"] and goal["beats_noise_on_every_subject"] is None:
         return (f"`{goal['method']}` reaches the erasure / artifact goal on every subject, but with one seed the "
                 "seed spread is unknown, so beating random noise is not shown: run 3 or more seeds (--seeds 0,1,2).")
-    return (f"The goal is not reached: the best of ours, `{goal['method']}`, does not both reach erasure >= "
+    return (f"The goal is not reached: the best method, `{goal['method']}`, does not both reach erasure >= "
             f"{GOAL_ERASURE} (or {GOAL_ARTIFACTS:.0f}x artifacts) and beat random noise by more than the seed "
             "spread on every subject. On this setup the protection is not shown to work.")
 
@@ -250,13 +251,14 @@ def write_fewshot_report(study: Any, scores: Scores, picks: dict[str, str | None
     ``stages`` (done / planned) says how far the study got: a partial report says so on top."""
     s, out = study.settings, study.out
     names = ordered(["clean", *s.methods])
-    chosen = {"noise": "noise", "best": picks["best"], "peer": picks["peer"]}
-    followups = [chosen[k] for k in s.followup_sets if chosen[k] in s.methods]
+    followups = followup_methods(s, picks)
     learned_md, learned = learned_table(scores, s.modes)
     tables = {mode: method_table(scores, names, mode) for mode in s.modes}
     pur_md, pur_rows = purification_table(scores, ["clean", *followups], s.purifications)
     sweep_md, sweep_rows = sweep_table(scores, followups, s.sweep_levels)
-    goal = scores.goal(picks["best"], picks["peer"], s.purifications)
+    # the goal is the best method's; it is compared with the best of the other side (ours vs peers)
+    other = picks.get("ours") if picks.get("best") in PEERS else picks.get("peer")
+    goal = scores.goal(picks.get("best"), other, s.purifications)
     controls = scores.controls(pretrain.get("quality"))
     controls_sets = [set_name("photoguard", lv, s.levels) for lv in s.control_levels] + ["substitute"]
     files = {"grids": grids(scores, names + controls_sets, out, s.modes), "pretrained_grid": quality_grid(pretrain, out),

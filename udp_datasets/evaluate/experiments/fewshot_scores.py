@@ -37,6 +37,16 @@ NEGATIVE_MAX = 0.5
 HARNESS_FAILED = "this harness cannot see protection; its figures say nothing"
 
 
+def followup_methods(settings: Any, picks: dict[str, str | None]) -> list[str]:
+    """The methods the purifications and the sweep run on: ``settings.followup_sets`` resolved by the picks."""
+    chosen = {"noise": "noise", **picks}
+    out: list[str] = []
+    for key in settings.followup_sets:
+        if chosen.get(key) in settings.methods and chosen[key] not in out:
+            out.append(chosen[key])
+    return out
+
+
 def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None, int]:
     """(mean, sample standard deviation or None for one value, count) of the defined values."""
     v = [x for x in values if x is not None and math.isfinite(x)]
@@ -117,6 +127,7 @@ class Scores:
                             ("score", [r["score"] if r else None for r in runs]),
                             ("artifact", [r["artifact"] if r else None for r in runs]),
                             ("fd", [r["fd"] if r else None for r in runs]),
+                            ("fdfr", [r.get("fdfr") if r else None for r in runs]),
                             *((f"erasure_{kind}", [self.erasure(subject, name, mode, s, clean, f"score_{kind}")
                                                    for s in seeds]) for kind in self.judge.scorers())):
             out[key], out[f"{key}_sd"], out[f"{key}_n"] = mean_sd(values)
@@ -131,9 +142,11 @@ class Scores:
         rows = []
         for s in self.study.settings.seeds:
             c, n = self.victim(subject, "clean", mode, s), self.never(subject, s)
-            if c is not None and n is not None:
+            if c is not None and n is not None and c["score"] is not None and n["score"] is not None:
                 rows.append({"seed": s, "clean": c["score"], "never": n["score"], "lift": lift(c["score"], n["score"]),
                              "learned": lift(c["score"], n["score"]) >= MIN_LIFT})
+            elif c is not None and n is not None:  # e.g. no face found in either set: nothing learned is shown
+                rows.append({"seed": s, "clean": c["score"], "never": n["score"], "lift": None, "learned": False})
         return {"seeds": rows, "all_learned": bool(rows) and all(r["learned"] for r in rows),
                 "clean": mean_sd([r["clean"] for r in rows])[0], "never": mean_sd([r["never"] for r in rows])[0],
                 "min_lift": MIN_LIFT}
