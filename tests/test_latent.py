@@ -178,7 +178,8 @@ def test_cli_fit_and_protect_with_a_stable_diffusion_folder(tiny_sd, photos32, t
     fitted = tmp_path / "fitted"
     assert main(["fit", str(src), str(fitted), "--surrogate", tiny_sd, "--fit-lora-rank", "2", *flags]) == 0
     dst = tmp_path / "out"
-    assert main(["protect", str(src), str(dst), "--surrogate", str(fitted), "--encoder-weight", "1", *flags]) == 0
+    assert main(["protect", str(src), str(dst), "--surrogate", str(fitted), "--objective", "unlearnable",
+                 "--encoder-weight", "1", *flags]) == 0
     summary = json.loads((dst / "udp_protection.json").read_text())
     assert summary["config"]["prompt"] == "a painting in the style of sks"
     assert summary["surrogate"]["kind"] == "latent"

@@ -276,3 +276,22 @@ def test_readers_skip_what_is_not_a_sample_image_and_read_path_only_entries_only
     # published data: a path-only entry is never opened (issue 13); a local source's root allows it
     assert list(iter_parquet_images(str(tmp_path / "rows.parquet"))) == [b"P", None, None, None]
     assert list(iter_parquet_images(str(tmp_path / "rows.parquet"), root=tmp_path)) == [b"P", b"X", None, None]
+
+
+def test_verify_accepts_a_job_made_under_config_version_1(copy_of):
+    """A job recorded before config_version existed (its config has no config_version, no
+    encoder_reduction) or made with config_version=1 keeps its config hash and still verifies."""
+    from udp_datasets import ProtectionConfig
+
+    _, out = copy_of("arrow")
+    record_file = out / "udp_protection.json"
+    record = json.loads(record_file.read_text())
+    new_hash = ProtectionConfig.from_dict(record["config"]).hash()
+    for field in ("config_version", "encoder_reduction"):
+        record["config"].pop(field, None)
+    record_file.write_text(json.dumps(record))
+    old = ProtectionConfig.from_dict(record["config"])
+    assert old.config_version == 1 and old.hash() == new_hash == record["config_hash"]
+    report = verify_directory(out)
+    assert report.ok, report.format()
+    assert report.config_hash == new_hash

@@ -23,6 +23,28 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 CONFIG_VERSION = 1
+"""The format of a config record (the ``version`` field); unchanged since 0.1."""
+
+DEFAULTS_VERSION = 2
+"""The generation of defaults a new config gets (``config_version``), see :func:`apply_version_defaults`.
+
+1: the defaults of 0.1-0.2 (every field's dataclass default; no surrogate = the built-in pixel
+surrogate fitted on the data). 2 (0.3): on a latent surrogate, the method of
+:data:`LATENT_DEFAULTS_V2`; on the command line, no ``--surrogate`` = the shipped latent pair.
+A config mapping without ``config_version`` (every file and job record written before 0.3) reads as 1;
+``ProtectionConfig()`` in Python is 2."""
+
+LATENT_DEFAULTS_V2: dict[str, Any] = {"objective": "encoder", "encoder_target": "away", "random_start": True}
+"""The method of config version 2 on a latent surrogate: the fields it sets, over the dataclass defaults
+(for now the ``photoguard`` preset's fields; chosen by the few-shot study, docs/efficacy.md). The only
+place version 2's method is written: change this dict to change it."""
+
+SHIPPED_SURROGATE = "taef2"
+"""The name of the latent pair shipped in the package (``--surrogate taef2``; ``bundled`` is an alias)."""
+SHIPPED_SURROGATE_NAMES = ("taef2", "bundled")
+PIXEL_SURROGATE = "pixel"
+"""``--surrogate pixel`` on the command line: the built-in pixel surrogate fitted on the data (0.2's
+default, measured not to protect; docs/efficacy.md)."""
 
 Objective = Literal["unlearnable", "adversarial", "encoder", "matching", "sds", "aspl", "ace"]
 EncoderTarget = Literal["away", "pattern"]
@@ -219,6 +241,11 @@ class ProtectionConfig:
     """``torch.compile`` the surrogate's networks for the transform (pays off only on long jobs)."""
 
     version: int = CONFIG_VERSION
+    config_version: int = DEFAULTS_VERSION
+    """Which generation of defaults the config was made under (:data:`DEFAULTS_VERSION`): 2 for a new
+    config, 1 for a file or job record without the field (0.1-0.2). Left out of :meth:`hash`: the fields
+    decide what a job computes, and :func:`apply_version_defaults` writes version 2's choices into them,
+    so a version-1 job keeps its hash and is still verified."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -296,6 +323,9 @@ class ProtectionConfig:
                 f"t_min={self.t_min} must be < num_train_timesteps={self.num_train_timesteps}")
         if self.resolution % 4:
             raise ConfigError(f"resolution={self.resolution} must be a multiple of 4 (UNet downsampling)")
+        if self.config_version not in (1, 2):
+            raise ConfigError(f"config_version={self.config_version!r} must be 1 (the defaults of 0.1-0.2) or 2 "
+                              "(0.3's)")
         if self.version != CONFIG_VERSION:
             raise ConfigError(
                 f"config version {self.version} is not supported by this release "
@@ -330,6 +360,7 @@ class ProtectionConfig:
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
         data = dict(data)
+        data.setdefault("config_version", 1)  # written before 0.3: the defaults it was made under are 0.2's
         if "epsilon" in data:
             data["epsilon"] = parse_epsilon(data["epsilon"])
         return cls(**data)
@@ -347,14 +378,25 @@ class ProtectionConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> "ProtectionConfig":
         """Load JSON or YAML (by extension). YAML is read with ``yaml.safe_load``: tags such as
-        ``!!python/object/apply`` are refused, nothing in the file is ever executed."""
-        path = Path(path)
+        ``!!python/object/apply`` are refused, nothing in the file is ever executed. A file without
+        ``config_version`` reads as version 1 (see :data:`DEFAULTS_VERSION`)."""
+        return cls.from_dict(cls._read_mapping(Path(path)))
+
+    @staticmethod
+    def _read_mapping(path: Path) -> dict[str, Any]:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
         if path.suffix.lower() not in {".yaml", ".yml"}:
-            return cls.from_json(text, source=str(path))
+            try:
+                data = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{path} is not valid JSON ({exc}); fix the syntax") from exc
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: expected a mapping of config fields (a JSON object), got "
+                                  f"{type(data).__name__}")
+            return data
         import yaml
 
         try:
@@ -364,15 +406,15 @@ class ProtectionConfig:
                               "plain values (tags such as !!python/... are refused, nothing is executed)") from exc
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of config fields, got {type(data).__name__}")
-        return cls.from_dict(data)
+        return data
 
     def replace(self, **changes: Any) -> "ProtectionConfig":
         return dataclasses.replace(self, **changes)
 
     def hash(self) -> str:
         """Stable content hash of what the job computes (runtime fields excluded)."""
-        payload = {k: v for k, v in self.to_dict().items()
-                   if k not in RUNTIME_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+        payload = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS and k != "config_version"
+                   and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
         canon = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
@@ -446,6 +488,30 @@ def _positive_int(name: str, value: Any) -> None:
 def _non_negative_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"{name}={value!r} must be an integer >= 0")
+
+
+def apply_version_defaults(config: ProtectionConfig, latent: bool,
+                           explicit: typing.Collection[str] | None = None) -> ProtectionConfig:
+    """``config`` with the defaults of its ``config_version`` for a latent (or pixel) surrogate.
+
+    Version 1, a pixel surrogate, or a config whose method is chosen (made from a preset, or with
+    ``objective`` in ``explicit``): unchanged. Otherwise, version 2 on a latent surrogate: every field of
+    :data:`LATENT_DEFAULTS_V2` that is not in ``explicit`` (the fields the user set; ``None``: those that
+    differ from their dataclass default) takes its version-2 value. The result holds the values
+    themselves, so applying it twice changes nothing.
+    """
+    if explicit is None:
+        explicit = {f.name for f in fields(config) if getattr(config, f.name) != f.default}
+    if config.config_version < 2 or not latent or config.preset is not None or "objective" in explicit:
+        return config
+    changes = {k: v for k, v in LATENT_DEFAULTS_V2.items() if k not in explicit}
+    return config.replace(**changes) if changes else config
+
+
+def config_mapping(path: str | Path) -> dict[str, Any]:
+    """The fields a config file sets (JSON or YAML), as written: what :meth:`ProtectionConfig.from_file`
+    reads, without the defaults (the CLI needs to know which fields a file sets)."""
+    return ProtectionConfig._read_mapping(Path(path))
 
 
 def config_fields() -> list[dataclasses.Field]:

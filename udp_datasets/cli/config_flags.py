@@ -61,4 +61,34 @@ def config_from_args(args: argparse.Namespace, base: ProtectionConfig | None = N
     return base.replace(**overrides)
 
 
+def explicit_fields(args: argparse.Namespace) -> set[str]:
+    """The config fields the user chose: set in ``--config-file``, by a flag, or by ``--preset``'s method."""
+    from ..config import config_mapping
+
+    chosen = set(config_mapping(args.config_file)) if getattr(args, "config_file", None) else set()
+    chosen |= {f.name for f in config_fields() if hasattr(args, f.name)}
+    if getattr(args, "preset", None) is not None:
+        from ..method.presets import PRESETS
+
+        chosen |= set(PRESETS.get(args.preset, {}))
+    return chosen
+
+
+def protect_config_from_args(args: argparse.Namespace) -> ProtectionConfig:
+    """:func:`config_from_args` with the defaults of the config's ``config_version`` filled in.
+
+    Version 2 (a new config; a file without ``config_version`` is version 1): no surrogate chosen means
+    the shipped latent pair (``--surrogate taef2``), ``--surrogate pixel`` the built-in pixel surrogate
+    fitted on the data (0.2's default); on a latent surrogate every field of
+    ``config.LATENT_DEFAULTS_V2`` the user did not set takes its version-2 value (unless ``--preset`` or
+    ``--objective`` chose a method). Version 1: exactly what 0.2 did (no surrogate = the pixel fit)."""
+    from ..config import apply_version_defaults
+    from ..models import surrogate_is_latent
+
+    config = config_from_args(args)
+    chosen = explicit_fields(args)
+    latent = config.surrogate is not None and surrogate_is_latent(config.surrogate, config.surrogate_revision)
+    return apply_version_defaults(config, latent, chosen)
+
+
 # ------------------------------------------------------------------ commands

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config_flags import add_config_arguments, config_from_args
+from .config_flags import add_config_arguments, config_from_args, protect_config_from_args
 from .exit_codes import EXIT_OK, EXIT_QUARANTINED, exit_code
 
 DEFAULT_IMAGE_COLUMN = "image"
@@ -17,7 +17,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
     from ..jobs.summary import format_summary
     from .launch import drop_columns, run_cli, wants_runner
 
-    config = config_from_args(args)
+    config = protect_config_from_args(args)
     key = read_key(args.sign_key) if args.sign_key else None  # a bad key file fails before any work
     if wants_runner(args):  # shards, --format parquet, --num-processes, accelerate launch
         return run_cli(args, config, sign_key=key)
@@ -57,7 +57,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = protect_config_from_args(args)  # what `protect` with these flags would run
     print(config.to_json())
     print(f"# hash {config.hash()}", file=sys.stderr)
     return EXIT_OK

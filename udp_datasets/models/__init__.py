@@ -5,8 +5,9 @@
 """
 
 from .base import EXTRAS_FILE, Surrogate, SurrogateError, SurrogateRef, weights_sha256
-from .loader import is_latent_folder, load_surrogate, resolve_surrogate_folder
+from .loader import is_latent_folder, load_surrogate, resolve_surrogate_folder, surrogate_is_latent
 from .pixel import ARCHITECTURES, build_surrogate, build_unet
 
 __all__ = ["ARCHITECTURES", "EXTRAS_FILE", "Surrogate", "SurrogateError", "SurrogateRef", "build_surrogate",
-           "build_unet", "is_latent_folder", "load_surrogate", "resolve_surrogate_folder", "weights_sha256"]
+           "build_unet", "is_latent_folder", "load_surrogate", "resolve_surrogate_folder", "surrogate_is_latent",
+           "weights_sha256"]

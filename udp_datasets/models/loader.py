@@ -38,6 +38,21 @@ def load_surrogate(source: str | os.PathLike | None = None, revision: str | None
     return load_pixel_surrogate(folder, str(source), revision)
 
 
+def surrogate_is_latent(source: str, revision: str | None = None) -> bool:
+    """Whether ``source`` names a latent surrogate (it has a VAE): a local folder is looked at; a Hub id by
+    its ``model_index.json`` alone (nothing else is downloaded; a repository without one is a pixel model)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return path.is_dir() and is_latent_folder(path)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        index = Path(hf_hub_download(source, "model_index.json", revision=revision))
+        return "vae" in json.loads(index.read_text())
+    except Exception:  # noqa: BLE001 - offline, no such repo or file: decided when the model is loaded
+        return False
+
+
 def is_latent_folder(folder: str | Path) -> bool:
     """A Stable Diffusion folder or a latent pair: it has a VAE."""
     folder = Path(folder)
