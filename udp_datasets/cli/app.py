@@ -1,4 +1,4 @@
-"""``udp-datasets``: protect | fit | demo | config | evaluate | ablation | latent-ablation | evaluate-sd | publish | verify.
+"""``udp-datasets``: protect | fit | pretrain | demo | config | evaluate | ablation | latent-ablation | evaluate-sd | publish | verify.
 
 The parser is assembled from one module per area (``protect_commands``, ``evaluate_commands``,
 ``publish_commands``); this module only dispatches and maps errors to exit codes (``exit_codes``).
@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from ..config import ConfigError
-from . import evaluate_commands, protect_commands, publish_commands
+from . import evaluate_commands, pretrain_commands, protect_commands, publish_commands
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE
 from .logs import configure_logging
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     protect_commands.add_parsers(sub)
     evaluate_commands.add_parsers(sub)
     publish_commands.add_parsers(sub)
+    pretrain_commands.add_parsers(sub)
     protect_commands.add_config_parser(sub)
     return parser
 

@@ -1,0 +1,73 @@
+"""``pretrain``: train the latent UNet of a pair on a corpus, through the shipped TAEF2 encoder."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from .exit_codes import EXIT_OK
+
+BUNDLED_CORPUS = "bundled"
+
+
+def read_corpus(source: str, count: int, seed: int, size: int) -> tuple[list, dict]:
+    """The corpus images and their description: the bundled photographs, or a folder's images (``count``
+    log-uniform crops at ``size`` px, as ``evaluate --corpus`` reads them)."""
+    from ..evaluate.subjects import bundled_corpus, folder_corpus
+
+    if source == BUNDLED_CORPUS:
+        images = bundled_corpus(count, seed=seed, size=size)
+        what = "udp_datasets.evaluate.subjects.bundled_corpus: crops of the scikit-image and matplotlib " \
+               "photographs of CORPUS_PHOTOS plus 1 in 20 scikit-image LFW faces"
+    else:
+        images = folder_corpus(source, count=count, seed=seed, size=size)
+        what = "udp_datasets.evaluate.subjects.folder_corpus: log-uniform crops of the folder's images"
+    return images, {"source": source, "reader": what, "crop_seed": seed, "size": size}
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ..models.denoiser_training import TrainRecipe
+    from ..models.pair_pretraining import PairRecipe, pretrain_pair
+
+    from ..config import ConfigError
+
+    try:
+        images, corpus = read_corpus(args.corpus, args.count, args.corpus_seed, args.size)
+    except ValueError as exc:  # no images, mixed sizes: a usage error (exit 2)
+        raise ConfigError(str(exc)) from exc
+    recipe = PairRecipe(train=TrainRecipe(steps=args.steps, learning_rate=args.learning_rate,
+                                          batch_size=args.batch_size, warmup_steps=args.warmup_steps),
+                        seed=args.seed, architecture=args.architecture, per_channel=not args.scalar_normalisation,
+                        half=args.half)
+    command = "udp-datasets " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+    record = pretrain_pair(images, args.out, recipe, corpus=corpus, command=command, save_every=args.save_every,
+                           overwrite=args.overwrite)
+    print(f"latent pair written to {args.out} (weights sha256 {record['weights_sha256']}, final loss "
+          f"{record['final_loss']:.4f})")
+    print(f"protect with: udp-datasets protect SRC DST --surrogate {args.out}")
+    return EXIT_OK
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ..models.denoiser_training import FEWSHOT_UNETS
+
+    p = sub.add_parser("pretrain", help="train the latent UNet of a surrogate pair on your corpus (TAEF2 latents)")
+    p.add_argument("corpus", help=f"folder of images (or any source protect reads), or '{BUNDLED_CORPUS}' for the "
+                   "bundled photographs")
+    p.add_argument("out", help="folder of the latent pair (read by --surrogate OUT); an interrupted run keeps "
+                   "its checkpoint in OUT.partial/ and the same command resumes it")
+    p.add_argument("--count", type=int, default=3000, help="corpus crops (default 3000)")
+    p.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64: 8x8 latents)")
+    p.add_argument("--corpus-seed", type=int, default=0, help="seed of the crops (default 0)")
+    p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=20, help="seed of the UNet and of every training draw")
+    p.add_argument("--architecture", choices=sorted(FEWSHOT_UNETS), default="fewshot-surrogate")
+    p.add_argument("--scalar-normalisation", action="store_true",
+                   help="one shift / scale for every latent channel (default: per channel)")
+    p.add_argument("--half", action="store_true", help="store the weights in float16 (half the size)")
+    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (default 100)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT, or an OUT.partial/ of another job")
+    p.set_defaults(func=cmd_pretrain)
