@@ -16,6 +16,7 @@ from test_verify import make_source
 
 FLAGS = ["--resolution", "16", "--fit-rounds", "2", "--fit-surrogate-steps", "5", "--fit-pgd-steps", "1",
          "--steps", "3", "--batch-size", "4"]
+PIXEL = ["--surrogate", "pixel"]  # the built-in pixel surrogate fitted on the data (the default before 0.3)
 
 
 @pytest.fixture()
@@ -28,7 +29,7 @@ def image_folder(tmp_path, photos32, grey_faces):
 
 def test_protect_folder_quarantines_bad_files(image_folder, tmp_path, capsys):
     dst = tmp_path / "out"
-    code = main(["protect", str(image_folder), str(dst), "--epsilon", "8/255", *FLAGS])
+    code = main(["protect", str(image_folder), str(dst), "--epsilon", "8/255", *PIXEL, *FLAGS])
     assert code == EXIT_QUARANTINED
     printed = capsys.readouterr().out
     assert "protected   6 images" in printed and "quarantined 2" in printed
@@ -49,7 +50,8 @@ def test_protect_folder_quarantines_bad_files(image_folder, tmp_path, capsys):
 
 def test_imagefolder_output_keeps_relative_paths(image_folder, tmp_path):
     dst = tmp_path / "png"
-    code = main(["protect", str(image_folder), str(dst), "--format", "imagefolder", "--allow-errors", *FLAGS])
+    code = main(["protect", str(image_folder), str(dst), "--format", "imagefolder", "--allow-errors", *PIXEL,
+                 *FLAGS])
     assert code == 0
     files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.png"))
     assert files == ["cats/photo0.png", "cats/photo1.png", "cats/photo2.png", "cats/photo3.png",
@@ -102,7 +104,7 @@ def test_saved_dataset_source_and_console_script(tmp_path, photos32):
     ds = ds.cast_column("picture", datasets.Image())
     ds.save_to_disk(str(tmp_path / "saved"))
     proc = subprocess.run([sys.executable, "-m", "udp_datasets.cli", "protect", str(tmp_path / "saved"),
-                           str(tmp_path / "out"), "--image-column", "picture", *FLAGS],
+                           str(tmp_path / "out"), "--image-column", "picture", *PIXEL, *FLAGS],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "protected   3 images" in proc.stdout

@@ -161,9 +161,9 @@ class Protector:
 
     def _peek_ref(self) -> SurrogateRef | None:
         """Hash local weights up front so the fingerprint changes when they do."""
-        from .models import is_latent_folder, weights_sha256
+        from .models import is_latent_folder, local_surrogate_path, weights_sha256
 
-        path = Path(self.config.surrogate).expanduser()
+        path = local_surrogate_path(self.config.surrogate)  # taef2 / bundled: the shipped pair
         if path.is_dir():
             try:
                 return SurrogateRef(kind="latent" if is_latent_folder(path) else "pixel",

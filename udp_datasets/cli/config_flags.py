@@ -82,11 +82,15 @@ def protect_config_from_args(args: argparse.Namespace) -> ProtectionConfig:
     fitted on the data (0.2's default); on a latent surrogate every field of
     ``config.LATENT_DEFAULTS_V2`` the user did not set takes its version-2 value (unless ``--preset`` or
     ``--objective`` chose a method). Version 1: exactly what 0.2 did (no surrogate = the pixel fit)."""
-    from ..config import apply_version_defaults
+    from ..config import PIXEL_SURROGATE, SHIPPED_SURROGATE, apply_version_defaults
     from ..models import surrogate_is_latent
 
     config = config_from_args(args)
     chosen = explicit_fields(args)
+    if config.config_version >= 2 and "surrogate" not in chosen and config.surrogate is None:
+        config = config.replace(surrogate=SHIPPED_SURROGATE)
+    if config.surrogate == PIXEL_SURROGATE:
+        config = config.replace(surrogate=None, surrogate_revision=None)
     latent = config.surrogate is not None and surrogate_is_latent(config.surrogate, config.surrogate_revision)
     return apply_version_defaults(config, latent, chosen)
 

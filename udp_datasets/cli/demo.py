@@ -26,8 +26,9 @@ from ..protector import Protector
 logger = logging.getLogger(__name__)
 
 DEMO_CONFIG = ProtectionConfig(resolution=32, fit_rounds=4, fit_surrogate_steps=20, fit_pgd_steps=5,
-                               steps=40, batch_size=16)
-"""Fit 4 rounds x 20 steps (0.1 fitted 8 x 40): benchmarks/bench_fit.py measured the same surrogate gap
+                               steps=40, batch_size=16, config_version=1)
+"""The built-in pixel surrogate fitted on the demo images (0.2's default method, config version 1; not the
+shipped latent pair that ``protect`` uses by default since 0.3). Fit 4 rounds x 20 steps (0.1 fitted 8 x 40): benchmarks/bench_fit.py measured the same surrogate gap
 and victim effect at a third of the fit time (docs/performance.md, "Fit")."""
 QUICK_CONFIG = DEMO_CONFIG.replace(fit_rounds=2, fit_surrogate_steps=10, fit_pgd_steps=2, steps=5)
 

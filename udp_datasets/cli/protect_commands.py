@@ -32,11 +32,14 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from ..config import PIXEL_SURROGATE
     from ..protector import Protector
     from ..sources import open_source
     from ..sources.hf import local_root
 
     config = config_from_args(args)
+    if config.surrogate == PIXEL_SURROGATE:  # --surrogate pixel: the built-in pixel surrogate, as protect reads it
+        config = config.replace(surrogate=None, surrogate_revision=None)
     ds = open_source(args.src, split=args.split)
     protector = Protector(config, image_column=args.image_column, image_root=local_root(args.src))
     result = protector.fit(ds, output_dir=args.out)

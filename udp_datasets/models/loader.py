@@ -14,6 +14,7 @@ from typing import Any
 from .base import Surrogate, SurrogateError
 from .latent import load_latent_surrogate
 from .pixel import build_surrogate, load_pixel_surrogate
+from .shipped import local_surrogate_path
 
 SURROGATE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.md"]
 
@@ -41,7 +42,7 @@ def load_surrogate(source: str | os.PathLike | None = None, revision: str | None
 def surrogate_is_latent(source: str, revision: str | None = None) -> bool:
     """Whether ``source`` names a latent surrogate (it has a VAE): a local folder is looked at; a Hub id by
     its ``model_index.json`` alone (nothing else is downloaded; a repository without one is a pixel model)."""
-    path = Path(source).expanduser()
+    path = local_surrogate_path(source)  # the shipped pair's names (taef2, bundled) included
     if path.exists():
         return path.is_dir() and is_latent_folder(path)
     try:
@@ -67,8 +68,9 @@ def is_latent_folder(folder: str | Path) -> bool:
 
 
 def resolve_surrogate_folder(source: str, revision: str | None) -> Path:
-    """A local folder as is; otherwise a Hub id fetched (config + safetensors only)."""
-    path = Path(source).expanduser()
+    """The shipped pair for ``taef2`` / ``bundled``; a local folder as is; otherwise a Hub id fetched (config +
+    safetensors only)."""
+    path = local_surrogate_path(source)
     if path.exists():
         if not path.is_dir():
             raise SurrogateError(f"surrogate {source!r} is a file; give the model folder instead")
