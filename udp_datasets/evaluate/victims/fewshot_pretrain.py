@@ -44,7 +44,9 @@ class PretrainRecipe:
     corpus_count: int = 3000
     corpus_seed: int = 0
     victim: TrainRecipe = field(default_factory=lambda: TrainRecipe(
-        steps=2500, learning_rate=3e-4, batch_size=32, warmup_steps=100, ema=0.999))
+        steps=6000, learning_rate=6e-4, batch_size=32, warmup_steps=200, cosine=True, ema=0.999))
+    """6000 steps with cosine decay (2500 at a constant 3e-4 until 0.3: on the glyph corpus that victim
+    drew coloured smears, not strokes, and failed the victim check; docs/efficacy.md)."""
     surrogate: TrainRecipe = field(default_factory=lambda: TrainRecipe(
         steps=1500, learning_rate=3e-4, batch_size=32, warmup_steps=100))
     victim_seed: int = 10
