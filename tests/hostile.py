@@ -277,7 +277,8 @@ def image_features_metadata(**features: dict) -> dict[bytes, bytes]:
 def two_image_columns_table(kind: str) -> Any:
     """A table with ``image`` and a second image-like column ``thumb`` (issue 20 item 2):
     ``features``: two ``Image`` features; ``struct``: a ``{bytes, path}`` struct without metadata;
-    ``list``: a list of ``Image`` structs; ``binary``: plain bytes, a PNG in row 1 only."""
+    ``list``: a list of ``Image`` structs; ``binary``: plain bytes, a PNG in row 1 only; ``base64``:
+    strings, base64 of a PNG in row 1 and a ``data:image/png`` URI in row 2."""
     import pyarrow as pa
 
     struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -293,6 +294,12 @@ def two_image_columns_table(kind: str) -> Any:
     if kind == "list":
         return pa.table({"id": ids, "image": pa.array(images, struct),
                          "thumb": pa.array([[t] for t in thumbs], pa.list_(struct))})
+    if kind == "base64":
+        import base64
+
+        text = ["a caption that is only text", base64.b64encode(thumbs[1]["bytes"]).decode(),
+                "data:image/png;base64," + base64.b64encode(thumbs[2]["bytes"]).decode()]
+        return pa.table({"id": ids, "image": pa.array(images, struct), "thumb": pa.array(text)})
     blobs = [b"\x00\x01 not an image", thumbs[1]["bytes"], b"BM but no bitmap header"]
     return pa.table({"id": ids, "image": pa.array(images, struct), "thumb": pa.array(blobs, pa.binary())})
 

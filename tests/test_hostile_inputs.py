@@ -486,16 +486,47 @@ def test_parquet_with_a_second_image_column_is_refused_or_dropped(kind, flags, t
     assert "besides 'image', the protected one" in capsys.readouterr().out
 
 
-def test_a_binary_column_holding_an_image_quarantines_its_row(flags, tmp_path, capsys):
+def test_pipeline_with_a_second_image_column(cfg, tmp_path, capsys):
+    """The ready Parquet pipeline: refused (exit 2) naming the column; ``drop_columns`` leaves it out."""
+    from udp_datasets.cli.pipelines import run_pipeline
+
     src = tmp_path / "src"
     src.mkdir()
-    pq.write_table(hostile.two_image_columns_table("binary"), src / "rows.parquet")
+    pq.write_table(hostile.two_image_columns_table("struct"), src / "rows.parquet")
+    argv = ["--config", str(Path(__file__).resolve().parent.parent / "pipelines" / "parquet.yaml"),
+            "--set", f"source={src}", "--set", f"destination={tmp_path / 'out'}", "--set", "key_column=id",
+            "--set", f"protection.surrogate={cfg.surrogate}", "--set", "protection.steps=2",
+            "--set", "protection.resolution=16"]
+    assert run_pipeline("parquet", argv) == EXIT_USAGE
+    assert re.search(SECOND_COLUMN, capsys.readouterr().err)
+    assert run_pipeline("parquet", [*argv, "--set", "drop_columns=thumb"]) == EXIT_OK
+    assert pq.read_table(tmp_path / "out" / "rows.parquet").column_names == ["id", "image"]
+
+
+@pytest.mark.parametrize("kind", ["binary", "base64"])
+def test_a_cell_holding_an_image_quarantines_its_row(kind, cfg, flags, tmp_path, capsys):
+    """Image bytes in a plain binary cell, or base64 / a data URI in a string cell: that row is
+    quarantined (shard path); a dataset holding one is refused naming the row (datasets path)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    table = hostile.two_image_columns_table(kind)
+    pq.write_table(table, src / "rows.parquet")
     out = tmp_path / "out"
     assert main(["protect", str(src), str(out), "--key-column", "id", *flags]) == EXIT_QUARANTINED
-    assert [r["id"] for r in pq.read_table(out / "rows.parquet").to_pylist()] == ["a", "c"]
-    record = _errors(out / ".udp" / "errors.jsonl")["b"]
-    assert "column 'thumb' holds a PNG image that would be copied unprotected" in record["reason"], record
-    assert record["row"] == 1
+    kept = ["a", "c"] if kind == "binary" else ["a"]
+    assert [r["id"] for r in pq.read_table(out / "rows.parquet").to_pylist()] == kept
+    records = _errors(out / ".udp" / "errors.jsonl")
+    assert sorted(records) == sorted({"a", "b", "c"} - set(kept))
+    fmt = "PNG" if kind == "binary" else "PNG (base64)"
+    assert f"column 'thumb' holds a {fmt} image that would be copied unprotected" in records["b"]["reason"]
+    assert records["b"]["row"] == 1
+    from udp_datasets.sources import SourceError
+
+    ds = datasets.Dataset(table).cast_column("image", datasets.Image())
+    with pytest.raises(SourceError, match=f"row 1: column 'thumb' holds a {re.escape(fmt)} image"):
+        Protector(cfg, progress=False).map(ds)
+    assert main(["protect", str(src), str(out), "--key-column", "id", "--drop-columns", "thumb", "--overwrite",
+                 *flags]) == EXIT_OK
 
 
 def test_datasets_with_a_second_image_column(cfg, flags, tmp_path, capsys):
@@ -719,6 +750,44 @@ emit({{"codes": codes}})
         assert all(m.isreg() and not m.name.startswith(("/", "..")) for m in tar.getmembers())
     stored = b"".join(p.read_bytes() for p in Path(local_hub.storage_dir).rglob("*") if p.is_file())
     assert world["secret_bytes"] not in stored
+
+
+def test_publish_refuses_the_new_hostile_outputs(tar_job, folder_jobs, world, flags, tmp_path,
+                                                 local_hub):  # noqa: F811
+    """Issue 20 through publish on the local Hub: an output tar holding an AVIF member, a Parquet
+    output that kept a second image column, and an image folder whose manifest was edited are
+    refused (exit 1) before any request for them; ``--sign-key`` passes through to the check."""
+    from test_publish import client
+
+    _, tar_out, _ = tar_job
+    avif = tmp_path / "avif"
+    shutil.copytree(tar_out, avif)
+    with tarfile.open(avif / "shard-000.tar", "a") as tar:
+        hostile.add_member(tar, "late.avif", hostile.ftyp_image(b"avif"))
+    columns = tmp_path / "columns"
+    columns.mkdir()
+    pq.write_table(hostile.two_image_columns_table("features"), columns / "rows.parquet")
+    kept = tmp_path / "kept-column"
+    assert main(["protect", str(columns), str(kept), "--key-column", "id", "--drop-columns", "thumb", *flags]) == EXIT_OK
+    pq.write_table(pq.read_table(columns / "rows.parquet"), kept / "rows.parquet")  # the thumbs back, unprotected
+    edited = tmp_path / "edited"
+    shutil.copytree(world["base"] / "out-imagefolder", edited)
+    rows = pq.read_table(edited / "manifest.parquet")
+    pq.write_table(rows.set_column(rows.schema.get_field_index("psnr"), "psnr",
+                                   pa.array([1.0] * rows.num_rows, pa.float64())), edited / "manifest.parquet")
+    key = tmp_path / "key"
+    key.write_bytes(os.urandom(32))
+    result, printed = client(local_hub, f"""
+codes = [main(["publish", {str(avif)!r}, "test-user/avif"]),
+         main(["publish", {str(edited)!r}, "test-user/edited"]),
+         main(["publish", {str(kept)!r}, "test-user/kept"]),
+         main(["publish", {str(world["base"] / "out-imagefolder")!r}, "test-user/unsigned", "--sign-key", {str(key)!r}])]
+emit({{"codes": codes}})
+""", tmp_path / "client")
+    assert result["codes"] == [EXIT_FAILED] * 4, printed[-4000:]
+    assert "'late.avif' is AVIF image data" in printed and "differs from the" in printed and "is not signed" in printed
+    assert "['thumb'] besides 'image', the protected one" in printed
+    assert not any(repo in r.path for r in local_hub.requests for repo in ("avif", "edited", "kept", "unsigned"))
 
 
 # -------------------------------------------------------------------- configs and weights

@@ -28,7 +28,8 @@ from .logs import configure_logging
 
 PIPELINE_KINDS = ("hf_dataset", "webdataset", "parquet")
 PIPELINE_KEYS = frozenset({"source", "destination", "split", "streaming", "rows_per_shard", "image_column",
-                           "key_column", "image_extensions", "overwrite", "allow_errors", "protection"})
+                           "key_column", "image_extensions", "overwrite", "allow_errors", "protection",
+                           "drop_columns"})
 
 
 def load_pipeline_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -58,6 +59,16 @@ def load_pipeline_config(path: str | os.PathLike, overrides: Sequence[str] = ())
         if not data.get(required):
             raise ConfigError(f"{path}: '{required}' is required")
     return data
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """``drop_columns``: a list, or one comma-separated string."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"drop_columns={value!r}: expected a list of column names")
+    return tuple(str(v).strip() for v in items if str(v).strip())
 
 
 def build_parser(kind: str) -> argparse.ArgumentParser:
@@ -97,7 +108,8 @@ def run_pipeline(kind: str, argv: Sequence[str] | None = None) -> int:
                              key_column=settings.get("key_column"), overwrite=bool(settings.get("overwrite")),
                              image_extensions=extensions, rows_per_shard=int(settings.get("rows_per_shard") or 10_000),
                              split=settings.get("split"), state=state,
-                             image_root=local_root(settings["source"]) if kind == "hf_dataset" else None)
+                             image_root=local_root(settings["source"]) if kind == "hf_dataset" else None,
+                             drop_columns=_names(settings.get("drop_columns")))
     except (ConfigError, SourceError, OutputExistsError, ImageError) as exc:
         print(f"{kind} pipeline: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -8,8 +8,9 @@ several image columns, run one job per column.
 
 Image-like columns: a Hugging Face ``Image`` feature (also inside a list or struct), any struct
 with a binary ``bytes`` field (the ``Image`` storage, whatever the metadata says), and a plain
-binary column whose values are image bytes (:func:`~udp_datasets.sources.keys.image_format`),
-checked row by row as the data is read (:func:`image_cells`).
+binary or string column whose values are image bytes (:func:`~udp_datasets.sources.keys.image_format`),
+a ``data:image/...`` URI or base64 of image bytes, checked row by row as the data is read
+(:func:`image_cells`, :func:`cell_format`).
 """
 
 from __future__ import annotations
@@ -61,9 +62,32 @@ def image_like_columns(schema: Any) -> list[str]:
 
 
 def binary_columns(schema: Any) -> list[str]:
+    """Plain binary and string columns: what may hold image bytes (or base64 of them) cell by cell."""
     import pyarrow as pa
 
-    return [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    return [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
+            or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+
+
+def cell_format(value: Any) -> str | None:
+    """The image format a cell holds: image bytes, a ``{"bytes": ...}`` entry, a ``data:image/`` URI,
+    or a string that is base64 of image bytes (``iVBORw0KGgo...``); None otherwise."""
+    import base64
+    import binascii
+
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return image_format(bytes(value[:32]))
+    if not isinstance(value, str) or len(value) < 16:
+        return None
+    if value[:11].lower() == "data:image/":
+        return value[11:].split(";", 1)[0].split(",", 1)[0].upper() + " (data URI)"
+    try:
+        fmt = image_format(base64.b64decode(value[:44], validate=True))
+    except (binascii.Error, ValueError):
+        return None
+    return f"{fmt} (base64)" if fmt else None
 
 
 def check_columns(schema: Any, image_column: str, drop: Sequence[str], source: str) -> list[str]:
@@ -86,14 +110,14 @@ def check_columns(schema: Any, image_column: str, drop: Sequence[str], source: s
 
 
 def image_cells(table: Any, columns: Iterable[str]) -> dict[int, str]:
-    """``{row: reason}`` for rows whose value in one of ``columns`` (plain binary) is image bytes."""
+    """``{row: reason}`` for rows whose value in one of ``columns`` holds an image (:func:`cell_format`)."""
     out: dict[int, str] = {}
     for column in columns:
         if column not in table.schema.names:
             continue
         for row, value in enumerate(table.column(column).to_pylist()):
-            fmt = image_format(value) if isinstance(value, bytes) else None
-            if fmt is not None and row not in out:
+            fmt = cell_format(value) if row not in out else None
+            if fmt is not None:
                 out[row] = (f"column {column!r} holds a {fmt} image that would be copied unprotected; "
                             + DROP_ADVICE.format(names=column))
     return out
@@ -156,8 +180,7 @@ def stored_image_column(batch: Any, column: str) -> list[Any]:
         if name == column or name in others:
             continue
         for value in stored_column(batch, name):
-            data = value.get("bytes") if isinstance(value, dict) else value
-            if hasattr(value, "getpixel") or (isinstance(data, bytes) and image_format(data)):
+            if hasattr(value, "getpixel") or cell_format(value):
                 others.append(name)
                 break
     if others:
