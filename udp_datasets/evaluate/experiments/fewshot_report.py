@@ -156,7 +156,8 @@ def controls_text(controls: dict[str, Any]) -> str:
     q = controls.get("victim_quality") or {}
     flag = lambda v: "not run" if v is None else ("pass" if v else "**FAIL**")  # noqa: E731
     lines = [f"- pretrained victim learned its corpus (samples' FD {fmt(q.get('samples_fd'), '{:.1f}')} <= "
-             f"{th['victim_fd_factor']:.0f} x a corpus split's {fmt(q.get('corpus_split_fd'), '{:.1f}')}): "
+             f"{th['victim_fd_factor']:.0f} x a corpus split's through the VAE, "
+             f"{fmt(q.get('round_trip_fd'), '{:.1f}')}; the raw split's {fmt(q.get('corpus_split_fd'), '{:.1f}')}): "
              f"{flag(controls['victim_learned_corpus'])}", "",
              "| subject | clean fine-tune learned (lift >= " + f"{th['min_lift']:.2f}) | " +
              " | ".join(f"positive: photoguard {lv}/255 erasure (>= {th['positive_min']})" for lv in th["positive_levels"]) +

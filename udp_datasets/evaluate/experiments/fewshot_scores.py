@@ -37,6 +37,13 @@ NEGATIVE_MAX = 0.5
 HARNESS_FAILED = "this harness cannot see protection; its figures say nothing"
 
 
+def victim_reference_fd(quality: dict[str, Any]) -> float:
+    """What the victim check compares the pretrained victim's samples with: a corpus split's FD after the
+    victim's own VAE round trip (the best any latent model on that VAE can do), or the plain split's
+    when it is larger or no round trip was measured."""
+    return max(quality["corpus_split_fd"], quality.get("round_trip_fd") or 0.0)
+
+
 def followup_methods(settings: Any, picks: dict[str, str | None]) -> list[str]:
     """The methods the purifications and the sweep run on: ``settings.followup_sets`` resolved by the picks."""
     chosen = {"noise": "noise", **picks}
@@ -173,7 +180,7 @@ class Scores:
         s = self.study.settings
         victim_ok = None
         if quality and quality.get("samples_fd") is not None and quality.get("corpus_split_fd"):
-            victim_ok = quality["samples_fd"] <= VICTIM_QUALITY_FACTOR * quality["corpus_split_fd"]
+            victim_ok = quality["samples_fd"] <= VICTIM_QUALITY_FACTOR * victim_reference_fd(quality)
         per_subject = {}
         for subject in self.study.subjects:
             pos = {lv: self.summary(subject, f"photoguard@{lv}", "full").get("erasure") for lv in s.control_levels}

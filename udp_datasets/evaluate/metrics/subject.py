@@ -178,13 +178,15 @@ def validate_classifier(clf: SubjectClassifier, corpus_heldout: torch.Tensor, su
 
 
 def feature_scale(features: np.ndarray) -> np.ndarray:
-    """Per-feature std for standardising, infinite for features (nearly) constant on the clean images.
+    """Per-feature scale for standardising: the clean std, floored at a tenth of the median std.
 
-    Why: on grey images every colour feature is 0, and dividing a sample's tiny deviation by a std of
-    1e-6 made FD values of 1e5-1e6 (issue 17); a constant feature now simply drops out (x / inf = 0).
+    Why the floor: on grey or nearly grey references the colour features barely vary, and dividing a
+    coloured sample's deviation by a std of 1e-3 or less made FD values of 1e5-1e6 (issue 17) that only
+    said "some colour". With the floor such a feature still counts (colour in a grey domain is an error)
+    but weighs at most about ten typical features.
     """
     sd = features.std(0)
-    return np.where(sd > 1e-4 * max(float(np.median(sd)), 1e-12), sd, np.inf)
+    return np.hypot(sd, 0.1 * max(float(np.median(sd)), 1e-12))
 
 
 class FeatureSpace:
