@@ -278,7 +278,8 @@ def two_image_columns_table(kind: str) -> Any:
     """A table with ``image`` and a second image-like column ``thumb`` (issue 20 item 2):
     ``features``: two ``Image`` features; ``struct``: a ``{bytes, path}`` struct without metadata;
     ``list``: a list of ``Image`` structs; ``binary``: plain bytes, a PNG in row 1 only; ``base64``:
-    strings, base64 of a PNG in row 1 and a ``data:image/png`` URI in row 2."""
+    strings, base64 of a PNG in row 1 and a ``data:image/png`` URI in row 2; ``nested``: a struct
+    whose inner ``blob`` field holds a PNG in row 1."""
     import pyarrow as pa
 
     struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -301,6 +302,10 @@ def two_image_columns_table(kind: str) -> Any:
                 "data:image/png;base64," + base64.b64encode(thumbs[2]["bytes"]).decode()]
         return pa.table({"id": ids, "image": pa.array(images, struct), "thumb": pa.array(text)})
     blobs = [b"\x00\x01 not an image", thumbs[1]["bytes"], b"BM but no bitmap header"]
+    if kind == "nested":
+        inner = pa.struct([("meta", pa.struct([("blob", pa.binary()), ("note", pa.string())]))])
+        return pa.table({"id": ids, "image": pa.array(images, struct),
+                         "thumb": pa.array([{"meta": {"blob": b, "note": "n"}} for b in blobs], inner)})
     return pa.table({"id": ids, "image": pa.array(images, struct), "thumb": pa.array(blobs, pa.binary())})
 
 

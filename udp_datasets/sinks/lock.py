@@ -35,8 +35,9 @@ class DestinationBusyError(OutputExistsError):
 
 
 def lock_path(dst: str | os.PathLike) -> Path:
-    """``.NAME.udp-lock`` beside ``dst`` (hidden, so globs and ``datasets`` do not see it)."""
-    dst = Path(dst).expanduser().absolute()
+    """``.NAME.udp-lock`` beside ``dst`` (hidden, so globs and ``datasets`` do not see it), symbolic
+    links resolved: two spellings of one destination share one lock."""
+    dst = Path(dst).expanduser().resolve()
     return dst.with_name(f".{dst.name}{LOCK_SUFFIX}")
 
 

@@ -62,21 +62,23 @@ def image_like_columns(schema: Any) -> list[str]:
 
 
 def binary_columns(schema: Any) -> list[str]:
-    """Plain binary and string columns: what may hold image bytes (or base64 of them) cell by cell."""
+    """Binary, string, struct and list columns: what may hold image bytes (or base64 of them) cell by cell."""
     import pyarrow as pa
 
     return [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)
-            or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+            or pa.types.is_string(f.type) or pa.types.is_large_string(f.type) or pa.types.is_struct(f.type)
+            or pa.types.is_list(f.type) or pa.types.is_large_list(f.type)]
 
 
-def cell_format(value: Any) -> str | None:
-    """The image format a cell holds: image bytes, a ``{"bytes": ...}`` entry, a ``data:image/`` URI,
-    or a string that is base64 of image bytes (``iVBORw0KGgo...``); None otherwise."""
+def cell_format(value: Any, depth: int = 0) -> str | None:
+    """The image format a cell holds: image bytes, a ``data:image/`` URI, a string that is base64 of
+    image bytes (``iVBORw0KGgo...``), or any of them inside a struct or list; None otherwise."""
     import base64
     import binascii
 
-    if isinstance(value, dict):
-        value = value.get("bytes")
+    if isinstance(value, (dict, list, tuple)) and depth < 4:  # nested: a struct field, a list item
+        items = value.values() if isinstance(value, dict) else value
+        return next((f for f in (cell_format(v, depth + 1) for v in items) if f), None)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return image_format(bytes(value[:32]))
     if not isinstance(value, str) or len(value) < 16:
