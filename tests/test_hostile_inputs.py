@@ -486,6 +486,17 @@ def test_parquet_with_a_second_image_column_is_refused_or_dropped(kind, flags, t
     assert "besides 'image', the protected one" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("drop, message", [("nosuch", r"cannot drop \['nosuch'\]: no such column"),
+                                           ("image", r"'image' is the image column to protect; it cannot be dropped")])
+def test_drop_columns_misuse_is_a_usage_error(drop, message, flags, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(hostile.two_image_columns_table("struct"), src / "rows.parquet")
+    assert main(["protect", str(src), str(tmp_path / "out"), "--drop-columns", drop, *flags]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err, err
+
+
 def test_pipeline_with_a_second_image_column(cfg, tmp_path, capsys):
     """The ready Parquet pipeline: refused (exit 2) naming the column; ``drop_columns`` leaves it out."""
     from udp_datasets.cli.pipelines import run_pipeline
