@@ -557,6 +557,10 @@ def test_datasets_with_a_second_image_column(cfg, flags, tmp_path, capsys):
         protector.map(ds)
     with pytest.raises(SourceError, match=r"image column\(s\) \['thumb'\] besides 'image'"):
         ds.map(protector, batched=True, load_from_cache_file=False)
+    with pytest.raises(SourceError, match=SECOND_COLUMN):  # a stream too, by its features
+        protector.map(ds.to_iterable_dataset())
+    with pytest.raises(SourceError, match=r"image column\(s\) \['thumb'\] besides 'image'"):  # decoded values
+        list(ds.to_iterable_dataset().map(protector, batched=True))
     with pytest.raises(SourceError, match=SECOND_COLUMN):
         run_shards(ds, tmp_path / "runner", cfg, progress=False)
     summary = run_shards(ds, tmp_path / "runner", cfg, progress=False, drop_columns=["thumb"])
@@ -775,6 +779,11 @@ def test_publish_refuses_the_new_hostile_outputs(tar_job, folder_jobs, world, fl
     shutil.copytree(tar_out, avif)
     with tarfile.open(avif / "shard-000.tar", "a") as tar:
         hostile.add_member(tar, "late.avif", hostile.ftyp_image(b"avif"))
+    twins = tmp_path / "twins"  # a sample with two members of one name, as an older version wrote K.jpg + K.jpeg
+    shutil.copytree(tar_out, twins)
+    with tarfile.open(twins / "shard-000.tar", "a") as tar:
+        hostile.add_member(tar, "late.png", BYTE["rgb"].make())
+        hostile.add_member(tar, "late.png", BYTE["grey"].make())
     columns = tmp_path / "columns"
     columns.mkdir()
     pq.write_table(hostile.two_image_columns_table("features"), columns / "rows.parquet")
@@ -790,15 +799,17 @@ def test_publish_refuses_the_new_hostile_outputs(tar_job, folder_jobs, world, fl
     key.write_bytes(os.urandom(32))
     result, printed = client(local_hub, f"""
 codes = [main(["publish", {str(avif)!r}, "test-user/avif"]),
+         main(["publish", {str(twins)!r}, "test-user/twins"]),
          main(["publish", {str(edited)!r}, "test-user/edited"]),
          main(["publish", {str(kept)!r}, "test-user/kept"]),
          main(["publish", {str(world["base"] / "out-imagefolder")!r}, "test-user/unsigned", "--sign-key", {str(key)!r}])]
 emit({{"codes": codes}})
 """, tmp_path / "client")
-    assert result["codes"] == [EXIT_FAILED] * 4, printed[-4000:]
+    assert result["codes"] == [EXIT_FAILED] * 5, printed[-4000:]
+    assert "sample 'late' holds two members named 'late.png'" in printed
     assert "'late.avif' is AVIF image data" in printed and "differs from the" in printed and "is not signed" in printed
     assert "['thumb'] besides 'image', the protected one" in printed
-    assert not any(repo in r.path for r in local_hub.requests for repo in ("avif", "edited", "kept", "unsigned"))
+    assert not any(repo in r.path for r in local_hub.requests for repo in ("avif", "twins", "edited", "kept", "unsigned"))
 
 
 # -------------------------------------------------------------------- configs and weights
