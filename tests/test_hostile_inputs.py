@@ -538,6 +538,12 @@ def test_a_cell_holding_an_image_quarantines_its_row(kind, cfg, flags, tmp_path,
         Protector(cfg, progress=False).map(ds)
     assert main(["protect", str(src), str(out), "--key-column", "id", "--drop-columns", "thumb", "--overwrite",
                  *flags]) == EXIT_OK
+    assert main(["verify", str(out)]) == EXIT_OK
+    protected = pq.read_table(out / "rows.parquet")  # a hand-made output with the cells put back: verify fails
+    pq.write_table(protected.append_column("thumb", table.column("thumb")), out / "rows.parquet")
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == EXIT_FAILED
+    assert f"rows.parquet row 1: column 'thumb' holds a {fmt} image" in capsys.readouterr().out
 
 
 def test_datasets_with_a_second_image_column(cfg, flags, tmp_path, capsys):

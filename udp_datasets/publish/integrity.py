@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..sources.columns import binary_columns, image_cells, image_like_columns
+
 
 def tar_problems(root: Path, files: list[str]) -> list[str]:
     """One problem per tar sample that no protect job writes: two members of one name in a
@@ -39,39 +41,64 @@ def tar_problems(root: Path, files: list[str]) -> list[str]:
 
 def unprotected_columns(layout: Any) -> list[str]:
     """One problem per Parquet file (or Arrow folder) with image-like columns besides the protected
-    one (:mod:`udp_datasets.sources.columns`): their images were never protected."""
-    from ..sources.columns import image_like_columns
-
+    one, or a cell of another column that holds an image (bytes, base64, a ``data:image`` URI,
+    :mod:`udp_datasets.sources.columns`): those images were never protected."""
     problems: list[str] = []
-    if layout.name == "arrow":
-        import datasets
-
-        schemas = [("data", datasets.load_from_disk(str(layout.root / "data")).features.arrow_schema)]
-    elif layout.name == "parquet":
-        import pyarrow.parquet as pq
-
-        schemas = []
-        for rel in layout.files:
-            try:
-                schemas.append((rel, pq.read_schema(layout.root / rel)))
-            except Exception:  # noqa: BLE001 - unreadable files are reported when their images are read
-                continue
-    else:
-        return problems
-    for rel, schema in schemas:
-        column = layout.image_column if layout.image_column in schema.names else None
-        if column is None:
-            from ..sources.parquet import find_image_column
-
-            try:
-                column = find_image_column(schema, None, layout.image_column)
-            except Exception:  # noqa: BLE001
-                column = None
+    for rel, schema, batches in _tables(layout):
+        column = _protected_column(schema, layout.image_column)
         others = [c for c in image_like_columns(schema) if c != column]
         if others:
             problems.append(f"{rel}: image column(s) {others} besides {column!r}, the protected one: their images "
                             "were not protected (protect them, or drop them with --drop-columns)")
+            continue
+        side = [c for c in binary_columns(schema) if c != column]
+        row = 0
+        for batch in batches(side) if side else ():
+            found = image_cells(batch, side)
+            if found:
+                first = min(found)
+                problems.append(f"{rel} row {row + first}: {found[first]}")
+                break
+            row += batch.num_rows
     return problems
+
+
+def _protected_column(schema: Any, preferred: str) -> str | None:
+    from ..sources.parquet import find_image_column
+
+    try:
+        return find_image_column(schema, None, preferred)
+    except Exception:  # noqa: BLE001 - no image column: every image-like column is unprotected
+        return None
+
+
+def _tables(layout: Any) -> list[tuple[str, Any, Any]]:
+    """``(name, schema, batches(columns))`` of an Arrow or Parquet layout's tables (else none)."""
+    if layout.name == "arrow":
+        import datasets
+
+        ds = datasets.load_from_disk(str(layout.root / "data"))
+        return [("data", ds.features.arrow_schema,
+                 lambda cols: ds.with_format("arrow").select_columns(cols).iter(batch_size=1024))]
+    if layout.name != "parquet":
+        return []
+    import pyarrow.parquet as pq
+
+    out = []
+    for rel in layout.files:
+        try:
+            pf = pq.ParquetFile(layout.root / rel)
+        except Exception:  # noqa: BLE001 - unreadable files are reported when their images are read
+            continue
+        out.append((rel, pf.schema_arrow,
+                    lambda cols, pf=pf: (pa_table(b) for b in pf.iter_batches(batch_size=1024, columns=cols))))
+    return out
+
+
+def pa_table(batch: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_batches([batch])
 
 
 def manifest_problem(record: dict[str, Any] | None, manifest: Path | None) -> str | None:
