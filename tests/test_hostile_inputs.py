@@ -970,6 +970,18 @@ def test_one_writer_per_destination(path, flags, tmp_path, capsys):
     assert not lock.exists()
 
 
+def test_a_busy_destination_is_refused_before_num_processes_launches(flags, tmp_path, capsys):
+    from udp_datasets.sinks.lock import destination_lock
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with tarfile.open(src / "s.tar", "w") as tar:
+        hostile.add_member(tar, "a.png", BYTE["rgb"].make())
+    with destination_lock(tmp_path / "out"):
+        assert main(["protect", str(src / "s.tar"), str(tmp_path / "out"), "--num-processes", "2", *flags]) == EXIT_USAGE
+    assert f"is being written by another protect run (pid {os.getpid()}" in capsys.readouterr().err
+
+
 def test_resume_with_other_rows_per_shard_is_refused(cfg, tmp_path, capsys):
     """A resume whose output-shaping options differ (another rows_per_shard names the Parquet
     shards otherwise) is refused like a config change; --overwrite replaces the earlier shards,

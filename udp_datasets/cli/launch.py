@@ -21,6 +21,7 @@ from ..config import ProtectionConfig
 from ..jobs.distributed import make_state
 from ..jobs.shard_job import BOOKKEEPING, run_shards
 from ..jobs.summary import JobSummary, format_summary
+from ..sinks.lock import destination_lock
 from ..sources.hf import SourceError, local_root
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import looks_like_shards
@@ -128,6 +129,8 @@ def relaunch(args: Any) -> int:
     since torchrun reports any non-zero status as a crash). The command line is the one
     :func:`udp_datasets.cli.app.main` was given (``args.argv``), else this process's."""
     argv = strip_option(getattr(args, "argv", None) or sys.argv[1:], "--num-processes")
+    with destination_lock(args.dst):  # a DST another live run holds: exit 2 here, before any process starts
+        pass  # (the launched main rank takes the lock for the job itself)
     cmd = launch_command(argv, args.num_processes)
     env = {**os.environ, CHILD_ENV: "1"}
     logger.info("launching %d processes: %s", args.num_processes, " ".join(cmd))
