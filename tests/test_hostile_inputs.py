@@ -847,6 +847,32 @@ def test_bad_config_is_a_config_error_naming_the_field(name, tmp_path, capsys):
     assert not marker.exists()
 
 
+def test_a_config_value_the_shard_job_refuses_is_a_usage_error(flags, tmp_path, capsys):
+    """``config`` accepts ``caption_column``; the shard job cannot read captions yet: one line, exit 2."""
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        hostile.add_member(tar, "a.png", BYTE["rgb"].make())
+    assert main(["protect", str(tmp_path / "s.tar"), str(tmp_path / "out"), "--caption-column", "text", *flags]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "caption_column='text'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_empty_parquet_file_is_a_failed_shard_and_drop_columns_on_tar_is_refused(flags, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "zero.parquet").write_bytes(b"")
+    pq.write_table(pa.table({"image": [BYTE["rgb"].make()]}), src / "good.parquet")
+    assert main(["protect", str(src), str(tmp_path / "out"), *flags]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    job = json.loads((tmp_path / "out" / ".udp" / "job.json").read_text())
+    assert [f["shard"] for f in job["shards_failed"]] == ["zero.parquet"]
+    assert "not a readable Parquet file" in job["shards_failed"][0]["reason"]
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        hostile.add_member(tar, "a.png", BYTE["rgb"].make())
+    assert main(["protect", str(tmp_path / "s.tar"), str(tmp_path / "o2"), "--drop-columns", "x", *flags]) == EXIT_USAGE
+    assert "tar shards have members, not columns" in capsys.readouterr().err
+
+
 def test_pickle_weights_are_refused_and_never_run(world, tmp_path, capsys):
     marker = tmp_path / "pwned"
     evil = hostile.pickle_surrogate(tmp_path / "evil", marker)

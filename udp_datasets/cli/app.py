@@ -48,12 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..protector import ColumnError
     from ..sinks.atomic import OutputExistsError, OutputWriteError
     from ..sources import SourceError
+    from ..sources.tar import ShardReadError
     from ..models import SurrogateError
 
     try:
         return args.func(args)
     except (ConfigError, ColumnError, SourceError, SurrogateError, ImageError, OutputExistsError,
-            FeatureExtractorUnavailable) as exc:
+            FeatureExtractorUnavailable, ShardReadError) as exc:  # ShardReadError: a source fit cannot read
         print(f"udp-datasets {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OutputWriteError as exc:  # a full disk, no permission: one line, the output left as it was

@@ -27,7 +27,7 @@ from ..sources.hf import SourceError
 from ..sources.keys import png_member_name, split_key
 from ..sources.parquet import find_image_column, iter_parquet_batches, open_parquet
 from ..sources.shards import Shard
-from ..sources.tar import iter_tar_samples
+from ..sources.tar import ShardReadError, iter_tar_samples
 
 MAX_CHUNK_BYTES = 32 << 20  # a tar chunk ends early at this many member bytes...
 MAX_CHUNK_SAMPLES = 4096  # ...or samples (image-less samples weigh nothing otherwise)
@@ -197,7 +197,10 @@ class TableCodec(ShardCodec):
         self.writer: ParquetShardWriter | None = None
         if unit.kind == "parquet":
             assert unit.shard is not None
-            self.pf = open_parquet(unit.shard.url)
+            try:
+                self.pf = open_parquet(unit.shard.url)
+            except (OSError, ValueError) as exc:  # empty, truncated, not Parquet: a failed shard, named
+                raise ShardReadError(f"{unit.shard.url}: not a readable Parquet file ({exc})") from exc
             self.schema = self.pf.schema_arrow
             self.compression = parquet_compression(self.pf)
         else:

@@ -154,8 +154,8 @@ class ShardRunner:
                  split: str | None = None, prefetch: int = 2, progress: bool = True, state: Any = None,
                  image_root: str | os.PathLike | None = None, drop_columns: Iterable[str] = (),
                  sign_key: bytes | None = None):
-        if config.caption_column is not None:
-            raise ValueError(
+        if config.caption_column is not None:  # a ConfigError: the command line says so in one line, exit 2
+            raise ConfigError(
                 f"caption_column={config.caption_column!r}: per-sample captions are read by the datasets path "
                 "(`udp-datasets protect` on a dataset or image folder, `ds.map(protector)`), not yet by shard "
                 "jobs; use a fixed --prompt template here")
@@ -209,8 +209,11 @@ class ShardRunner:
         by_name = {u.name: u for u in units}
         self._check_paths(units)
         tables = [u for u in units if u.kind != "tar"]
-        if tables:  # a second image column is a usage error up front (the other shards fail with it)
-            self._codec(tables[0])
+        with contextlib.suppress(ShardReadError):  # unreadable: that shard fails on its own, below
+            if tables:  # a second image column is a usage error up front (the other shards fail with it)
+                self._codec(tables[0])
+        if self.drop_columns and len(tables) < len(units):
+            raise SourceError(f"--drop-columns {','.join(self.drop_columns)}: tar shards have members, not columns")
 
         # 1. main process: prepare DST, fit the surrogate if needed; everyone gets the outcome
         config_dict, fit_info = main_then_broadcast(state, lambda: self._prepare(units), "prepare")
