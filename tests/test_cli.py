@@ -113,11 +113,41 @@ def test_saved_dataset_source_and_console_script(tmp_path, photos32):
 
 @pytest.mark.slow
 def test_demo_quick(tmp_path):
+    """The demo protects through the shipped latent pair and writes its picture with the two decode columns."""
     from udp_datasets.cli.demo import run_demo
+    from udp_datasets.models import SHIPPED_PAIR_SHA256
 
     summary = run_demo(tmp_path / "demo", quick=True)
-    assert (tmp_path / "demo" / "side_by_side.png").exists()
     assert summary["count"] == summary["source_images"]
     assert 0 < summary["max_linf_levels"] <= summary["budget_levels"] == 8
+    assert summary["surrogate"]["source"] == "taef2" and summary["surrogate"]["sha256"] == SHIPPED_PAIR_SHA256
+    assert summary["config"]["config_version"] == 2
+    assert summary["picture_columns"] == ["clean", "protected", "perturbation x16", "TAEF2 decode: clean",
+                                          "TAEF2 decode: protected"]
+    for key in ("latent_shift", "noise_latent_shift", "decode_psnr_db", "noise_decode_psnr_db"):
+        assert np.isfinite(summary[key]["mean"]) and summary[key]["min"] <= summary[key]["mean"] <= summary[key]["max"]
+    assert summary["latent_shift"]["min"] > 0 and summary["decode_psnr_db"]["max"] < 100  # the decodes differ
     saved = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert saved["mean_psnr_db"] == summary["mean_psnr_db"]
+    assert saved["latent_shift"] == summary["latent_shift"]
+
+    picture = np.asarray(Image.open(tmp_path / "demo" / "side_by_side.png").convert("RGB")).astype(int)
+    cell, gap, header = 144, 8, 16  # side_by_side's columns: 5 of ``cell`` px, ``gap`` apart, under a header
+    assert picture.shape[1] == 5 * cell + 4 * gap and (picture.shape[0] - header) % cell == 0
+    body = picture[header:]
+    column = [body[:, i * (cell + gap): i * (cell + gap) + cell] for i in range(5)]
+    clean, protected, _, decode_clean, decode_protected = column
+    assert decode_clean.std() > 10 and decode_protected.std() > 10  # pictures, not blank tiles
+    assert np.abs(decode_clean - clean).mean() > 0.5  # TAEF2's round trip, not a copy of the clean column
+    assert np.abs(protected - clean).mean() > 0 and np.abs(decode_protected - decode_clean).mean() > 0.5
+
+
+def test_demo_runs_protect_default():
+    """The demo's method is what ``protect SRC DST`` runs with no flags (config version 2, shipped pair)."""
+    from udp_datasets.cli.app import build_parser
+    from udp_datasets.cli.config_flags import protect_config_from_args
+    from udp_datasets.cli.demo import LATENT_CONFIG
+
+    default = protect_config_from_args(build_parser().parse_args(["protect", "src", "dst"]))
+    assert LATENT_CONFIG == default.replace(batch_size=LATENT_CONFIG.batch_size)
+    assert LATENT_CONFIG.surrogate == "taef2" and LATENT_CONFIG.config_version == 2
