@@ -101,6 +101,10 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.workers is not None:
         changes["workers"] = args.workers
+    if args.victim_check_factor is not None:
+        if not args.victim_check_factor > 0:
+            raise ConfigError(f"--victim-check-factor {args.victim_check_factor}: a positive number (default 10)")
+        changes["victim_check_factor"] = args.victim_check_factor
     for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora")),
                         ("purifications", fewshot.PURIFICATIONS), ("sweep_levels", None),
                         ("subjects", (*STRUCTURED_SUBJECTS, *SUBJECTS))):
@@ -230,6 +234,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="fewshot --subject FOLDER: what recognises your subject: the CNN shape judge, the colour / "
                         "texture judge, or face identity (ISM and FDFR, the [faces] extra); auto: the class judge "
                         "that recognises your held-out images best")
+    p.add_argument("--victim-check-factor", type=float,
+                   help="fewshot: how far (x the FD of a corpus split through the VAE) the pretrained victim's "
+                        "samples may be from its corpus before the study stops (default 10); a report run with "
+                        "another factor says so in its controls")
     p.add_argument("--latent-norm", choices=["channel", "scalar"], default="channel",
                    help="fewshot: the victim's latent normalisation: each channel standardised by its corpus "
                         "statistics (FLUX.2's convention, default) or one scalar shift and scale (SD's)")

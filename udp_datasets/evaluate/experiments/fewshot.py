@@ -88,6 +88,10 @@ class FewshotSettings:
     """Image side: 64 (8 x 8 TAEF2 latents) or 128 (16 x 16)."""
     control_levels: tuple[int, ...] = (16, 32)
     """Budgets (8-bit levels) of the positive control, PhotoGuard's plainly visible push."""
+    victim_check_factor: float | None = None
+    """The victim check: the pretrained victim's samples' FD must be at most this many times that of a
+    corpus split through its VAE (``None``: :data:`~.fewshot_scores.VICTIM_QUALITY_FACTOR`, 10). A report
+    run with another factor says so in its controls table."""
     control_seeds: int = 1
     """How many of ``seeds`` the positive and substitution controls run at (the first ones): a harness
     that cannot see a 32/255 push on one seed cannot see anything, and each seed costs 3 victims a subject."""

@@ -158,7 +158,9 @@ def controls_text(controls: dict[str, Any]) -> str:
     lines = [f"- pretrained victim learned its corpus (samples' FD {fmt(q.get('samples_fd'), '{:.1f}')} <= "
              f"{th['victim_fd_factor']:.0f} x a corpus split's through the VAE, "
              f"{fmt(q.get('round_trip_fd'), '{:.1f}')}; the raw split's {fmt(q.get('corpus_split_fd'), '{:.1f}')}): "
-             f"{flag(controls['victim_learned_corpus'])}", "",
+             f"{flag(controls['victim_learned_corpus'])}"
+             + (f" (**the factor was changed from its default {th['victim_fd_factor_default']:.0f}**)"
+                if th["victim_fd_factor"] != th["victim_fd_factor_default"] else ""), "",
              "| subject | clean fine-tune learned (lift >= " + f"{th['min_lift']:.2f}) | " +
              " | ".join(f"positive: photoguard {lv}/255 erasure (>= {th['positive_min']})" for lv in th["positive_levels"]) +
              f" | substitution erasure (>= {th['substitution_min']}) | negative: noise erasure (< {th['negative_max']}) |",

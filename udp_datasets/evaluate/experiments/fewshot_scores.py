@@ -172,6 +172,11 @@ class Scores:
         return max(np.mean(er) / GOAL_ERASURE if er else -math.inf, np.mean(ar) / GOAL_ARTIFACTS if ar else -math.inf)
 
     # ------------------------------------------------------------ the controls
+    def victim_factor(self) -> float:
+        """The study's victim-check factor; the module default unless the settings changed it."""
+        factor = getattr(self.study.settings, "victim_check_factor", None)
+        return VICTIM_QUALITY_FACTOR if factor is None else factor
+
     def controls(self, quality: dict[str, Any] | None) -> dict[str, Any]:
         """The checks every report makes before any verdict (issue 17): the pretrained victim learned
         its corpus; each clean fine-tune learned its subject; the positive control (PhotoGuard at
@@ -180,7 +185,7 @@ class Scores:
         s = self.study.settings
         victim_ok = None
         if quality and quality.get("samples_fd") is not None and quality.get("corpus_split_fd"):
-            victim_ok = quality["samples_fd"] <= VICTIM_QUALITY_FACTOR * victim_reference_fd(quality)
+            victim_ok = quality["samples_fd"] <= self.victim_factor() * victim_reference_fd(quality)
         per_subject = {}
         for subject in self.study.subjects:
             pos = {lv: self.summary(subject, f"photoguard@{lv}", "full").get("erasure") for lv in s.control_levels}
@@ -197,7 +202,8 @@ class Scores:
         passed = False if any(c is False for c in checks) else (None if any(c is None for c in checks) else True)
         return {"passed": passed, "victim_learned_corpus": victim_ok, "victim_quality": quality,
                 "per_subject": per_subject, "thresholds": {
-                    "victim_fd_factor": VICTIM_QUALITY_FACTOR, "min_lift": MIN_LIFT, "positive_min": POSITIVE_MIN,
+                    "victim_fd_factor": self.victim_factor(), "victim_fd_factor_default": VICTIM_QUALITY_FACTOR,
+                    "min_lift": MIN_LIFT, "positive_min": POSITIVE_MIN,
                     "substitution_min": SUBSTITUTION_MIN, "negative_max": NEGATIVE_MAX,
                     "positive_levels": list(s.control_levels)}}
 
