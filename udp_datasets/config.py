@@ -55,6 +55,7 @@ Dtype = Literal["float32", "float16", "bfloat16"]
 Autocast = Literal["auto", "off", "bfloat16", "float16"]
 Switch = Literal["auto", "on", "off"]
 FitPgdScope = Literal["all", "next_round"]
+Engine = Literal["pgd", "generator", "generator+pgd"]
 EOT_NAMES = ("blur", "resize", "jpeg", "noise")  # method/eot.py implements them
 PRESET_NAMES = ("advdm", "photoguard", "mist", "mist_w1", "mist2", "sds", "aspl", "metacloak", "udp", "eudp")  # method/presets.py
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")  # diffusers DDPMScheduler's
@@ -68,7 +69,10 @@ RUNTIME_FIELDS = frozenset({"device", "batch_size", "gradient_checkpointing", "b
 # Fields added after config version 1 shipped, with their defaults. While a field is at its default
 # it is left out of the hash, so adding a field never changes the identity of an existing job
 # (shard jobs resume across an upgrade instead of asking for --overwrite).
-ADDED_FIELDS: dict[str, Any] = {"eot": "", "preset": None, "fit_pgd_scope": "all", "encoder_reduction": "mean"}
+ADDED_FIELDS: dict[str, Any] = {"eot": "", "preset": None, "fit_pgd_scope": "all", "encoder_reduction": "mean",
+                                "engine": "pgd", "generator": None, "generator_pgd_steps": 5}
+ENGINE_FIELDS = ("generator", "generator_pgd_steps")
+"""Fields read only by the generator engines: left out of the hash while ``engine='pgd'`` (they change nothing)."""
 
 
 class ConfigError(ValueError):
@@ -178,6 +182,17 @@ class ProtectionConfig:
     PGD step passes every image through one of them, drawn at random (see method/eot.py), so the
     perturbation survives them. Empty: off."""
 
+    # --- engine: how the perturbation is computed ------------------------------
+    engine: Engine = "pgd"
+    """``pgd``: ``steps`` PGD steps per image (the default). ``generator``: one forward pass of a trained
+    perturbation generator G, delta = epsilon * tanh(G(x)) (method/generator.py). ``generator+pgd``: G's
+    output as the start of ``generator_pgd_steps`` PGD steps. Part of the hash unless ``pgd``."""
+    generator: str | None = None
+    """Folder of the generator's weights (``udp-datasets train-generator``); ``None``: the one shipped in the
+    package (``photoguard``, trained against that preset through TAEF2)."""
+    generator_pgd_steps: int = 5
+    """PGD steps after the generator with ``engine='generator+pgd'`` (``steps`` stays PGD's own count)."""
+
     seed: int = 0
 
     # --- surrogate ------------------------------------------------------------
@@ -266,6 +281,7 @@ class ProtectionConfig:
         _choice("autocast", self.autocast, Autocast)
         _choice("channels_last", self.channels_last, Switch)
         _choice("fit_pgd_scope", self.fit_pgd_scope, FitPgdScope)
+        _choice("engine", self.engine, Engine)
         _non_negative_int("batch_pixels", self.batch_pixels)
         if not isinstance(self.torch_compile, bool):
             raise ConfigError(f"torch_compile={self.torch_compile!r} must be true or false")
@@ -284,8 +300,8 @@ class ProtectionConfig:
                 f"epsilon={self.epsilon:.5f} rounds to {self.budget_levels} grey levels: the "
                 "perturbation would vanish when saved as 8-bit; use at least 1/255"
             )
-        for name in ("steps", "noise_draws", "fit_pool", "num_train_timesteps", "fit_batch_size",
-                     "fit_max_samples", "batch_size", "resolution"):
+        for name in ("steps", "generator_pgd_steps", "noise_draws", "fit_pool", "num_train_timesteps",
+                     "fit_batch_size", "fit_max_samples", "batch_size", "resolution"):
             _positive_int(name, getattr(self, name))
         for name in ("fit_rounds", "fit_surrogate_steps", "fit_pgd_steps", "t_min", "seed", "fit_lora_rank",
                      "clusters"):
@@ -414,7 +430,8 @@ class ProtectionConfig:
     def hash(self) -> str:
         """Stable content hash of what the job computes (runtime fields excluded)."""
         payload = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS and k != "config_version"
-                   and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+                   and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+                   and not (k in ENGINE_FIELDS and self.engine == "pgd")}
         canon = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

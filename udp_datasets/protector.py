@@ -32,7 +32,8 @@ from .method.fit import FitResult, fit_surrogate
 from .images import PATH_ONLY_REASON, DecodedImage, ImageError, describe_error, encode_png, load_image
 from .method.batches import plan_batches
 from .method.objectives import ProtectionObjective
-from .method.pgd import BudgetError, check_budget, pgd, quantize_within_budget, random_start, sample_generator
+from .method.generator import engine_delta
+from .method.pgd import BudgetError, check_budget, quantize_within_budget, random_start, sample_generator
 from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 from .models.devices import resolve_device
 from .models.runtime import Tuning, apply_tuning, autocast, grad_scale, resolve_tuning
@@ -397,7 +398,7 @@ class Protector:
 
     def _optimise(self, items: list[DecodedImage], keys: list[str], surrogate: Surrogate,
                   captions: list[Any] | None = None) -> list[np.ndarray]:
-        """PGD on one batch; returns each image's perturbed pixels, (H, W, C) float in [0, 1]."""
+        """The engine (PGD by default) on one batch: each image's perturbed pixels, (H, W, C) float in [0, 1]."""
         cfg, tuning = self.config, self.tuning
         device = surrogate.device
         same = len({d.shape for d in items}) == 1
@@ -410,11 +411,10 @@ class Protector:
         eps = cfg.budget_levels / 255.0
         objective = self._objective
         assert objective is not None
-        init = self._initial_delta(x, gens, eps, surrogate, same)
-        with autocast(device, tuning):
-            delta = pgd(x, objective.loss_fn(gens, x, captions), epsilon=eps, alpha=cfg.step_size,
-                        steps=cfg.steps, maximize=objective.maximize, init=init, in_place=tuning.reuse_buffers,
-                        grad_scale=grad_scale(tuning))
+        delta = engine_delta(x, cfg, lambda: objective.loss_fn(gens, x, captions), objective.maximize,
+                             lambda: self._initial_delta(x, gens, eps, surrogate, same),
+                             lambda: autocast(device, tuning), in_place=tuning.reuse_buffers,
+                             grad_scale=grad_scale(tuning))
         if same:
             return list((x + delta).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
         return [(xi + di).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy() for xi, di in zip(x, delta)]
