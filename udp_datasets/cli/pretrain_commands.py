@@ -1,4 +1,5 @@
-"""``pretrain``: train the latent UNet of a pair on a corpus, through the shipped TAEF2 encoder."""
+"""``pretrain``: train the latent UNet of a pair on a corpus, through the shipped TAEF2 encoder;
+``train-generator``: train a perturbation generator (the ``generator`` engine) against a preset's objective."""
 
 from __future__ import annotations
 
@@ -48,7 +49,28 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_train_generator(args: argparse.Namespace) -> int:
+    from ..config import ConfigError, parse_epsilon
+    from ..method.generator_training import GeneratorRecipe, train_generator
+
+    try:
+        images, corpus = read_corpus(args.corpus, args.count, args.corpus_seed, args.size)
+    except ValueError as exc:  # no images, mixed sizes: a usage error (exit 2)
+        raise ConfigError(str(exc)) from exc
+    recipe = GeneratorRecipe(preset=args.preset, surrogate=args.surrogate, epsilon=parse_epsilon(args.epsilon),
+                             eot=args.eot, steps=args.steps, batch_size=args.batch_size,
+                             learning_rate=args.learning_rate, width=args.width, seed=args.seed)
+    command = "udp-datasets " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+    record = train_generator(images, args.out, recipe, corpus=corpus, command=command, save_every=args.save_every,
+                             overwrite=args.overwrite)
+    print(f"generator written to {args.out} (weights sha256 {record['weights_sha256']}, {record['train_seconds']} s; "
+          f"objective {record['loss_first_25']:.4g} -> {record['loss_last_25']:.4g})")
+    print(f"protect with: udp-datasets protect SRC DST --engine generator --generator {args.out}")
+    return EXIT_OK
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ..config import PRESET_NAMES, SHIPPED_SURROGATE
     from ..models.denoiser_training import FEWSHOT_UNETS
 
     p = sub.add_parser("pretrain", help="train the latent UNet of a surrogate pair on your corpus (TAEF2 latents)")
@@ -71,3 +93,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps (default 100)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT, or an OUT.partial/ of another job")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train-generator", help="train a perturbation generator (--engine generator) against a "
+                       "preset's objective on a corpus")
+    p.add_argument("corpus", help=f"folder of images, or '{BUNDLED_CORPUS}' for the bundled photographs")
+    p.add_argument("out", help="folder of the generator (read by --generator OUT); an interrupted run keeps its "
+                   "checkpoint in OUT.partial/ and the same command resumes it")
+    p.add_argument("--preset", choices=PRESET_NAMES, required=True,
+                   help="the method whose objective G is trained on (the loss PGD optimises for it)")
+    p.add_argument("--surrogate", default=SHIPPED_SURROGATE, help=f"surrogate folder or Hub id (default: the "
+                   f"shipped pair {SHIPPED_SURROGATE})")
+    p.add_argument("--epsilon", default="8/255", help="L-inf budget G is trained at (default 8/255)")
+    p.add_argument("--eot", default="", help="EOT transforms during training (comma list of blur, resize, jpeg, "
+                   "noise; default off)")
+    p.add_argument("--count", type=int, default=2000, help="corpus crops (default 2000)")
+    p.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
+    p.add_argument("--corpus-seed", type=int, default=0, help="seed of the crops (default 0)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--width", type=int, default=24, help="channels of G's first level (default 24)")
+    p.add_argument("--seed", type=int, default=0, help="seed of G's initial weights and of every training draw")
+    p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps (default 25)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT, or an OUT.partial/ of another job")
+    p.set_defaults(func=cmd_train_generator)
