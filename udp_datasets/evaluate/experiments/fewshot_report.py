@@ -205,7 +205,9 @@ def grids(scores: Scores, names: Sequence[str], out: Path, modes: Sequence[str])
     for subject in study.subjects:
         held = load_images(study.out / "sets" / subject / "heldout.npz")[:GRID_IMAGES]
         for mode in modes:
-            rows = [("held-out real", held), ("never shown", load_images(study.never_path(seed))[:GRID_IMAGES])]
+            rows = [("held-out real", held)]
+            if study.never_path(seed).exists():  # not yet when the victim check stopped the study
+                rows.append(("never shown", load_images(study.never_path(seed))[:GRID_IMAGES]))
             for name in names:
                 path = study.victim_path(subject, name, mode, seed)
                 if path.exists():
