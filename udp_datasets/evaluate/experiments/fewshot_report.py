@@ -296,10 +296,11 @@ def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
     q = pre.get("quality", {})
     stages = report.get("stages") or {}
     missing = [x for x in stages.get("planned", []) if x not in stages.get("done", [])]
+    stopped = report["controls"]["passed"] is False
     partial = ([f"**Partial report**: stages done: {', '.join(stages['done'])}; not run yet: {', '.join(missing)} "
-                "(the same command resumes from its cache).", ""] if missing else [])
-    failed = report["controls"]["passed"] is False
-    lines = [*([f"**{HARNESS_FAILED[0].upper()}{HARNESS_FAILED[1:]}.**", ""] if failed else []),
+                + ("(stopped by a failed control: a study whose harness cannot see protection goes no further)."
+                   if stopped else "(the same command resumes from its cache).")] + [""] if missing else [])
+    lines = [*([f"**{HARNESS_FAILED[0].upper()}{HARNESS_FAILED[1:]}.**", ""] if stopped else []),
              "# Few-shot protection report", "", *partial, report["verdict"], "",
              "## Controls (checked before any verdict)", "", sections["controls"], "", "## Setup", "",
              "Subjects: " + "; ".join(f"**{k}** ({v['train']} training, {v['heldout']} held-out: {v['source']})"
