@@ -67,3 +67,24 @@ emit({{"rc": rc, "verify": main(["verify", {repo!r}])}})
 """, tmp_path / "client")
     assert result["rc"] == 0 and result["verify"] == 0, printed[-3000:]
     assert "manifest.parquet" in local_hub.list_files(repo)
+
+
+def test_the_shard_runner_protects_with_the_generator_and_a_pgd_rerun_is_another_job(photos32, tmp_path):
+    from test_verify import make_tar_source
+
+    from udp_datasets.cli.app import main
+
+    folder = tmp_path / "src" / "cats"
+    folder.mkdir(parents=True)
+    for i, arr in enumerate(photos32[:4]):
+        Image.fromarray(arr).save(folder / f"photo{i}.png")
+    tars = tmp_path / "tars"
+    make_tar_source(folder.parent, tars, per_shard=2)
+    out = tmp_path / "out"
+    assert main(["protect", str(tars), str(out), "--engine", "generator"]) == 0
+    record = json.loads((out / ".udp" / "job.json").read_text())
+    assert record["config"]["engine"] == "generator" and record["images"] == 4
+    assert main(["verify", str(out), "--source", str(tars)]) == 0
+    again = main(["protect", str(tars), str(out), "--engine", "generator"])  # the same job: every shard skipped
+    rerun = main(["protect", str(tars), str(out)])  # PGD: another job hash, refused without --overwrite
+    assert again == 0 and rerun == 2
