@@ -1,4 +1,4 @@
-"""``udp-datasets``: protect | fit | pretrain | demo | config | evaluate | ablation | latent-ablation | evaluate-sd | publish | verify.
+"""``udp-datasets``: protect | fit | pretrain | train-generator | demo | config | evaluate | ablation | latent-ablation | evaluate-sd | publish | verify.
 
 The parser is assembled from one module per area (``protect_commands``, ``evaluate_commands``,
 ``publish_commands``); this module only dispatches and maps errors to exit codes (``exit_codes``).
