@@ -23,7 +23,6 @@ import logging
 import os
 import platform
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ..config import ProtectionConfig
 from ..models import SurrogateError, load_surrogate
-from ..models.pair_pretraining import _atomic_save, _prepare_work, _to_tensor, _versions, corpus_sha256
+from ..models.pair_pretraining import _atomic_folder, _atomic_save, _prepare_work, _to_tensor, _versions, corpus_sha256
 from .generator import PerturbationGenerator, generator_delta, save_generator
 from .objectives import ProtectionObjective
 from .pgd import sample_generator
@@ -170,16 +169,7 @@ def train_generator(images: Sequence[np.ndarray], out: str | os.PathLike, recipe
 
 
 def _write(out: Path, net: PerturbationGenerator, record: dict[str, Any], overwrite: bool) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    with _atomic_folder(out, overwrite) as tmp:
         record["weights_sha256"] = save_generator(net, tmp)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2))
-        if out.exists() and overwrite:
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("generator written to %s (weights sha256 %s)", out, record["weights_sha256"][:12])

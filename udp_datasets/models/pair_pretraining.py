@@ -22,6 +22,7 @@ sees only uint8 arrays.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +33,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -80,6 +81,25 @@ def _atomic_save(obj: Any, path: Path) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _atomic_folder(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder beside ``out``, renamed to ``out`` when the block ends without an exception
+    (removed otherwise); an existing ``out`` is replaced only with ``overwrite``. The trained pair and
+    the trained generator are written through it. (``models`` sits below ``sinks``, so it cannot use
+    :func:`~udp_datasets.sinks.atomic.atomic_directory`.)"""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a pair or generator is an ordinary folder
+    try:
+        yield tmp
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
@@ -177,21 +197,12 @@ def _write_pair(out: Path, vae: Any, unet: Any, scheduler: Any, record: dict[str
                 overwrite: bool) -> None:
     from .latent import save_latent_pair
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a pair is an ordinary folder
-    try:
+    with _atomic_folder(out, overwrite) as tmp:
         if half:
             vae, unet = vae.half(), unet.half()
         save_latent_pair(tmp, vae, unet, scheduler)
         record["weights_sha256"] = weights_sha256(tmp)
         (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2))
-        if out.exists() and overwrite:
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("latent pair written to %s (weights sha256 %s)", out, record["weights_sha256"][:12])
 
 
