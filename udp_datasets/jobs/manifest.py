@@ -66,6 +66,11 @@ def manifest_digest(path: str | os.PathLike) -> str:
     and ``verify`` recomputes. The file's bytes, not its rows: any edit shows, and publishing
     copies the file unchanged. It catches accidental and casual edits only; whoever rewrites
     the manifest and the record together can forge it (``--sign-key`` adds a keyed signature)."""
+    return file_sha256(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, hex, read in 1 MiB blocks (a manifest, an output shard)."""
     import hashlib
 
     digest = hashlib.sha256()

@@ -90,7 +90,7 @@ from ..sources.tar import ShardReadError
 from .background import ReadAhead, WriteBehind
 from .codecs import Chunk, ShardCodec, WorkUnit, dataset_units, make_codec, shard_units, stale_dataset_units
 from .distributed import main_then_broadcast, make_state
-from .manifest import MANIFEST_SCHEMA, manifest_digest, manifest_table
+from .manifest import MANIFEST_SCHEMA, file_sha256, manifest_digest, manifest_table
 from .signing import sign_record
 from .summary import JobSummary, library_versions, mean_psnr, rate, utc_now
 
@@ -436,7 +436,7 @@ class ShardRunner:
             "images_per_second": rate(stats["images"], seconds), "max_linf_levels": stats["max_linf"],
             "mean_psnr_db": mean_psnr(stats["psnr_sum"], stats["psnr_count"]),
             "psnr_sum": stats["psnr_sum"], "psnr_count": stats["psnr_count"],
-            "bytes": final.stat().st_size, "sha256": _file_sha256(final),
+            "bytes": final.stat().st_size, "sha256": file_sha256(final),
             "rank": state.process_index, "world_size": state.num_processes,
             "errors_file": str(errors_file.relative_to(self.dst)) if errors else None,
             "manifest": str(manifest_final.relative_to(self.dst)),
@@ -558,15 +558,6 @@ class ShardRunner:
 def run_shards(src: Any, dst: str | os.PathLike, config: ProtectionConfig, **kwargs: Any) -> JobSummary:
     """Protect every shard of SRC into DST; see :class:`ShardRunner` for the options."""
     return ShardRunner(src, dst, config, **kwargs).run()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 
 def _source_text(src: Any) -> str:
