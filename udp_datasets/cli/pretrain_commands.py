@@ -26,21 +26,28 @@ def read_corpus(source: str, count: int, seed: int, size: int) -> tuple[list, di
     return images, {"source": source, "reader": what, "crop_seed": seed, "size": size}
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ..models.denoiser_training import TrainRecipe
-    from ..models.pair_pretraining import PairRecipe, pretrain_pair
-
+def _corpus_and_command(args: argparse.Namespace) -> tuple[list, dict, str]:
+    """The corpus of ``args`` (:func:`read_corpus`; no images or mixed sizes is a usage error, exit 2) and the
+    command line recorded in the provenance."""
     from ..config import ConfigError
 
     try:
         images, corpus = read_corpus(args.corpus, args.count, args.corpus_seed, args.size)
     except ValueError as exc:  # no images, mixed sizes: a usage error (exit 2)
         raise ConfigError(str(exc)) from exc
+    command = "udp-datasets " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+    return images, corpus, command
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from ..models.denoiser_training import TrainRecipe
+    from ..models.pair_pretraining import PairRecipe, pretrain_pair
+
+    images, corpus, command = _corpus_and_command(args)
     recipe = PairRecipe(train=TrainRecipe(steps=args.steps, learning_rate=args.learning_rate,
                                           batch_size=args.batch_size, warmup_steps=args.warmup_steps),
                         seed=args.seed, architecture=args.architecture, per_channel=not args.scalar_normalisation,
                         half=args.half)
-    command = "udp-datasets " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
     record = pretrain_pair(images, args.out, recipe, corpus=corpus, command=command, save_every=args.save_every,
                            overwrite=args.overwrite)
     print(f"latent pair written to {args.out} (weights sha256 {record['weights_sha256']}, final loss "
@@ -50,17 +57,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_train_generator(args: argparse.Namespace) -> int:
-    from ..config import ConfigError, parse_epsilon
+    from ..config import parse_epsilon
     from ..method.generator_training import GeneratorRecipe, train_generator
 
-    try:
-        images, corpus = read_corpus(args.corpus, args.count, args.corpus_seed, args.size)
-    except ValueError as exc:  # no images, mixed sizes: a usage error (exit 2)
-        raise ConfigError(str(exc)) from exc
+    images, corpus, command = _corpus_and_command(args)
     recipe = GeneratorRecipe(preset=args.preset, surrogate=args.surrogate, epsilon=parse_epsilon(args.epsilon),
                              eot=args.eot, steps=args.steps, batch_size=args.batch_size,
                              learning_rate=args.learning_rate, width=args.width, seed=args.seed)
-    command = "udp-datasets " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
     record = train_generator(images, args.out, recipe, corpus=corpus, command=command, save_every=args.save_every,
                              overwrite=args.overwrite)
     print(f"generator written to {args.out} (weights sha256 {record['weights_sha256']}, {record['train_seconds']} s; "
