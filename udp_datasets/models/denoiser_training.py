@@ -118,6 +118,24 @@ def normalised_taef2(stats: dict[str, Any] | None = None, per_channel: bool = Tr
     return vae.requires_grad_(False)
 
 
+def mirrored_raw_latents(x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw TAEF2 latents of (N, 3, H, W) images in [0, 1] and of their mirror images (a mirrored latent
+    is not the latent of the mirrored image, so both are encoded)."""
+    vae = normalised_taef2(None)
+    return raw_latents(vae, x01), raw_latents(vae, x01.flip(-1))
+
+
+def normalised_latent_data(stats: dict[str, Any], per_channel: bool, raw: torch.Tensor,
+                           raw_flip: torch.Tensor) -> tuple[Any, LatentData]:
+    """The TAEF2 of :func:`normalised_taef2` (``stats``, ``per_channel``) and the raw latents and their
+    mirrors put in its model space, as its VAE config declares (what a saved pair reads back)."""
+    from .latent import latent_normalisation
+
+    vae = normalised_taef2(stats, per_channel)
+    norm = latent_normalisation(vae.config)
+    return vae, LatentData(norm.normalise(raw), norm.normalise(raw_flip))
+
+
 def latent_statistics(raw: torch.Tensor) -> dict[str, Any]:
     """Both normalisations of raw latents (N, C, h, w): scalar (mean, 1 / std) and per channel."""
     return {"shift": float(raw.mean()), "scale": float(1 / raw.std()),

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from .base import SurrogateError, weights_sha256
-from .denoiser_training import (LatentData, TrainRecipe, TrainState, build_unet, latent_statistics,
-                                normalised_taef2, raw_latents, train_unet)
+from .denoiser_training import (TrainRecipe, TrainState, build_unet, latent_statistics, mirrored_raw_latents,
+                                normalised_latent_data, train_unet)
 
 logger = logging.getLogger(__name__)
 
@@ -133,11 +133,10 @@ def _latents(images: Sequence[np.ndarray], work: Path, progress: bool) -> dict[s
     if path.exists():
         return torch.load(path, weights_only=True)
     x = _to_tensor(images)
-    vae = normalised_taef2(None)
     start = time.perf_counter()
     if progress:
         logger.info("encoding %d images and their mirror images with TAEF2", len(images))
-    raw, raw_flip = raw_latents(vae, x), raw_latents(vae, x.flip(-1))
+    raw, raw_flip = mirrored_raw_latents(x)
     state = {"raw": raw, "raw_flip": raw_flip, "seconds": torch.tensor(time.perf_counter() - start)}
     _atomic_save(state, path)
     return state
@@ -166,11 +165,9 @@ def pretrain_pair(images: Sequence[np.ndarray], out: str | os.PathLike, recipe: 
     start = time.perf_counter()
     lat = _latents(images, work, progress)
     stats = latent_statistics(lat["raw"])
-    vae = normalised_taef2(stats, recipe.per_channel)
-    from .latent import latent_normalisation, sd_scheduler
+    vae, data = normalised_latent_data(stats, recipe.per_channel, lat["raw"], lat["raw_flip"])
+    from .latent import sd_scheduler
 
-    norm = latent_normalisation(vae.config)
-    data = LatentData(norm.normalise(lat["raw"]), norm.normalise(lat["raw_flip"]))
     unet = build_unet(recipe.architecture, data.z.shape[-1], recipe.seed).requires_grad_(True)
     state_path = work / "state.pt"
     resume = TrainState.from_dict(torch.load(state_path, weights_only=True)) if state_path.exists() else None

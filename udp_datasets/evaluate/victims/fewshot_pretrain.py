@@ -30,9 +30,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ...models.denoiser_training import mirrored_raw_latents, normalised_latent_data
 from ..data import data_hash
-from .fewshot import (LatentData, TrainRecipe, build_unet, latent_statistics, normalisation, normalised_taef2, raw_latents,
-                      to_tensor, train_unet)
+from .fewshot import TrainRecipe, build_unet, latent_statistics, to_tensor, train_unet
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,7 @@ def encode_corpus(corpus: Sequence[np.ndarray], folder: Path) -> dict[str, Any]:
     if path.exists():
         return torch.load(path, weights_only=True)
     start = time.perf_counter()
-    vae = normalised_taef2(None)
-    x = to_tensor(corpus)
-    raw, raw_flip = raw_latents(vae, x), raw_latents(vae, x.flip(-1))
+    raw, raw_flip = mirrored_raw_latents(to_tensor(corpus))
     state = {"raw": raw, "raw_flip": raw_flip, **latent_statistics(raw), "seconds": time.perf_counter() - start}
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
@@ -99,9 +97,7 @@ def pretrain_unet(kind: str, folder: Path, recipe: PretrainRecipe, progress: boo
     if not (folder / "corpus.pt").exists():
         raise FileNotFoundError(f"{folder / 'corpus.pt'}: encode the corpus first (encode_corpus)")
     corpus = torch.load(folder / "corpus.pt", weights_only=True)
-    vae = normalised_taef2(corpus, recipe.per_channel)
-    norm = normalisation(vae)
-    data = LatentData(norm.normalise(corpus["raw"]), norm.normalise(corpus["raw_flip"]))
+    vae, data = normalised_latent_data(corpus, recipe.per_channel, corpus["raw"], corpus["raw_flip"])
     train, seed = (recipe.victim, recipe.victim_seed) if kind == "victim" else (recipe.surrogate, recipe.surrogate_seed)
     unet = build_unet(f"fewshot-{kind}", data.z.shape[-1], seed).requires_grad_(True)
     start = time.perf_counter()
