@@ -5,7 +5,6 @@ Every image here is an (H, W, C) uint8 array; a set is a sequence of them, in or
 
 from __future__ import annotations
 
-import hashlib
 from typing import Sequence
 
 import numpy as np
@@ -69,9 +68,8 @@ def resize_all(images: Images, size: int) -> list[np.ndarray]:
 
 
 def data_hash(images: Images) -> str:
-    """Content hash of a training set (order-sensitive): the cache key of what was trained on it."""
-    h = hashlib.sha256()
-    for a in images:
-        h.update(str(a.shape).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
+    """Content hash of a training set (order-sensitive): the cache key of what was trained on it (the
+    first 16 hex digits of :func:`~udp_datasets.models.pair_pretraining.corpus_sha256`)."""
+    from ..models.pair_pretraining import corpus_sha256
+
+    return corpus_sha256(images)[:16]
