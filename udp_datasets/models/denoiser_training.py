@@ -23,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -116,6 +117,11 @@ def normalised_taef2(stats: dict[str, Any] | None = None, per_channel: bool = Tr
     elif stats is not None:
         vae.register_to_config(shift_factor=float(stats["shift"]), scaling_factor=float(stats["scale"]))
     return vae.requires_grad_(False)
+
+
+def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(np.stack(list(images)))).permute(0, 3, 1, 2).float().div(255)
 
 
 def mirrored_raw_latents(x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

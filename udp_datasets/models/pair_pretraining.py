@@ -40,7 +40,7 @@ import torch
 
 from .base import SurrogateError, weights_sha256
 from .denoiser_training import (TrainRecipe, TrainState, build_unet, latent_statistics, mirrored_raw_latents,
-                                normalised_latent_data, train_unet)
+                                normalised_latent_data, to_tensor, train_unet)
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def _to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
     (shape,) = sizes
     if len(shape) != 3 or shape[2] != 3 or shape[0] != shape[1] or shape[0] % 8:
         raise ValueError(f"corpus images must be square RGB with a side divisible by 8; got {shape}")
-    return torch.from_numpy(np.ascontiguousarray(np.stack(list(images)))).permute(0, 3, 1, 2).float().div(255)
+    return to_tensor(images)
 
 
 def _prepare_work(work: Path, job: dict[str, Any], overwrite: bool) -> None:

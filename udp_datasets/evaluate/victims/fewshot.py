@@ -33,7 +33,7 @@ import torch
 
 from ...models.denoiser_training import (FEWSHOT_UNETS, LATENT_CHANNELS, LatentData, TrainRecipe,  # noqa: F401
                                          TrainState, build_unet, latent_statistics, lr_factor, noise_schedule,
-                                         normalised_taef2, raw_latents, train_unet)
+                                         normalised_taef2, raw_latents, to_tensor, train_unet)
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +51,6 @@ def normalisation(vae):
     from ...models.latent import latent_normalisation
 
     return latent_normalisation(vae.config)
-
-
-def to_tensor(images: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(np.stack(list(images)))).permute(0, 3, 1, 2).float().div(255)
 
 
 def to_uint8(x01: torch.Tensor) -> np.ndarray:
