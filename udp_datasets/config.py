@@ -383,13 +383,7 @@ class ProtectionConfig:
 
     @classmethod
     def from_json(cls, text: str, source: str = "the config") -> "ProtectionConfig":
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"{source} is not valid JSON ({exc}); fix the syntax") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of config fields (a JSON object), got {type(data).__name__}")
-        return cls.from_dict(data)
+        return cls.from_dict(_json_mapping(text, source))
 
     @classmethod
     def from_file(cls, path: str | Path) -> "ProtectionConfig":
@@ -405,14 +399,7 @@ class ProtectionConfig:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
         if path.suffix.lower() not in {".yaml", ".yml"}:
-            try:
-                data = json.loads(text)
-            except ValueError as exc:
-                raise ConfigError(f"{path} is not valid JSON ({exc}); fix the syntax") from exc
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: expected a mapping of config fields (a JSON object), got "
-                                  f"{type(data).__name__}")
-            return data
+            return _json_mapping(text, str(path))
         import yaml
 
         try:
@@ -505,6 +492,17 @@ def _positive_int(name: str, value: Any) -> None:
 def _non_negative_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"{name}={value!r} must be an integer >= 0")
+
+
+def _json_mapping(text: str, source: str) -> dict[str, Any]:
+    """The mapping of config fields a JSON text holds; a :class:`ConfigError` naming ``source`` otherwise."""
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{source} is not valid JSON ({exc}); fix the syntax") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of config fields (a JSON object), got {type(data).__name__}")
+    return data
 
 
 def apply_version_defaults(config: ProtectionConfig, latent: bool,
