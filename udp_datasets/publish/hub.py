@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..sources.keys import IMAGE_EXTENSIONS, MANIFEST_FILE, RECORD_FILE, TAR_SUFFIXES
+from .integrity import failed_shard_names
 from .verify import (RECORD_FILES, VerifyReport, find_manifest, load_manifest, protected_layout, read_record,
                      verify_directory)
 
@@ -269,7 +270,7 @@ def publish(directory: str | os.PathLike, repo_id: str, *, private: bool = False
     directory = Path(directory)
     failed = (read_record(directory) or {}).get("shards_failed") if directory.is_dir() else None
     if failed and not allow_failed_shards:
-        names = ", ".join(str(f.get("shard")) for f in failed[:5]) + (" ..." if len(failed) > 5 else "")
+        names = failed_shard_names(failed)
         raise PublishIncomplete(f"refusing to publish {directory}: its job has {len(failed)} failed shard(s) ({names}) "
                                 "whose samples are missing; run the protect command again to redo them, or pass "
                                 "--allow-failed-shards to publish without them (the card then lists them)")

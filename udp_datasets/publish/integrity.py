@@ -127,6 +127,10 @@ def failed_shards_problem(record: dict[str, Any] | None) -> str | None:
     failed = (record or {}).get("shards_failed") or []
     if not failed:
         return None
-    names = ", ".join(str(f.get("shard")) for f in failed[:5]) + (" ..." if len(failed) > 5 else "")
-    return (f"the job has {len(failed)} failed shard(s) ({names}) whose samples are missing: re-run protect to "
-            "redo them (--allow-failed-shards verifies the rest)")
+    return (f"the job has {len(failed)} failed shard(s) ({failed_shard_names(failed)}) whose samples are missing: "
+            "re-run protect to redo them (--allow-failed-shards verifies the rest)")
+
+
+def failed_shard_names(failed: list[dict[str, Any]]) -> str:
+    """The first five failed shards of a job record's ``shards_failed``, named (``...`` when there are more)."""
+    return ", ".join(str(f.get("shard")) for f in failed[:5]) + (" ..." if len(failed) > 5 else "")
