@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import json
 import threading
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.base import SurrogateError, weights_sha256
+from ..models.shipped import packaged_weights
 from .pgd import pgd
 
 WEIGHTS_FILE = "generator.safetensors"
@@ -85,7 +85,7 @@ def generator_delta(net: PerturbationGenerator, x: torch.Tensor, epsilon: float)
 # ------------------------------------------------------------------ weights on disk
 def shipped_generator_folder() -> Path:
     """The folder of the shipped generator inside the installed package."""
-    return Path(str(resources.files("udp_datasets.models") / "weights" / "generator_photoguard"))
+    return packaged_weights("generator_photoguard")
 
 
 def generator_folder(source: str | None) -> Path:

@@ -21,9 +21,14 @@ SHIPPED_PAIR_SHA256 = "7b9310e763cc0ff5080f33aa68dfae2dc4b4ef8db08311c0254043985
 """``weights_sha256`` of ``weights/taef2_pair`` (every safetensors file, path-ordered)."""
 
 
+def packaged_weights(name: str) -> Path:
+    """``models/weights/NAME`` inside the installed package (TAEF2, the latent pair, the generator)."""
+    return Path(str(resources.files("udp_datasets.models") / "weights" / name))
+
+
 def shipped_pair_folder() -> Path:
     """The folder of the shipped latent pair inside the installed package."""
-    return Path(str(resources.files("udp_datasets.models") / "weights" / "taef2_pair"))
+    return packaged_weights("taef2_pair")
 
 
 def is_shipped_name(source: object) -> bool:

@@ -22,7 +22,6 @@ the rest of the package imports it lazily.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from diffusers.models.unets.unet_2d_blocks import AutoencoderTinyBlock
 from torch import nn
 
 from .base import SurrogateError
+from .shipped import packaged_weights
 
 TAESD_HALVES = ("encoder.safetensors", "decoder.safetensors")
 
@@ -154,7 +154,7 @@ def load_autoencoder(folder: str | Path) -> nn.Module:
 
 def bundled_taef2_folder() -> Path:
     """The TAEF2 weights shipped inside the package (``encoder/decoder.safetensors``, LICENSE, provenance)."""
-    return Path(str(resources.files("udp_datasets.models") / "weights" / "taef2"))
+    return packaged_weights("taef2")
 
 
 def bundled_taef2() -> nn.Module:
