@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,7 +33,7 @@ from tqdm.auto import tqdm
 
 from ..config import ProtectionConfig
 from ..models import SurrogateError, load_surrogate
-from ..models.pair_pretraining import _atomic_folder, _atomic_save, _prepare_work, _to_tensor, _versions, corpus_sha256
+from ..models.pair_pretraining import PartialRun, _atomic_folder, _to_tensor, _versions
 from .generator import PerturbationGenerator, generator_delta, save_generator
 from .objectives import ProtectionObjective
 from .pgd import sample_generator
@@ -136,35 +135,26 @@ def train_generator(images: Sequence[np.ndarray], out: str | os.PathLike, recipe
     if not images:
         raise ValueError("the corpus has no images")
     config = recipe.config()  # a bad preset / eot / epsilon fails before any work
-    digest = corpus_sha256(images)
-    work = out.with_name(out.name + ".partial")
-    _prepare_work(work, {"recipe": recipe.to_dict(), "corpus_sha256": digest, "count": len(images)}, overwrite)
+    run = PartialRun(out, images, recipe.to_dict(), overwrite, on_checkpoint)
     surrogate = load_surrogate(config=config)
     surrogate.freeze()
     objective = ProtectionObjective(surrogate, config)
     net = PerturbationGenerator(width=recipe.width, seed=recipe.seed)
-    state_path = work / "state.pt"
-    resume = torch.load(state_path, weights_only=True) if state_path.exists() else None
+    resume = run.resume()
     if resume is not None:
         logger.info("resuming the generator training of %s after step %d", out, resume["step"])
-
-    def save(state: dict[str, Any]) -> None:
-        _atomic_save(state, state_path)
-        if on_checkpoint is not None:
-            on_checkpoint(state["step"])
-
-    losses, seconds = _train(net, objective, _to_tensor(images), recipe, config.budget_levels / 255.0, resume, save,
-                             save_every, progress)
+    losses, seconds = _train(net, objective, _to_tensor(images), recipe, config.budget_levels / 255.0, resume,
+                             lambda state: run.save(state, state["step"]), save_every, progress)
     record = {"command": command, "preset": recipe.preset, "recipe": recipe.to_dict(), "config": config.to_dict(),
               "objective_maximised": objective.maximize,
-              "corpus": {**(corpus or {}), "count": len(images), "sha256": digest,
+              "corpus": {**(corpus or {}), "count": len(images), "sha256": run.digest,
                          "image_size": list(images[0].shape)},
               "surrogate": {"source": recipe.surrogate, "sha256": surrogate.ref.sha256},
               "steps": recipe.steps, "train_seconds": round(seconds, 1),
               "loss_first_25": float(np.mean(losses[:25])), "loss_last_25": float(np.mean(losses[-25:])),
               "machine": machine(), "versions": _versions()}
     _write(out, net, record, overwrite)
-    shutil.rmtree(work, ignore_errors=True)
+    run.finish()
     return record
 
 

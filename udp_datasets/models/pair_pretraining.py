@@ -128,6 +128,33 @@ def _prepare_work(work: Path, job: dict[str, Any], overwrite: bool) -> None:
         record.write_text(json.dumps(job, indent=2, sort_keys=True))
 
 
+class PartialRun:
+    """``OUT.partial/`` of a resumable training (the pair's and the generator's): prepared for one job
+    (recipe, corpus digest and count; :func:`_prepare_work`), its checkpoint ``state.pt`` read back by
+    :meth:`resume` and written atomically by :meth:`save`, removed by :meth:`finish`."""
+
+    def __init__(self, out: Path, images: Sequence[np.ndarray], recipe: dict[str, Any], overwrite: bool,
+                 on_checkpoint: Callable[[int], None] | None = None):
+        self.digest = corpus_sha256(images)
+        self.work = out.with_name(out.name + ".partial")
+        _prepare_work(self.work, {"recipe": recipe, "corpus_sha256": self.digest, "count": len(images)}, overwrite)
+        self.state_path = self.work / "state.pt"
+        self.on_checkpoint = on_checkpoint
+
+    def resume(self) -> dict[str, Any] | None:
+        """The last checkpoint of this job, or None (start at step 1)."""
+        return torch.load(self.state_path, weights_only=True) if self.state_path.exists() else None
+
+    def save(self, state: dict[str, Any], step: int) -> None:
+        """Write the checkpoint after ``step``, then call ``on_checkpoint`` (which may stop the run)."""
+        _atomic_save(state, self.state_path)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(step)
+
+    def finish(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
 def _latents(images: Sequence[np.ndarray], work: Path, progress: bool) -> dict[str, torch.Tensor]:
     path = work / "latents.pt"
     if path.exists():
@@ -158,35 +185,27 @@ def pretrain_pair(images: Sequence[np.ndarray], out: str | os.PathLike, recipe: 
         raise SurrogateError(f"{out} exists; choose a new folder or pass --overwrite")
     if not images:
         raise ValueError("the corpus has no images")
-    work = out.with_name(out.name + ".partial")
-    digest = corpus_sha256(images)
-    job = {"recipe": recipe.to_dict(), "corpus_sha256": digest, "count": len(images)}
-    _prepare_work(work, job, overwrite)
+    run = PartialRun(out, images, recipe.to_dict(), overwrite, on_checkpoint)
     start = time.perf_counter()
-    lat = _latents(images, work, progress)
+    lat = _latents(images, run.work, progress)
     stats = latent_statistics(lat["raw"])
     vae, data = normalised_latent_data(stats, recipe.per_channel, lat["raw"], lat["raw_flip"])
     from .latent import sd_scheduler
 
     unet = build_unet(recipe.architecture, data.z.shape[-1], recipe.seed).requires_grad_(True)
-    state_path = work / "state.pt"
-    resume = TrainState.from_dict(torch.load(state_path, weights_only=True)) if state_path.exists() else None
+    saved = run.resume()
+    resume = TrainState.from_dict(saved) if saved is not None else None
     if resume is not None:
         logger.info("resuming the pretraining of %s after step %d", out, resume.step)
-
-    def save(state: TrainState) -> None:
-        _atomic_save(state.to_dict(), state_path)
-        if on_checkpoint is not None:
-            on_checkpoint(state.step)
-
     model, losses, _ = train_unet(unet, data, recipe.train, recipe.seed, desc="pretrain" if progress else None,
-                                  resume=resume, save_every=save_every, on_save=save)
-    record = {"command": command, "corpus": {**(corpus or {}), "count": len(images), "sha256": digest,
+                                  resume=resume, save_every=save_every,
+                                  on_save=lambda state: run.save(state.to_dict(), state.step))
+    record = {"command": command, "corpus": {**(corpus or {}), "count": len(images), "sha256": run.digest,
                                              "image_size": list(images[0].shape)},
               "recipe": recipe.to_dict(), "latent_statistics": stats, "final_loss": float(np.mean(losses[-100:])),
               "train_seconds_this_run": round(time.perf_counter() - start, 1), "versions": _versions()}
     _write_pair(out, vae, model, sd_scheduler(), record, recipe.half, overwrite)
-    shutil.rmtree(work, ignore_errors=True)
+    run.finish()
     return record
 
 
