@@ -74,6 +74,15 @@ def explicit_fields(args: argparse.Namespace) -> set[str]:
     return chosen
 
 
+def pixel_surrogate_as_builtin(config: ProtectionConfig) -> ProtectionConfig:
+    """``--surrogate pixel``: the built-in pixel surrogate fitted on the data (``surrogate=None``, no revision)."""
+    from ..config import PIXEL_SURROGATE
+
+    if config.surrogate == PIXEL_SURROGATE:
+        return config.replace(surrogate=None, surrogate_revision=None)
+    return config
+
+
 def protect_config_from_args(args: argparse.Namespace) -> ProtectionConfig:
     """:func:`config_from_args` with the defaults of the config's ``config_version`` filled in.
 
@@ -82,15 +91,14 @@ def protect_config_from_args(args: argparse.Namespace) -> ProtectionConfig:
     fitted on the data (0.2's default); on a latent surrogate every field of
     ``config.LATENT_DEFAULTS_V2`` the user did not set takes its version-2 value (unless ``--preset`` or
     ``--objective`` chose a method). Version 1: exactly what 0.2 did (no surrogate = the pixel fit)."""
-    from ..config import PIXEL_SURROGATE, SHIPPED_SURROGATE, apply_version_defaults
+    from ..config import SHIPPED_SURROGATE, apply_version_defaults
     from ..models import surrogate_is_latent
 
     config = config_from_args(args)
     chosen = explicit_fields(args)
     if config.config_version >= 2 and "surrogate" not in chosen and config.surrogate is None:
         config = config.replace(surrogate=SHIPPED_SURROGATE)
-    if config.surrogate == PIXEL_SURROGATE:
-        config = config.replace(surrogate=None, surrogate_revision=None)
+    config = pixel_surrogate_as_builtin(config)
     latent = config.surrogate is not None and surrogate_is_latent(config.surrogate, config.surrogate_revision)
     return apply_version_defaults(config, latent, chosen)
 

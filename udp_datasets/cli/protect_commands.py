@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .config_flags import add_config_arguments, config_from_args, protect_config_from_args
+from .config_flags import (add_config_arguments, config_from_args, pixel_surrogate_as_builtin,
+                           protect_config_from_args)
 from .exit_codes import EXIT_OK, EXIT_QUARANTINED, exit_code
 
 DEFAULT_IMAGE_COLUMN = "image"
@@ -32,14 +33,11 @@ def cmd_protect(args: argparse.Namespace) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from ..config import PIXEL_SURROGATE
     from ..protector import Protector
     from ..sources import open_source
     from ..sources.hf import local_root
 
-    config = config_from_args(args)
-    if config.surrogate == PIXEL_SURROGATE:  # --surrogate pixel: the built-in pixel surrogate, as protect reads it
-        config = config.replace(surrogate=None, surrogate_revision=None)
+    config = pixel_surrogate_as_builtin(config_from_args(args))  # --surrogate pixel, as protect reads it
     ds = open_source(args.src, split=args.split)
     protector = Protector(config, image_column=args.image_column, image_root=local_root(args.src))
     result = protector.fit(ds, output_dir=args.out)
