@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..config import ProtectionConfig
+from ..config import ConfigError, ProtectionConfig
 from ..jobs.distributed import make_state
 from ..jobs.shard_job import BOOKKEEPING, run_shards
 from ..jobs.summary import JobSummary, format_summary
@@ -48,7 +48,18 @@ def launched_world_size() -> int:
 
 def drop_columns(args: Any) -> tuple[str, ...]:
     """``--drop-columns a,b`` as a tuple (other image columns to leave out of the output)."""
-    return tuple(c.strip() for c in (getattr(args, "drop_columns", None) or "").split(",") if c.strip())
+    return column_names(getattr(args, "drop_columns", None))
+
+
+def column_names(value: Any) -> tuple[str, ...]:
+    """Column names given as a list, or as one comma-separated string (``--drop-columns``, a pipeline's
+    ``drop_columns``)."""
+    if not value:
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"drop_columns={value!r}: expected a list of column names")
+    return tuple(str(v).strip() for v in items if str(v).strip())
 
 
 def run_cli(args: Any, config: ProtectionConfig, sign_key: bytes | None = None) -> int:

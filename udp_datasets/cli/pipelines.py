@@ -24,6 +24,7 @@ from ..sources.hf import SourceError, local_root, open_hf_source
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import discover_shards
 from .exit_codes import EXIT_USAGE, exit_code
+from .launch import column_names
 from .logs import configure_logging
 
 PIPELINE_KINDS = ("hf_dataset", "webdataset", "parquet")
@@ -59,16 +60,6 @@ def load_pipeline_config(path: str | os.PathLike, overrides: Sequence[str] = ())
         if not data.get(required):
             raise ConfigError(f"{path}: '{required}' is required")
     return data
-
-
-def _names(value: Any) -> tuple[str, ...]:
-    """``drop_columns``: a list, or one comma-separated string."""
-    if not value:
-        return ()
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise ConfigError(f"drop_columns={value!r}: expected a list of column names")
-    return tuple(str(v).strip() for v in items if str(v).strip())
 
 
 def build_parser(kind: str) -> argparse.ArgumentParser:
@@ -109,7 +100,7 @@ def run_pipeline(kind: str, argv: Sequence[str] | None = None) -> int:
                              image_extensions=extensions, rows_per_shard=int(settings.get("rows_per_shard") or 10_000),
                              split=settings.get("split"), state=state,
                              image_root=local_root(settings["source"]) if kind == "hf_dataset" else None,
-                             drop_columns=_names(settings.get("drop_columns")))
+                             drop_columns=column_names(settings.get("drop_columns")))
     except (ConfigError, SourceError, OutputExistsError, ImageError) as exc:
         print(f"{kind} pipeline: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
