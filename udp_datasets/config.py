@@ -35,9 +35,11 @@ A config mapping without ``config_version`` (every file and job record written b
 ``ProtectionConfig()`` in Python is 2."""
 
 LATENT_DEFAULTS_V2: dict[str, Any] = {"objective": "encoder", "encoder_target": "away", "random_start": True}
-"""The method of config version 2 on a latent surrogate: the fields it sets, over the dataclass defaults
-(for now the ``photoguard`` preset's fields; chosen by the few-shot study, docs/efficacy.md). The only
-place version 2's method is written: change this dict to change it."""
+"""The method of config version 2 on a latent surrogate: the fields it sets, over the dataclass defaults.
+Today the ``photoguard`` preset's fields, on the only positive measurement there is (METHOD.md's held-out
+check: PhotoGuard erased ~1.0 of a shape-defined subject at 8/255, min-min UDP no more than noise); this
+repository's own few-shot study has not yet passed its controls, so it has chosen nothing
+(docs/efficacy.md). The only place version 2's method is written: change this dict to change it."""
 
 SHIPPED_SURROGATE = "taef2"
 """The name of the latent pair shipped in the package (``--surrogate taef2``; ``bundled`` is an alias)."""
