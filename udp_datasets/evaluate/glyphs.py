@@ -95,10 +95,6 @@ def _mask(font: ImageFont.FreeTypeFont, char: str, stroke: int = 0) -> Image.Ima
     return img
 
 
-def _luminance(rgb: np.ndarray) -> float:
-    return float(rgb @ np.array([0.299, 0.587, 0.114]))
-
-
 def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Paper and ink (RGB in [0, 1]): a light background and a darker glyph, at least MIN_CONTRAST apart
     in grey level, each with a faint random tint. Why not free colours: with random saturated colours
