@@ -347,3 +347,23 @@ def test_goal_needs_two_seeds_to_claim_a_method_beats_noise():
     three = goal(3, 0.1)
     assert three["beats_noise_on_every_subject"] is True and "measured as effective" in verdict(three)
     assert goal(3, 0.9)["beats_noise_on_every_subject"] is False  # the difference is inside the spread
+
+
+def test_a_failed_victim_check_stops_before_any_victim_and_says_so(tmp_path, monkeypatch):
+    """Gate 1: a pretrained victim whose samples are too far from its corpus stops the study before the
+    controls; the report (grids without the never-shown row) says so on its first line."""
+    from udp_datasets.evaluate.experiments import fewshot_scores
+    from udp_datasets.evaluate.experiments.fewshot_scores import HARNESS_FAILED
+
+    monkeypatch.setattr(fewshot_scores, "VICTIM_QUALITY_FACTOR", 1e-9)
+    # FD needs 18+ images a side (16-dimensional space): a corpus of 40 and 20 victim samples
+    settings = replace(TINY, modes=("full",), purifications=(), sweep_levels=(), methods=("noise",), quality_samples=20,
+                       pretrain=replace(TINY.pretrain, corpus_count=40))
+    subjects = {"cat": bundled_subject("cat", settings.n_train, settings.n_heldout)}
+    report = fewshot.run_fewshot(tmp_path / "s", settings, subjects, bundled_corpus(settings.pretrain.corpus_count),
+                                 tmp_path / "cache", progress=False)
+    assert report["controls"]["victim_learned_corpus"] is False and report["controls"]["passed"] is False
+    assert report["stages"]["done"] == ["pretrained victim check (failed: stopped)"]
+    assert not (tmp_path / "s" / "victims").exists()
+    text = (tmp_path / "s" / "report.md").read_text()
+    assert HARNESS_FAILED in text.splitlines()[0].lower() and "stopped by a failed control" in text
