@@ -18,14 +18,14 @@ import numpy as np
 
 from ..metrics.subject import MIN_LIFT, artifact_score, erasure, lift
 from ..victims.fewshot import to_tensor
-from .fewshot_tasks import load_images
+from .fewshot_tasks import load_images, set_name
 
 GOAL_ERASURE = 0.8
 GOAL_ARTIFACTS = 2.0
 KEEP_AFTER_PURIFICATION = 0.5
 VICTIM_QUALITY_FACTOR = 10.0
 """The pretrained victim has learned its corpus when its samples' FD to corpus images is at most this
-many times the FD between two corpus splits (measured in the same feature space). A victim that never
+many times that of a corpus split through the victim's VAE (:func:`victim_reference_fd`; one feature space). A victim that never
 learned its domain (FD 130x a corpus split in issue 17's run) cannot show what fine-tuning learns."""
 POSITIVE_MIN = 0.8
 """The positive control (a plainly visible PhotoGuard push) must erase at least this much."""
@@ -188,11 +188,13 @@ class Scores:
             victim_ok = quality["samples_fd"] <= self.victim_factor() * victim_reference_fd(quality)
         per_subject = {}
         for subject in self.study.subjects:
-            pos = {lv: self.summary(subject, f"photoguard@{lv}", "full").get("erasure") for lv in s.control_levels}
+            pos = {lv: self.summary(subject, set_name("photoguard", lv, s.levels), "full").get("erasure")
+                   for lv in s.control_levels}
             sub = self.summary(subject, "substitute", "full").get("erasure")
             neg = self.summary(subject, "noise", "full").get("erasure")
+            learned = self.learned(subject, "full")
             per_subject[subject] = {
-                "learned": self.learned(subject, "full")["all_learned"] if self.learned(subject, "full")["seeds"] else None,
+                "learned": learned["all_learned"] if learned["seeds"] else None,
                 "positive": {str(lv): v for lv, v in pos.items()},
                 "positive_passed": None if any(v is None for v in pos.values()) else all(v >= POSITIVE_MIN for v in pos.values()),
                 "substitution": sub, "substitution_passed": None if sub is None else sub >= SUBSTITUTION_MIN,
