@@ -29,7 +29,7 @@ TINY_TRAIN = TrainRecipe(steps=3, learning_rate=1e-3, batch_size=4)
 TINY = fewshot.FewshotSettings(
     subjects=("cat",), methods=("noise", "photoguard", "udp"), seeds=(0,), modes=("full", "lora"),
     purifications=("jpeg75",), sweep_levels=(4,), full=TINY_TRAIN, lora=replace(TINY_TRAIN, lora_rank=2),
-    num_samples=4, sample_steps=2, quality_samples=8, n_train=4, n_heldout=4, workers=1,
+    num_samples=4, sample_steps=2, quality_samples=8, n_train=4, n_heldout=4, workers=1, judge_steps=5,
     pretrain=PretrainRecipe(corpus_count=24, victim=replace(TINY_TRAIN, batch_size=8),
                             surrogate=replace(TINY_TRAIN, batch_size=8)),
     protection=ProtectionConfig(steps=2, batch_size=8, fit_rounds=1, fit_surrogate_steps=2, fit_pgd_steps=1,

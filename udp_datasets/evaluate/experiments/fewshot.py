@@ -86,6 +86,8 @@ class FewshotSettings:
     n_heldout: int = 24
     size: int = 64
     """Image side: 64 (8 x 8 TAEF2 latents) or 128 (16 x 16)."""
+    judge_steps: int = 600
+    """Training steps of the CNN shape judge (class-balanced batches of 64)."""
     control_levels: tuple[int, ...] = (16, 32)
     """Budgets (8-bit levels) of the positive control, PhotoGuard's plainly visible push."""
     victim_check_factor: float | None = None

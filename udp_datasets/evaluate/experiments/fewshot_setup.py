@@ -132,7 +132,8 @@ def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
         return to_tensor(decode(vae, encode(vae, x)))
 
     key = {"subjects": sorted(subjects), "pretrained": str(study.pretrained), "corpus": len(corpus),
-           "data": data_hash([a for s in study.subjects.values() for a in (s.judge or s.train)]), "shape": needs_shape}
+           "data": data_hash([a for s in study.subjects.values() for a in (s.judge or s.train)]), "shape": needs_shape,
+           "judge_steps": study.settings.judge_steps}
     if path.exists():
         state = torch.load(path, weights_only=True)
         if json.loads(state["key"]) == key:
@@ -148,7 +149,7 @@ def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
     validation = {f"texture/{k}": v for k, v in validate_classifier(clf, val_corpus, heldout, round_trip).items()}
     shape = None
     if needs_shape:
-        shape = train_shape_judge(train_corpus, subjects, round_trip)
+        shape = train_shape_judge(train_corpus, subjects, round_trip, steps=study.settings.judge_steps)
         validation.update({f"shape/{k}": v for k, v in validate_classifier(shape, val_corpus, heldout, round_trip).items()})
     seconds = time.perf_counter() - start
     state = {"key": json.dumps(key), "classifier": clf.state(), "features": torch.from_numpy(features),
