@@ -318,14 +318,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from udp_datasets.cli.demo import DEMO_CONFIG
+    from udp_datasets.cli.demo import PIXEL_FIT_CONFIG
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="udp-bench-fit-"))
     t0 = time.perf_counter()
     # the schedule the demo had when these measurements were made (0.1: 8 rounds x 40 steps); the
     # demo now uses the cheaper rounds_4_steps_20 they justified
-    base = DEMO_CONFIG.replace(device="cpu", fit_rounds=8, fit_surrogate_steps=40)
+    base = PIXEL_FIT_CONFIG.replace(device="cpu", fit_rounds=8, fit_surrogate_steps=40)
     images = demo_images()
     result: dict[str, Any] = {"benchmark": "fit: cost per round and per image, scaling, cheaper schedules at equal "
                                            "measured effect, latent cache",

@@ -43,7 +43,6 @@ PIXEL_FIT_CONFIG = ProtectionConfig(resolution=32, fit_rounds=4, fit_surrogate_s
 """The demo of 0.2: the built-in pixel surrogate fitted min-min on the demo images (config version 1),
 measured not to protect (docs/efficacy.md). Fit 4 rounds x 20 steps: benchmarks/bench_fit.py measured the
 same surrogate gap and victim effect as 0.1's 8 x 40 at a third of the fit time (docs/performance.md)."""
-DEMO_CONFIG = PIXEL_FIT_CONFIG  # 0.2's name of it (benchmarks/bench_fit.py reads it)
 
 COLUMNS = ("clean", "protected", "perturbation x{amp}", "TAEF2 decode: clean", "TAEF2 decode: protected")
 
