@@ -214,10 +214,6 @@ class LatentNormalisation:
     def denormalise(self, z: torch.Tensor) -> torch.Tensor:
         return z / self._cast(self.scale, z) + self._cast(self.shift, z)
 
-    def to_dict(self) -> dict[str, Any]:
-        as_list = lambda v: v.flatten().tolist() if isinstance(v, torch.Tensor) else v  # noqa: E731
-        return {"per_channel": self.per_channel, "shift": as_list(self.shift), "scale": as_list(self.scale)}
-
 
 def latent_normalisation(vae_config: Any) -> LatentNormalisation:
     """The :class:`LatentNormalisation` a VAE config declares (per channel when it has ``latents_mean``

@@ -34,6 +34,7 @@ import torch
 from ...models.denoiser_training import (FEWSHOT_UNETS, LATENT_CHANNELS, LatentData, TrainRecipe,  # noqa: F401
                                          TrainState, build_unet, latent_statistics, lr_factor, noise_schedule,
                                          normalised_taef2, raw_latents, to_tensor, train_unet)
+from ...models.latent import latent_normalisation
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,6 @@ LORA_TARGETS = {
 resnet convolution; or every convolution and linear layer (resamplers, ``conv_in``, ``conv_out`` too)."""
 
 
-def normalisation(vae):
-    from ...models.latent import latent_normalisation
-
-    return latent_normalisation(vae.config)
-
-
 def to_uint8(x01: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8."""
     return x01.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -61,13 +56,13 @@ def to_uint8(x01: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def encode(vae, x01: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """Pixels in [0, 1] -> model-space latents ``(E(x) - shift) * scale``."""
-    return normalisation(vae).normalise(raw_latents(vae, x01, batch))
+    return latent_normalisation(vae.config).normalise(raw_latents(vae, x01, batch))
 
 
 @torch.no_grad()
 def decode(vae, z: torch.Tensor, batch: int = 64) -> np.ndarray:
     """Model-space latents -> (N, H, W, 3) uint8 images."""
-    norm = normalisation(vae)
+    norm = latent_normalisation(vae.config)
     out = [vae.decode(norm.denormalise(z[i:i + batch])).sample for i in range(0, z.shape[0], batch)]
     return to_uint8((torch.cat(out) + 1) / 2)
 
