@@ -42,7 +42,7 @@ from udp_datasets.images import PATH_ONLY_REASON, ImageError
 from udp_datasets.jobs.manifest import read_manifest
 from udp_datasets.jobs.shard_job import run_shards
 from udp_datasets.protector import FailedImage, ProtectedImage
-from udp_datasets.sources.parquet import read_image_path
+from udp_datasets.sources.paths import read_image_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -28,7 +28,7 @@ from udp_datasets.images import decode_png_pixels
 from udp_datasets.jobs.manifest import read_manifest
 from udp_datasets.jobs.shard_job import run_shards
 from udp_datasets.sources.keys import png_member_name, png_path, split_key
-from udp_datasets.sources.hf import SourceError
+from udp_datasets.sources.errors import SourceError
 from udp_datasets.sources.shards import discover_shards, looks_like_shards
 
 FLAGS = ["--resolution", "16", "--steps", "4", "--batch-size", "4"]

@@ -94,7 +94,7 @@ def load_image(value: Any, key: str | None = None, max_pixels: int = DEFAULT_MAX
     ``open_paths=False`` (data from elsewhere: the protector, verify) refuses a path-only
     entry or a path with :data:`PATH_ONLY_REASON` without looking at the path; the readers
     that may open a path inside data do it themselves, under a source's own folder
-    (:func:`udp_datasets.sources.parquet.read_image_path`).
+    (:func:`udp_datasets.sources.paths.read_image_path`).
     """
     data: bytes | None = None
     if isinstance(value, Image.Image):

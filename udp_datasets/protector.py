@@ -38,7 +38,7 @@ from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 from .models.devices import resolve_device
 from .models.runtime import Tuning, apply_tuning, autocast, grad_scale, resolve_tuning
 from .sources.columns import check_dataset, stored_image_column as stored_column
-from .sources.parquet import data_image_value, inline_path_entry
+from .sources.paths import data_image_value, inline_path_entry
 
 logger = logging.getLogger(__name__)
 

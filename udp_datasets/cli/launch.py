@@ -22,7 +22,8 @@ from ..jobs.distributed import make_state
 from ..jobs.shard_job import BOOKKEEPING, run_shards
 from ..jobs.summary import JobSummary, format_summary
 from ..sinks.lock import destination_lock
-from ..sources.hf import SourceError, local_root
+from ..sources.errors import SourceError
+from ..sources.paths import local_root
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import looks_like_shards
 from .exit_codes import EXIT_FAILED, EXIT_USAGE, exit_code

@@ -20,7 +20,9 @@ from ..jobs.distributed import make_state
 from ..jobs.shard_job import run_shards
 from ..jobs.summary import format_summary
 from ..sinks.atomic import OutputExistsError
-from ..sources.hf import SourceError, local_root, open_hf_source
+from ..sources.errors import SourceError
+from ..sources.hf import open_hf_source
+from ..sources.paths import local_root
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import discover_shards
 from .exit_codes import EXIT_USAGE, exit_code

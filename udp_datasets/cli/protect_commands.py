@@ -35,7 +35,7 @@ def cmd_protect(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from ..protector import Protector
     from ..sources import open_source
-    from ..sources.hf import local_root
+    from ..sources.paths import local_root
 
     config = pixel_surrogate_as_builtin(config_from_args(args))  # --surrogate pixel, as protect reads it
     ds = open_source(args.src, split=args.split)

@@ -34,7 +34,9 @@ from ..sinks.lock import destination_lock
 from ..sources import open_source
 from ..sources.columns import check_dataset
 from ..sources.folder_images import skipped_images
-from ..sources.hf import SourceError, is_saved_dataset, local_root
+from ..sources.errors import SourceError
+from ..sources.hf import is_saved_dataset
+from ..sources.paths import local_root
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE
 from .manifest import manifest_digest, manifest_table, write_manifest
 from .signing import sign_record

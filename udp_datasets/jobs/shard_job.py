@@ -83,7 +83,7 @@ from ..protector import FailedImage, ProtectedImage, Protector
 from ..sinks.atomic import (OutputExistsError, atomic_directory, atomic_file, is_temp_name, remove_path,
                             write_bytes_atomic, write_json_atomic)
 from ..sinks.lock import destination_lock
-from ..sources.hf import SourceError
+from ..sources.errors import SourceError
 from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import discover_shards
 from ..sources.tar import ShardReadError

@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from ..sources.hf import SourceError
+from ..sources.errors import SourceError
 from ..sources.keys import MANIFEST_FILE, RECORD_FILE, is_hidden
 from ..sources.layouts import Layout, detect_layout, iter_source_images
 from ..jobs.signing import signature_problem

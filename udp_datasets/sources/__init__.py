@@ -7,6 +7,7 @@
 - ``bundled``: the real pictures that ship with the package (demo, tests, evaluation).
 """
 
-from .hf import SourceError, open_source
+from .errors import SourceError
+from .hf import open_source
 
 __all__ = ["SourceError", "open_source"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
-from .hf import SourceError
+from .errors import SourceError
 from .keys import image_format
 
 DROP_ADVICE = "drop them with --drop-columns {names} (Python: drop_columns=[...] or ds.remove_columns)"

@@ -7,28 +7,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import SourceError
 from .keys import RECORD_FILE
 
 logger = logging.getLogger(__name__)
 
 
-class SourceError(ValueError):
-    """SRC cannot be opened as a dataset, with the reason and the fix."""
-
-
 def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").exists() or (path / "state.json").exists() or (
         path / "dataset_dict.json").exists()
-
-
-def local_root(src: Any) -> Path | None:
-    """The folder of a local SRC (an image folder, a ``save_to_disk`` folder): the only place its
-    path-only image entries may be read from. None for Hub ids, shards, URLs and ``Dataset`` objects,
-    whose images come from their bytes only."""
-    if not isinstance(src, (str, os.PathLike)):
-        return None
-    path = Path(src).expanduser()
-    return path.resolve() if path.is_dir() else None
 
 
 def stored_column(batch: Any, column: str) -> list[Any]:

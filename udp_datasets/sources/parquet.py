@@ -6,23 +6,19 @@ group (pyarrow), so a shard is never loaded whole. An image column is a struct o
 :func:`find_image_column` says which column it is and :func:`image_entries` gives the
 bytes of each row.
 
-A path inside data (``{"bytes": null, "path": ...}``) is opened in one place,
-:func:`read_image_path`, and only under the ``root`` folder of a *local* source (an image
-folder or a ``save_to_disk`` folder, whose ``datasets`` storage names its files by path).
-Shards, remote and Hub data have no root: their images come from their bytes only, so a
-hostile shard cannot make the tool read, protect and publish a file from the local disk.
+A path inside data (``{"bytes": null, "path": ...}``) is opened only as the path rule
+(:mod:`udp_datasets.sources.paths`) allows: under the ``root`` folder of a local source.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..images import PATH_ONLY_REASON, ImageError
 
-from .hf import SourceError
+from .errors import SourceError
+from .paths import read_image_path
 from .remote import is_url, local_path
 
 
@@ -93,65 +89,6 @@ def image_entries(column: Any, *, root: str | os.PathLike | None = None, missing
     return [(value if value is not None else
              (read_image_path(path, root=root, missing_ok=missing_ok) if path else None), path)
             for value, path in zip(values, paths)]
-
-
-def read_image_path(path: str | os.PathLike, *, root: str | os.PathLike | None = None,
-                    missing_ok: bool) -> bytes | None:
-    """The bytes of an image that the data names by a path only (``bytes: null``).
-
-    The one place where a path found *inside* data is opened, and only when ``root`` (the
-    folder of a local source) is given and the path, symbolic links resolved, lies inside it
-    (a relative path is taken relative to ``root``; ``..`` cannot leave it). Anything else is
-    refused without touching the path, so the outcome says nothing of whether it exists.
-    ``missing_ok``: a refused or unreadable path gives None instead of raising
-    :class:`~udp_datasets.images.ImageError` (refused) or ``OSError`` (unreadable).
-    """
-    target = inside_root(path, root)
-    if target is None:
-        if missing_ok:
-            return None
-        raise ImageError(PATH_ONLY_REASON, str(path))
-    try:
-        return target.read_bytes()
-    except OSError:
-        if missing_ok:
-            return None
-        raise
-
-
-def inside_root(path: str | os.PathLike, root: str | os.PathLike | None) -> Path | None:
-    """``path`` resolved (relative paths from ``root``) when it lies inside ``root``, else None."""
-    if root is None or not str(path):
-        return None
-    base = Path(root).expanduser().resolve()
-    target = (base / Path(path).expanduser()).resolve()  # an absolute path replaces base
-    return target if target == base or base in target.parents else None
-
-
-def inline_path_entry(value: Any, root: str | os.PathLike | None) -> Any:
-    """A data value with the file it names read in, where that is allowed: a path-only entry
-    ``{"bytes": None, "path": P}`` or a plain path string becomes ``{"bytes": ..., "path": P}``
-    when P is a readable file inside ``root``; otherwise it is returned as a path-only entry,
-    which :func:`~udp_datasets.images.load_image` (``open_paths=False``) refuses. Other values
-    (bytes, arrays, images, entries with bytes) are returned as they are."""
-    if isinstance(value, (str, os.PathLike)):
-        value = {"bytes": None, "path": os.fspath(value)}
-    if isinstance(value, dict) and value.get("bytes") is None and value.get("path"):
-        data = read_image_path(value["path"], root=root, missing_ok=True)
-        if data is not None:
-            return {**value, "bytes": data}
-    return value
-
-
-def data_image_value(value: Any, root: str | os.PathLike | None) -> Any:
-    """A value of an image column of *data* (``ds.map(protector)``, a shard), made safe to decode:
-    :func:`inline_path_entry` for entries and path strings, and an image that ``datasets``' decoder
-    already opened from a local file (a PIL image with a ``filename``) kept only when that file is
-    inside ``root``, else turned back into the path-only entry it came from (refused unread)."""
-    filename = getattr(value, "filename", None) if not isinstance(value, (str, bytes, dict)) else None
-    if isinstance(filename, str) and filename:
-        return value if inside_root(filename, root) is not None else {"bytes": None, "path": filename}
-    return inline_path_entry(value, root)
 
 
 def iter_parquet_images(url: str, preferred_column: str | None = None, *, root: str | os.PathLike | None = None

@@ -11,7 +11,7 @@ import re
 from pathlib import PurePosixPath
 from urllib.parse import urlparse
 
-from .hf import SourceError
+from .errors import SourceError
 
 
 def is_url(src: str) -> bool:

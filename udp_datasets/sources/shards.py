@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .hf import SourceError, is_saved_dataset
+from .errors import SourceError
+from .hf import is_saved_dataset
 from .keys import COMPRESSED_TAR_SUFFIXES, SHARD_SUFFIXES, ShardKind, is_image_name, shard_kind
 from .parquet import find_image_column, iter_parquet_batches, open_parquet
 from .remote import is_url, local_path, open_binary, url_basename
