@@ -29,6 +29,7 @@ from ..config import ProtectionConfig
 from .objectives import ProtectionObjective
 from .pgd import pgd, sample_generator
 from ..models.base import Surrogate
+from ..models.denoiser_training import run_steps
 
 logger = logging.getLogger(__name__)
 
@@ -98,20 +99,15 @@ def _batch_loss(surrogate: Surrogate, data: torch.Tensor, batch_size: int, gen: 
 def _train_steps(surrogate: Surrogate, optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter],
                  data: torch.Tensor, steps: int, batch_size: int, gen: torch.Generator,
                  prompts: Sequence[str] | None = None) -> float:
-    """Plain DDPM training steps (uniform t, epsilon loss), as a victim would train."""
+    """Plain DDPM training steps (uniform t, epsilon loss), as a victim would train (the one loop,
+    :func:`~udp_datasets.models.denoiser_training.run_steps`); the mean loss."""
     unet = surrogate.unet
     unet.train()
     for p in params:
         p.requires_grad_(True)
-    losses = []
     cache = LatentCache(surrogate, data) if surrogate.kind == "latent" else None  # encode each image once a round
-    for _ in range(steps):
-        loss = _batch_loss(surrogate, data, batch_size, gen, prompts, cache)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        losses.append(loss.item())
+    losses = run_steps(range(steps), lambda _: _batch_loss(surrogate, data, batch_size, gen, prompts, cache),
+                       optimizer, params)
     surrogate.freeze()
     return float(np.mean(losses)) if losses else float("nan")
 

@@ -1,8 +1,19 @@
-"""One training loop for latent denoisers: a ``UNet2DModel`` on the model-space latents of a tiny VAE.
+"""The one training loop for denoisers, and the latent UNets of the few-shot study and of ``pretrain``.
 
-Used by the few-shot study (pretraining and fine-tuning its victims and surrogate,
-``evaluate/victims/fewshot.py`` re-exports everything here) and by ``udp-datasets pretrain``
-(:mod:`.pair_pretraining`), so a pair trained by a user and the study's pairs come from the same code:
+:func:`run_steps` is the optimisation loop every denoiser training runs through: the surrogate's
+fit (``method/fit.py``), the pixel and latent victims (``evaluate/victims/pixel.py``), the Stable
+Diffusion LoRA victims (``evaluate/victims/sd_lora_training.py``), the evaluation's stand-in VAE
+(``evaluate/victims/autoencoder.py``) and :func:`train_unet`. What differs between them is passed in
+(the loss of a step, the optimizer, a learning-rate rule or scheduler, an ``accelerate`` accelerator,
+a callback after each step), not restated: each caller keeps its own batches, optimizer and
+schedule, so every one of them trains to the same weights, bit for bit, as before the loops were
+folded into one.
+
+:func:`train_unet` is the recipe-driven run (:class:`TrainRecipe`: steps, learning rate, batch, warm-up,
+cosine, EMA, LoRA) of a ``UNet2DModel`` on the model-space latents of a tiny VAE. Used by the few-shot
+study (pretraining and fine-tuning its victims and surrogate, ``evaluate/victims/fewshot.py`` re-exports
+everything here) and by ``udp-datasets pretrain`` (:mod:`.pair_pretraining`), so a pair trained by a
+user and the study's pairs come from the same code:
 
 - Stable Diffusion's scaled-linear noise schedule (1000 steps), epsilon prediction;
 - horizontal flips: the latents of the mirrored images are encoded once beside the originals (a
@@ -20,8 +31,9 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -178,12 +190,61 @@ def _state(step: int, unet: torch.nn.Module, optimizer: torch.optim.Optimizer, g
                       ema=clone(ema.state_dict()) if ema is not None else None)
 
 
+def epsilon_loss(unet: torch.nn.Module, scheduler: Any, x0: torch.Tensor, noise: torch.Tensor,
+                 t: torch.Tensor) -> torch.Tensor:
+    """MSE between ``noise`` and the UNet's prediction of it from ``x0`` noised to ``t`` (epsilon prediction)."""
+    return torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+
+
+def run_steps(steps: Iterable[int], loss_at: Callable[[int], torch.Tensor], optimizer: torch.optim.Optimizer,
+              params: Sequence[torch.nn.Parameter], *, max_grad_norm: float | None = 1.0,
+              lr_at: Callable[[int], float] | None = None, schedule: Any = None, accelerator: Any = None,
+              accumulate: torch.nn.Module | None = None,
+              after_step: Callable[[int, list[float]], None] | None = None,
+              losses: list[float] | None = None) -> list[float]:
+    """The one optimisation loop: for each of ``steps``, ``loss_at(step)``, backward, clip, step; the losses.
+
+    - ``lr_at``: the learning rate of ``step``, set on every parameter group before it; ``schedule``:
+      a torch LR scheduler, stepped after the optimizer (diffusers' schedules).
+    - ``max_grad_norm``: clip the gradient norm of ``params`` (``None``: no clipping).
+    - ``accelerator``: its ``backward`` and ``clip_grad_norm_`` are used (mixed precision, gradient
+      accumulation), and clipping waits for the steps that synchronise gradients; with ``accumulate``
+      (the trained model) each step runs inside ``accelerator.accumulate``.
+    - ``after_step(step, losses)``: EMA, checkpoints, progress, after the step's loss is appended.
+    - ``losses``: the losses of the steps before (a resumed run), extended in place.
+
+    The gradients are cleared before the first step and after every optimizer step (so an accumulating
+    accelerator keeps its micro-batches' gradients until it steps).
+    """
+    losses = [] if losses is None else losses
+    backward = accelerator.backward if accelerator is not None else torch.Tensor.backward
+    clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
+    optimizer.zero_grad(set_to_none=True)
+    for step in steps:
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+        with accelerator.accumulate(accumulate) if accumulate is not None else nullcontext():
+            loss = loss_at(step)
+            backward(loss)
+            if max_grad_norm is not None and (accelerator is None or accelerator.sync_gradients):
+                clip(params, max_grad_norm)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if after_step is not None:
+            after_step(step, losses)
+    return losses
+
+
 def train_unet(unet: torch.nn.Module, data: LatentData, recipe: TrainRecipe, seed: int,
                params: list[torch.nn.Parameter] | None = None, desc: str | None = None,
                checkpoints: Sequence[int] = (), resume: TrainState | None = None, save_every: int = 0,
                on_save: Callable[[TrainState], None] | None = None,
                ) -> tuple[torch.nn.Module, list[float], dict[int, dict]]:
-    """Epsilon-prediction training of ``unet`` in place; every random draw comes from ``seed``.
+    """Epsilon-prediction training of ``unet`` in place (:func:`run_steps`); every random draw comes from ``seed``.
 
     Returns (the model to sample: the EMA copy or ``unet``, the loss per step, {step: state dict}
     for ``checkpoints``). ``params`` default to every parameter that requires a gradient.
@@ -203,31 +264,30 @@ def train_unet(unet: torch.nn.Module, data: LatentData, recipe: TrainRecipe, see
         if ema is not None and resume.ema is not None:
             ema.load_state_dict(resume.ema)
         losses, first = list(resume.losses), resume.step + 1
-    unet.train()
-    bar = tqdm(range(first, recipe.steps + 1), desc=desc, disable=desc is None, mininterval=5,
-               initial=first - 1, total=recipe.steps)
-    for step in bar:
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = torch.randint(0, data.z.shape[0], (recipe.batch_size,), generator=gen)
         flip = torch.rand(recipe.batch_size, generator=gen) < 0.5
         z0 = torch.where(flip.view(-1, 1, 1, 1), data.z_flip[idx], data.z[idx])
         t = torch.randint(0, scheduler.config.num_train_timesteps, (recipe.batch_size,), generator=gen)
         noise = torch.randn(z0.shape, generator=gen)
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.learning_rate * lr_factor(step, recipe)
-        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(z0, noise, t), t).sample, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        return epsilon_loss(unet, scheduler, z0, noise, t)
+
+    def after_step(step: int, losses: list[float]) -> None:
         if ema is not None:
             decay = min(recipe.ema, (1 + step) / (10 + step))
             with torch.no_grad():
                 for pe, p in zip(ema.parameters(), unet.parameters()):
                     pe.lerp_(p, 1 - decay)
-        losses.append(float(loss.detach()))
         if step in checkpoints:
             saved[step] = {k: v.detach().clone() for k, v in unet.state_dict().items()}
         if save_every and on_save is not None and (step % save_every == 0 or step == recipe.steps):
             on_save(_state(step, unet, optimizer, gen, losses, ema))
+
+    unet.train()
+    bar = tqdm(range(first, recipe.steps + 1), desc=desc, disable=desc is None, mininterval=5,
+               initial=first - 1, total=recipe.steps)
+    losses = run_steps(bar, loss_at, optimizer, params, after_step=after_step, losses=losses,
+                       lr_at=lambda step: recipe.learning_rate * lr_factor(step, recipe))
     unet.eval()
     return (ema if ema is not None else unet).eval(), losses, saved

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...models.denoiser_training import run_steps
 from ...models.devices import resolve_device
 from ..metrics.arrays import hwc_to_nchw
 from ..metrics.fidelity import psnr
@@ -154,9 +155,10 @@ def train_autoencoder(images: Sequence[np.ndarray], config: AutoencoderConfig, o
     optimizer = torch.optim.AdamW(vae.parameters(), lr=config.learning_rate, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.train_steps)
     gen = torch.Generator().manual_seed(config.seed)
-    losses: list[float] = []
+    losses: list[float] = []  # per-pixel L1 on [-1, 1], readable (the optimised loss adds the KL term)
     bar = tqdm(range(config.train_steps), desc="train autoencoder", disable=not progress, mininterval=2)
-    for _ in bar:
+
+    def loss_at(_: int) -> torch.Tensor:
         idx = torch.randint(0, data.shape[0], (config.batch_size,), generator=gen)
         x = data[idx]
         if config.random_flip:
@@ -168,14 +170,15 @@ def train_autoencoder(images: Sequence[np.ndarray], config: AutoencoderConfig, o
         recon = vae.decode(z).sample
         # SD's recipe: L1 summed over each image's pixels, mean over the batch, + kl_weight * KL
         rec = (recon - x).abs().flatten(1).sum(1).mean()
-        loss = rec + config.kl_weight * posterior.kl().mean()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(float(rec.item()) / x[0].numel())  # per-pixel L1 on [-1, 1], readable
+        losses.append(float(rec.item()) / x[0].numel())
+        return rec + config.kl_weight * posterior.kl().mean()
+
+    def after_step(_: int, __: list[float]) -> None:
         if len(losses) % 50 == 0:
             bar.set_postfix(l1=f"{np.mean(losses[-50:]):.4f}")
+
+    run_steps(bar, loss_at, optimizer, list(vae.parameters()), max_grad_norm=None, schedule=schedule,
+              after_step=after_step)
     vae.eval()
     vae.requires_grad_(False)
     scale = latent_scaling_factor(vae, data, seed=config.seed)

@@ -9,8 +9,9 @@ difference between them is the data.
 The default architecture deliberately differs from every built-in *surrogate*:
 a protection that only fools its own surrogate is not a protection.
 
-:func:`train_denoiser` and :func:`sample_tensors` are the one DDPM training loop and DDIM
-sampler; the latent victims (:mod:`.latent`) feed them latents instead of pixels.
+:func:`train_denoiser` (over the one training loop, :func:`~udp_datasets.models.denoiser_training.run_steps`)
+and :func:`sample_tensors` are the victims' DDPM training and DDIM sampler; the latent victims
+(:mod:`.latent`) feed them latents instead of pixels.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...models.denoiser_training import epsilon_loss, run_steps
 from ...models.devices import resolve_device
 from ..data import Images
 
@@ -209,7 +211,8 @@ class _Batches:
 
 def _fit_denoiser(accelerator: Any, model: torch.nn.Module, scheduler: Any, config: VictimConfig, desc: str,
                   progress: bool, batches: _Batches) -> tuple[torch.nn.Module, list[float]]:
-    """AdamW + cosine warm-up + optional EMA on the epsilon loss; the trained (EMA) UNet and its losses."""
+    """AdamW + cosine warm-up + optional EMA on the epsilon loss, through the one training loop
+    (:func:`~udp_datasets.models.denoiser_training.run_steps`); the trained (EMA) UNet and its losses."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
@@ -222,23 +225,21 @@ def _fit_denoiser(accelerator: Any, model: torch.nn.Module, scheduler: Any, conf
     if ema is not None:
         ema.to(accelerator.device)
     gen = torch.Generator().manual_seed(config.seed)
-    losses: list[float] = []
     bar = tqdm(range(config.train_steps), desc=f"train {desc}", disable=not progress, mininterval=2)
-    model.train()
-    for _ in bar:
+
+    def loss_at(_: int) -> torch.Tensor:
         x0, noise, t = (v.to(accelerator.device) for v in batches.draw(gen, num_train_timesteps))
-        noisy = scheduler.add_noise(x0, noise, t)
-        loss = torch.nn.functional.mse_loss(model(noisy, t).sample, noise)
-        accelerator.backward(loss)
-        accelerator.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        return epsilon_loss(model, scheduler, x0, noise, t)
+
+    def after_step(_: int, losses: list[float]) -> None:
         if ema is not None:
             ema.step(accelerator.unwrap_model(model).parameters())
-        losses.append(loss.item())
         if len(losses) % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+
+    model.train()
+    losses = run_steps(bar, loss_at, optimizer, list(model.parameters()), schedule=lr_schedule,
+                       accelerator=accelerator, after_step=after_step)
     unet = accelerator.unwrap_model(model)
     if ema is not None:
         ema.copy_to(unet.parameters())

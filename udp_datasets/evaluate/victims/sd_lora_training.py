@@ -2,7 +2,7 @@
 
 Frozen VAE and CLIP text encoder, LoRA on the UNet attention projections (:func:`.sd_lora.add_lora`),
 AdamW, epsilon / v-prediction loss, accelerate with optional mixed precision and gradient
-checkpointing. All randomness comes from one seeded generator, so a clean-trained and a
+checkpointing, through the one training loop (:func:`~udp_datasets.models.denoiser_training.run_steps`). All randomness comes from one seeded generator, so a clean-trained and a
 protected-trained victim draw the same timesteps and noise at every step.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...models.denoiser_training import run_steps
 from ...models.devices import resolve_device
 from .sd_lora import (DreamBoothError, DreamBoothSettings, LoraVictimResult, add_lora, load_components, peak_memory,
                       reset_peak_memory, resize_shorter_side, resolve_precision, save_lora)
@@ -163,31 +164,30 @@ def _fit(accelerator: Any, run: _LoraRun, images: Sequence[np.ndarray], settings
     resized = [to_unit_range(resize_shorter_side(a, settings.resolution)) for a in images]
     gen = torch.Generator().manual_seed(settings.seed)
     order: list[int] = []
-    losses: list[float] = []
-    run.unet.train()
-    micro_steps = settings.train_steps * settings.gradient_accumulation_steps
-    bar = tqdm(total=settings.train_steps, desc=f"LoRA {desc}", disable=not progress, mininterval=2)
-    step_losses: list[float] = []
-    for _ in range(micro_steps):
+    losses: list[float] = []  # one per optimiser step: the mean of its micro-batches' losses
+    synced = [0]  # micro-batches up to the last optimiser step
+
+    def loss_at(_: int) -> torch.Tensor:
+        nonlocal order
         while len(order) < settings.batch_size:  # shuffled epochs, as a DataLoader(shuffle=True) would
             order += torch.randperm(len(resized), generator=gen).tolist()
         batch_idx, order = order[:settings.batch_size], order[settings.batch_size:]
         pixels = torch.stack([crop(resized[i], settings, gen) for i in batch_idx])
-        with accelerator.accumulate(run.unet):
-            loss = _denoising_loss(run, pixels.to(accelerator.device, dtype=run.weight_dtype), gen)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(run.lora_params, settings.max_grad_norm)
-            run.optimizer.step()
-            run.lr_schedule.step()
-            run.optimizer.zero_grad(set_to_none=True)
-        step_losses.append(loss.item())
+        return _denoising_loss(run, pixels.to(accelerator.device, dtype=run.weight_dtype), gen)
+
+    def after_step(_: int, micro_losses: list[float]) -> None:
         if accelerator.sync_gradients:
-            losses.append(float(np.mean(step_losses)))
-            step_losses = []
+            losses.append(float(np.mean(micro_losses[synced[0]:])))
+            synced[0] = len(micro_losses)
             bar.update(1)
             if len(losses) % 25 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
+
+    run.unet.train()
+    bar = tqdm(total=settings.train_steps, desc=f"LoRA {desc}", disable=not progress, mininterval=2)
+    run_steps(range(settings.train_steps * settings.gradient_accumulation_steps), loss_at, run.optimizer,
+              run.lora_params, max_grad_norm=settings.max_grad_norm, schedule=run.lr_schedule,
+              accelerator=accelerator, accumulate=run.unet, after_step=after_step)
     bar.close()
     return losses
 
