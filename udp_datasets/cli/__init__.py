@@ -1,6 +1,6 @@
-"""The ``udp-datasets`` command line: argument parsing, launching and ready pipelines.
+"""The ``udp-datasets`` command line: the only place that parses arguments or configures logging.
 
-Only this folder parses arguments or configures logging; everything below it is a library.
+Its level, and so what it may import: ``layout.toml`` at the repository root.
 """
 
 from .app import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, main

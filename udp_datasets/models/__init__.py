@@ -1,7 +1,6 @@
 """Surrogate diffusion models the perturbation is optimised against.
 
-``base`` (the interface and safetensors rules) < ``pixel`` and ``latent`` (the kinds) <
-``loader`` (one entry point that picks the kind). Nothing here knows of datasets or the CLI.
+Its level, and so what it may import: ``layout.toml`` at the repository root.
 """
 
 from .base import EXTRAS_FILE, Surrogate, SurrogateError, SurrogateRef, weights_sha256

@@ -1,8 +1,6 @@
 """Writers: put protected data on disk without ever leaving half a result.
 
-``atomic`` is the one temp-then-rename helper (files and folders); ``folders`` writes a
-protected ``Dataset`` (``save_to_disk``, PNG image folder); ``tar_writer`` and
-``parquet_writer`` write shard files whose bytes depend only on input and config.
+Its level, and so what it may import: ``layout.toml`` at the repository root.
 """
 
 from .atomic import OutputExistsError, OutputWriteError, atomic_directory, atomic_file

@@ -1,10 +1,6 @@
 """Readers: every way the package reads images, and nothing that writes.
 
-- ``keys``: the one list of image extensions, shard suffixes, WebDataset key rules and data-file names;
-- ``hf``: a user's SRC (image folder, ``save_to_disk`` folder, Hub id) as a ``datasets`` split;
-- ``shards``: which tar / Parquet shards SRC names; ``tar`` and ``parquet`` read them, ``remote`` opens URLs;
-- ``layouts``: the images of a dataset folder in any layout a job writes (what ``verify`` re-reads);
-- ``bundled``: the real pictures that ship with the package (demo, tests, evaluation).
+Its level, and so what it may import: ``layout.toml`` at the repository root.
 """
 
 from .errors import SourceError
