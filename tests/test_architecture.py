@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "layout.toml").is_file())
 PACKAGE = REPO / "udp_datasets"
 LAYOUT_FILE = REPO / "layout.toml"
 README = REPO / "README.md"
@@ -346,6 +346,19 @@ def test_checker_sees_the_issue_loop_through_the_package_root(tmp_path):
     assert root_importers(graph) == ["pkg.jobs.summary -> pkg"]
     assert find_cycles(graph) == ["pkg -> pkg.publish.hub -> pkg.jobs.manifest -> pkg.jobs.summary -> pkg"]
     assert level_violations(graph, {"jobs": 5, "publish": 6}) == []  # the levels alone cannot see it
+
+
+def test_checker_reads_import_module_strings(tmp_path):
+    pkg = _tree(tmp_path, {
+        "pkg/a/x.py": """
+            import importlib
+
+            def load():
+                return importlib.import_module(".y", __package__), __import__("pkg.b.z"), importlib.import_module(name)
+            """,
+        "pkg/a/y.py": "", "pkg/b/z.py": "",
+    })
+    assert import_graph(pkg)["pkg.a.x"] == {"pkg.a.y", "pkg.b", "pkg.b.z"}
 
 
 def test_checker_allows_a_package_init_importing_its_own_modules(tmp_path):
