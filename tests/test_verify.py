@@ -48,15 +48,15 @@ def protected(kind: str, base: Path, photos, faces, surrogate: str) -> tuple[Pat
     from conftest import TINY
 
     from udp_datasets.jobs.dataset_job import protect_dataset
+    from udp_datasets.jobs.shard_job import run_shards
 
     source = make_source(base / "udp-source", photos, faces)
     config = TINY.replace(surrogate=surrogate, steps=4)
     if kind == "webdataset":
-        runner = pytest.importorskip("udp_datasets.runner")
         tar_source = base / "udp-source-tars"
         if kind not in _CACHE:
             make_tar_source(source, tar_source)
-            runner.run_shards(str(tar_source), base / "udp-protected-webdataset", config)
+            run_shards(str(tar_source), base / "udp-protected-webdataset", config)
             _CACHE[kind] = base / "udp-protected-webdataset"
         return tar_source, _CACHE[kind]
     if kind not in _CACHE:

@@ -6,7 +6,6 @@
     protected = ds.map(protector, batched=True, batch_size=32)
 """
 
-from . import compat
 from .config import ConfigError, ProtectionConfig, parse_epsilon
 from .images import ImageError
 from .method.pgd import BudgetError
@@ -15,13 +14,11 @@ from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
 
 __version__ = "0.2.0"
 
-compat.install()  # old module paths (udp_datasets.runner, ...) keep working for one release
-
 
 def __getattr__(name: str):
     """``udp_datasets.publish`` without importing the Hub client at start-up.
 
-    (Remote verification is ``udp_datasets.hub.verify``: ``udp_datasets.verify`` is the module.)
+    (Remote verification is ``udp_datasets.publish.hub.verify``.)
     """
     if name == "publish":
         from .publish import hub
