@@ -291,14 +291,3 @@ def test_one_summary_type_and_one_exit_code_mapping():
         assert exit_code(summary, allow_errors=False, report_quarantine=False) == EXIT_OK
     failed = JobSummary(**base, shards=2, shards_failed=[{"shard": "a.tar", "reason": "unreadable"}])
     assert exit_code(failed, allow_errors=True) == EXIT_FAILED
-
-
-def test_old_runner_path_serves_every_moved_name():
-    sys.modules.pop("udp_datasets.runner", None)
-    with pytest.warns(DeprecationWarning, match="udp_datasets.runner moved"):
-        import udp_datasets.runner  # noqa: F401 - the import is what is tested
-    from udp_datasets.runner import (EXIT_QUARANTINED as OLD_EXIT, ShardJobSummary, format_shard_summary,  # noqa: F401
-                                     launch_command as old_launch, open_hf_source, run_pipeline as old_pipeline,
-                                     run_shards as old_run, dataset_units, make_state, wants_runner)
-
-    assert (old_run, old_launch, old_pipeline, OLD_EXIT) == (run_shards, launch_command, run_pipeline, EXIT_QUARANTINED)
