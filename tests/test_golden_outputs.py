@@ -58,7 +58,7 @@ def _tar(path: Path, images: list[np.ndarray]) -> None:
 
 def _outputs(tmp: Path) -> dict[str, object]:
     from udp_datasets.cli.app import main
-    from udp_datasets.jobs.manifest import read_manifest
+    from udp_datasets.records.manifest import read_manifest
     from udp_datasets.jobs.shard_job import run_shards
 
     photos = photo_crops(32, per_photo=1)[:6]

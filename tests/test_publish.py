@@ -24,7 +24,7 @@ import yaml
 
 from hub_server import LocalHub, local_hub, run_client  # noqa: F401  (local_hub is a fixture)
 from test_verify import decode, png_bytes, protected
-from udp_datasets.jobs.manifest import read_manifest
+from udp_datasets.records.manifest import read_manifest
 
 
 @pytest.fixture()

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from udp_datasets.cli.app import main
-from udp_datasets.jobs.manifest import read_manifest, write_manifest
+from udp_datasets.records.manifest import read_manifest, write_manifest
 from udp_datasets.publish.verify import verify_directory
-from udp_datasets.sources.layouts import detect_layout
+from udp_datasets.formats.layouts import detect_layout
 
 _CACHE: dict[str, Path] = {}
 
@@ -249,9 +249,9 @@ def test_readers_skip_what_is_not_a_sample_image_and_read_path_only_entries_only
     ``path`` (None when that file is gone)."""
     import pyarrow as pa
 
-    from udp_datasets.sources.layouts import iter_source_images
+    from udp_datasets.formats.layouts import iter_source_images
     from udp_datasets.sources.parquet import iter_parquet_images
-    from udp_datasets.sources.tar import iter_tar_images
+    from udp_datasets.formats.webdataset import iter_tar_images
 
     shard = tmp_path / "tars" / "shard-0.tar"
     shard.parent.mkdir()
@@ -295,3 +295,53 @@ def test_verify_accepts_a_job_made_under_config_version_1(copy_of):
     report = verify_directory(out)
     assert report.ok, report.format()
     assert report.config_hash == new_hash
+
+
+def _record_like(written: dict, *, udp_version: str, config_version: bool, digest: str | None) -> dict:
+    """``written`` (a job record of this version) as another writer would have left it."""
+    config = {k: v for k, v in written["config"].items()
+              if config_version or k not in ("config_version", "encoder_reduction")}
+    record = dict(written, config=config, versions={**written["versions"], "udp_datasets": udp_version})
+    if digest is None:
+        record.pop("manifest_sha256")
+    else:
+        record["manifest_sha256"] = digest
+    return record
+
+
+WARNING_0_2 = "no manifest digest (written by 0.2.x): pixel hashes checked, manifest integrity not provable"
+
+
+def test_verify_accepts_a_0_2_record_without_a_digest_with_a_warning(copy_of, capsys):
+    """Issue 18 against issue 20: 0.2 wrote no manifest_sha256 (nor config_version; its versions
+    name 0.2.x). Such a job still verifies, saying the manifest's integrity is not provable; its
+    images are still checked against the manifest, so a damaged one still fails."""
+    _, out = copy_of("imagefolder")
+    record_file = out / "udp_protection.json"
+    written = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps(_record_like(written, udp_version="0.2.0", config_version=False, digest=None)))
+    report = verify_directory(out)
+    assert report.ok and report.verified == report.expected == 6, report.format()
+    assert report.warnings == [WARNING_0_2]
+    assert main(["verify", str(out)]) == 0
+    assert f"warning     {WARNING_0_2}" in capsys.readouterr().out
+    (out / "faces" / "face1.png").write_bytes(b"not an image at all")
+    damaged = verify_directory(out)
+    assert not damaged.ok and len(damaged.keys("altered")) == 1 and damaged.warnings == [WARNING_0_2]
+
+
+@pytest.mark.parametrize("udp_version,config_version,digest,message", [
+    ("0.3.0", True, None, "has no manifest_sha256"),  # a 0.3 record whose digest was removed
+    ("0.3.0", True, "0" * 64, "differs from the"),  # ... or replaced
+    ("0.2.0", True, None, "has no manifest_sha256"),  # a config_version: written on the way to 0.3
+    ("0.3.0", False, None, "has no manifest_sha256"),  # a 0.3 version: no config_version is no excuse
+])
+def test_verify_fails_a_0_3_record_without_its_digest(copy_of, udp_version, config_version, digest, message):
+    _, out = copy_of("imagefolder")
+    record_file = out / "udp_protection.json"
+    written = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps(_record_like(written, udp_version=udp_version, config_version=config_version,
+                                                   digest=digest)))
+    report = verify_directory(out)
+    assert not report.ok and report.warnings == [], report.format()
+    assert [p for p in report.problems if message in p], report.problems

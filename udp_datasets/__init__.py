@@ -8,23 +8,29 @@
 
 from .config import ConfigError, ProtectionConfig, parse_epsilon
 from .images import ImageError
-from .method.pgd import BudgetError
+from .method.budget import BudgetError
 from .protector import ColumnError, Protector
 from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
+from .records.versions import package_version
 
-__version__ = "0.2.0"
+__version__ = package_version()
+"""Read from the installed distribution's metadata: ``pyproject.toml`` is its one source, and nothing
+inside the package imports this root for it (``udp_datasets.records.versions``). A source tree used
+without ``pip install`` reads ``0+unknown``."""
 
 
 def __getattr__(name: str):
-    """``udp_datasets.publish`` without importing the Hub client at start-up.
+    """``udp_datasets.publish`` is the publishing subpackage, imported on first use so that
+    ``import udp_datasets`` loads no Hub client. The function that publishes is
+    ``udp_datasets.publish.publish`` (``from udp_datasets.publish import publish``); before 0.3,
+    ``udp_datasets.publish`` was that function on first access and the subpackage once anything
+    had imported it."""
+    if name == "publish":  # not `from . import publish`: its hasattr check would call this function again
+        import importlib
 
-    (Remote verification is ``udp_datasets.publish.hub.verify``.)
-    """
-    if name == "publish":
-        from .publish import hub
-
-        return getattr(hub, name)
+        return importlib.import_module(".publish", __name__)
     raise AttributeError(f"module 'udp_datasets' has no attribute {name!r}")
+
 
 __all__ = [
     "BudgetError", "ColumnError", "ConfigError", "ImageError", "ProtectionConfig", "Protector",

@@ -18,7 +18,7 @@ def _hub_error_exit(command: str, exc: Exception) -> int:
 
 
 def _sign_key(args: argparse.Namespace) -> bytes | None:
-    from ..jobs.signing import read_key
+    from ..records.signing import read_key
 
     return read_key(args.sign_key) if getattr(args, "sign_key", None) else None
 

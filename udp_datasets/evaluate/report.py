@@ -202,7 +202,7 @@ def run_versions() -> dict[str, str]:
     """Library and Python versions of this run, for report.json."""
     import platform
 
-    from ..jobs.summary import library_versions
+    from ..records.versions import library_versions
 
     return {**library_versions(), "python": platform.python_version()}
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..sources.hf import license_value
-from ..sources.keys import MANIFEST_FILE, RECORD_FILE
+from ..records.names import MANIFEST_FILE, RECORD_FILE
 
 logger = logging.getLogger(__name__)
 

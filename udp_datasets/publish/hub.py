@@ -53,9 +53,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..sources.keys import IMAGE_EXTENSIONS, MANIFEST_FILE, RECORD_FILE, TAR_SUFFIXES
+from ..records.names import MANIFEST_FILE, RECORD_FILE, RECORD_FILES
+from ..sources.keys import IMAGE_EXTENSIONS, TAR_SUFFIXES
 from .integrity import failed_shard_names
-from .verify import (RECORD_FILES, VerifyReport, find_manifest, load_manifest, protected_layout, read_record,
+from .verify import (VerifyReport, find_manifest, load_manifest, protected_layout, read_record,
                      verify_directory)
 
 logger = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def stage(directory: str | os.PathLike, staging: str | os.PathLike, *,
         except Exception:  # unreadable: the verifier names the problem and the publish is refused
             manifest = None
         if manifest is not None:
-            from ..jobs.manifest import write_manifest
+            from ..records.manifest import write_manifest
 
             write_manifest([manifest], out / MANIFEST_FILE)
             staged.extra_files.append(MANIFEST_FILE)

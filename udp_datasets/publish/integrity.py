@@ -6,6 +6,9 @@
   bytes under another extension, a link).
 * :func:`unprotected_columns`: a Parquet or Arrow table with a second image column, copied
   through unprotected.
+* :func:`manifest_problem`: a manifest that is not the one the job wrote (its digest differs
+  from the record's, or a 0.3 record has none); :func:`manifest_warning`: a record of 0.2.x, made
+  before digests, whose manifest can be matched but not proven unedited.
 """
 
 from __future__ import annotations
@@ -13,15 +16,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..records.versions import release
 from ..sources.columns import binary_columns, image_cells, image_like_columns
+
+DIGESTS_SINCE = (0, 3)
+"""The first release whose job records carry ``manifest_sha256`` (issue 20)."""
 
 
 def tar_problems(root: Path, files: list[str]) -> list[str]:
     """One problem per tar sample that no protect job writes: two members of one name in a
-    sample, or a member the readers refuse (:func:`~udp_datasets.sources.tar.iter_tar_samples`:
+    sample, or a member the readers refuse (:func:`~udp_datasets.formats.webdataset.iter_tar_samples`:
     a link, an unsafe name, an image in a format the job does not protect, image bytes under
     another extension), which would reach a reader unprotected or outside the folder."""
-    from ..sources.tar import ShardReadError, iter_tar_samples
+    from ..formats.webdataset import iter_tar_samples
+    from ..sources.shards import ShardReadError
 
     problems: list[str] = []
     for rel in files:
@@ -103,15 +111,17 @@ def pa_table(batch: Any) -> Any:
 
 def manifest_problem(record: dict[str, Any] | None, manifest: Path | None) -> str | None:
     """Why the manifest is not the one the job wrote: its SHA-256 differs from the job record's
-    ``manifest_sha256`` (:func:`~udp_datasets.jobs.manifest.manifest_digest`), or the record has
-    none (a record from before digests, or one whose digest was removed). Casual edits only: a
-    forger who rewrites manifest and record together passes this check."""
-    from ..jobs.manifest import manifest_digest
+    ``manifest_sha256`` (:func:`~udp_datasets.records.manifest.manifest_digest`), or the record has
+    none though its writer recorded one (0.3 on; :func:`written_before_digests` says which records
+    had none to give). Casual edits only: a forger who rewrites manifest and record together passes this check."""
+    from ..records.manifest import manifest_digest
 
     if record is None or manifest is None:
         return None  # reported already: no record, or per-shard manifests not merged
     recorded = record.get("manifest_sha256")
     if not recorded:
+        if written_before_digests(record):
+            return None  # manifest_warning says what is not proven
         return (f"the job record {record.get('_file')} has no manifest_sha256: the manifest cannot be checked "
                 "for edits (re-run the job with this version to record it)")
     actual = manifest_digest(manifest)
@@ -119,6 +129,37 @@ def manifest_problem(record: dict[str, Any] | None, manifest: Path | None) -> st
         return (f"the manifest's SHA-256 {actual[:16]}... differs from the {recorded[:16]}... the job record "
                 f"{record.get('_file')} holds: it was edited after the job, its rows cannot be trusted")
     return None
+
+
+def manifest_warning(record: dict[str, Any] | None, manifest: Path | None) -> str | None:
+    """What ``verify`` cannot prove of a job made before manifest digests (0.2.x): it still checks
+    every image against the manifest and its pixel hashes, but not that the manifest is the job's."""
+    if record is None or manifest is None or record.get("manifest_sha256"):
+        return None
+    writer = written_before_digests(record)
+    if writer is None:
+        return None
+    return f"no manifest digest (written by {writer}): pixel hashes checked, manifest integrity not provable"
+
+
+def written_before_digests(record: dict[str, Any]) -> str | None:
+    """Which release wrote a job record before records carried ``manifest_sha256`` (``"0.2.x"``,
+    or ``"udp-datasets < 0.3"`` when it names none); None for a record of 0.3 or later.
+
+    Why two signs and not the version alone: a 0.3 job always writes ``config_version`` into its
+    config (0.1 and 0.2 never did), and its ``versions`` name its release; a record must show both
+    signs of an old writer, so a 0.3 record whose digest was removed still fails."""
+    config = record.get("config")
+    if not isinstance(config, dict) or "config_version" in config:
+        return None
+    versions = record.get("versions")
+    written = versions.get("udp_datasets") if isinstance(versions, dict) else None
+    if written is None:
+        return "udp-datasets < 0.3"
+    numbers = release(written)
+    if numbers is None or numbers[:2] >= DIGESTS_SINCE:
+        return None
+    return f"{numbers[0]}.{numbers[1] if len(numbers) > 1 else 0}.x"
 
 
 def failed_shards_problem(record: dict[str, Any] | None) -> str | None:

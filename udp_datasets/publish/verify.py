@@ -1,7 +1,7 @@
 """Verify a protected dataset folder against its manifest (and, optionally, its source).
 
 ``verify_directory(DIR)`` re-hashes every published image in DIR and compares it with
-``manifest.parquet`` (see :mod:`udp_datasets.jobs.manifest`); the budget comes from the job
+``manifest.parquet`` (see :mod:`udp_datasets.records.manifest`); the budget comes from the job
 record (``udp_protection.json``). Output of the shard job keeps both in ``DIR/.udp/``
 (``manifest.parquet``, or the per-shard ``shards/*.manifest.parquet`` before they are
 merged, and ``job.json``); they are read from there. Every sample ends in at most a few of these categories,
@@ -15,9 +15,10 @@ each reported with the sample's manifest key and where it lives:
 
 plus ``problems``: folder-level faults (no manifest, unreadable shard, config hash mismatch, a
 manifest whose SHA-256 is not the job record's ``manifest_sha256``, and the checks of
-:mod:`~udp_datasets.publish.integrity`).
+:mod:`~udp_datasets.publish.integrity`), and ``warnings``: what could not be checked and does not fail
+the folder (a record written by 0.2.x has no manifest digest, so the manifest's integrity is not provable).
 
-The images are read by :mod:`udp_datasets.sources.layouts` (Arrow ``save_to_disk``, Parquet,
+The images are read by :mod:`udp_datasets.formats.layouts` (Arrow ``save_to_disk``, Parquet,
 WebDataset tars, image folders), so the same code verifies a local output and a downloaded
 Hub snapshot; this module only matches, checks and reports.
 
@@ -57,17 +58,15 @@ from typing import Any
 import numpy as np
 
 from ..sources.errors import SourceError
-from ..sources.keys import MANIFEST_FILE, RECORD_FILE, is_hidden
-from ..sources.layouts import Layout, detect_layout, iter_source_images
-from ..jobs.signing import signature_problem
-from .integrity import failed_shards_problem, manifest_problem, tar_problems, unprotected_columns
+from ..records.names import MANIFEST_FILE, MANIFEST_FILES, RECORD_FILES, SHARD_MANIFEST_SUFFIX, SHARDS_FOLDER
+from ..records.signing import signature_problem
+from ..sources.keys import is_hidden
+from ..formats.layouts import Layout, detect_layout, iter_source_images
+from .integrity import failed_shards_problem, manifest_problem, manifest_warning, tar_problems, unprotected_columns
 
 logger = logging.getLogger(__name__)
 
 CATEGORIES = ("missing", "extra", "altered", "over_budget", "unprotected")
-# job records, first found wins: protect's, then the shard job's (DST/.udp/job.json)
-RECORD_FILES = (RECORD_FILE, ".udp/job.json")
-MANIFEST_FILES = (MANIFEST_FILE, ".udp/manifest.parquet")  # protect's, the shard job's
 
 
 class VerifyError(ValueError):
@@ -101,6 +100,7 @@ class VerifyReport:
     commit: str | None = None  # for Hub targets: the commit that was verified
     findings: dict[str, list[Finding]] = field(default_factory=lambda: {c: [] for c in CATEGORIES})
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what could not be checked; ``ok`` does not depend on them
 
     @property
     def ok(self) -> bool:
@@ -137,6 +137,8 @@ class VerifyReport:
                             else ""))
         for problem in self.problems:
             lines.append(f"problem     {problem}")
+        for warning in self.warnings:
+            lines.append(f"warning     {warning}")
         for category in CATEGORIES:
             items = self.findings[category]
             if not items:
@@ -195,14 +197,14 @@ def load_manifest(directory: str | os.PathLike) -> Any:
     manifests (``.udp/shards/*.manifest.parquet``) of a run that has not merged them yet."""
     import pyarrow as pa
 
-    from ..jobs.manifest import read_manifest
+    from ..records.manifest import read_manifest
 
     directory = Path(directory)
     path = find_manifest(directory)
     if path is not None:
         return read_manifest(path)
-    parts = sorted(directory.glob(".udp/shards/**/*.manifest.parquet")) or sorted(
-        p for p in directory.rglob("*.manifest.parquet")
+    parts = sorted(directory.glob(f"{SHARDS_FOLDER}/**/*{SHARD_MANIFEST_SUFFIX}")) or sorted(
+        p for p in directory.rglob(f"*{SHARD_MANIFEST_SUFFIX}")
         if not is_hidden(p.relative_to(directory).as_posix()))
     if parts:
         return pa.concat_tables([read_manifest(p) for p in parts])
@@ -210,7 +212,7 @@ def load_manifest(directory: str | os.PathLike) -> Any:
 
 
 def protected_layout(directory: str | os.PathLike, image_column: str | None = None) -> Layout:
-    """The layout of a protected folder (:func:`udp_datasets.sources.layouts.detect_layout`),
+    """The layout of a protected folder (:func:`udp_datasets.formats.layouts.detect_layout`),
     its image column taken from the job record unless given; :class:`VerifyError` if none."""
     if not Path(directory).is_dir():
         raise VerifyError(f"{directory} is not a folder")
@@ -241,7 +243,7 @@ def verify_directory(directory: str | os.PathLike, *, source: str | None = None,
                      target: str | None = None, sign_key: bytes | None = None,
                      allow_failed_shards: bool = False) -> VerifyReport:
     """Verify a protected folder (see the module docstring); never raises for bad samples.
-    ``sign_key``: the job record's ``manifest_signature`` must hold under it (:mod:`~udp_datasets.jobs.signing`).
+    ``sign_key``: the job record's ``manifest_signature`` must hold under it (:mod:`~udp_datasets.records.signing`).
     A job whose record lists failed shards fails unless ``allow_failed_shards``."""
     root = Path(directory)
     report = VerifyReport(target=target or str(root), layout=None, source=source)
@@ -298,6 +300,9 @@ def _read_inputs(root: Path, report: VerifyReport, image_column: str | None
     edited = manifest_problem(record, find_manifest(root))
     if edited:
         report.problems.append(edited)
+    unprovable = manifest_warning(record, find_manifest(root))
+    if unprovable:
+        report.warnings.append(unprovable)
     rows = manifest.to_pylist()
     report.expected = len(rows)
     hashes = {r["config_hash"] for r in rows} - {None}

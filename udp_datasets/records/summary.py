@@ -21,6 +21,64 @@ RECORD_FORMAT_VERSION = 1
 
 
 @dataclass
+class Tally:
+    """What a job counts while it protects, mergeable: one per shard (kept in its completion
+    marker), merged into the job's (the shard job), or one for the whole job (the dataset job).
+
+    Why sums and not means: a mean of means is wrong when shards differ in size, so the PSNR is
+    kept as a sum and a count of the finite values and averaged once (:attr:`mean_psnr_db`); an
+    unchanged image (infinite PSNR) is counted in ``images`` but not in the mean.
+    """
+
+    count: int = 0  # protected samples (rows; tar samples with images)
+    images: int = 0  # protected images (a tar sample may hold several)
+    errors: int = 0  # quarantined samples
+    passthrough: int = 0  # tar samples with no image, copied unchanged
+    max_linf: int = 0  # levels
+    psnr_sum: float = 0.0  # of the finite PSNRs, dB
+    psnr_count: int = 0
+
+    def add(self, linf: int, psnr: float | None) -> None:
+        """One protected image: its L-inf in levels and its PSNR (None or infinite: unchanged)."""
+        self.images += 1
+        self.max_linf = max(self.max_linf, int(linf))
+        if psnr is not None and math.isfinite(psnr):
+            self.psnr_sum += psnr
+            self.psnr_count += 1
+
+    def merge(self, other: Tally) -> Tally:
+        """Add ``other``'s counts to this tally (in place, returned): merging in shard order
+        gives the same sums whichever rank did which shard."""
+        self.count += other.count
+        self.images += other.images
+        self.errors += other.errors
+        self.passthrough += other.passthrough
+        self.max_linf = max(self.max_linf, other.max_linf)
+        self.psnr_sum += other.psnr_sum
+        self.psnr_count += other.psnr_count
+        return self
+
+    @property
+    def mean_psnr_db(self) -> float | None:
+        """The mean of the finite PSNRs, rounded as records keep it; None when there were none."""
+        return round(self.psnr_sum / self.psnr_count, 3) if self.psnr_count else None
+
+    def to_marker(self) -> dict[str, Any]:
+        """The tally as a shard's completion marker keeps it (its key names are the marker's)."""
+        return {"count": self.count, "images": self.images, "errors": self.errors, "passthrough": self.passthrough,
+                "max_linf_levels": self.max_linf, "mean_psnr_db": self.mean_psnr_db, "psnr_sum": self.psnr_sum,
+                "psnr_count": self.psnr_count}
+
+    @classmethod
+    def from_marker(cls, marker: dict[str, Any]) -> Tally:
+        """A shard's tally back from its completion marker (a missing key counts 0)."""
+        return cls(count=int(marker.get("count") or 0), images=int(marker.get("images") or 0),
+                   errors=int(marker.get("errors") or 0), passthrough=int(marker.get("passthrough") or 0),
+                   max_linf=int(marker.get("max_linf_levels") or 0),
+                   psnr_sum=float(marker.get("psnr_sum") or 0.0), psnr_count=int(marker.get("psnr_count") or 0))
+
+
+@dataclass
 class JobSummary:
     """What a protect run did; saved as ``udp_protection.json`` or ``.udp/job.json`` beside the output."""
 
@@ -58,7 +116,7 @@ class JobSummary:
     world_size: int | None = None
     ranks: list[dict[str, Any]] = field(default_factory=list)
     manifest: str | None = None
-    manifest_sha256: str | None = None  # of the manifest file's bytes, when the job ended (jobs.manifest)
+    manifest_sha256: str | None = None  # of the manifest file's bytes, when the job ended (records.manifest)
     record_file: str | None = None  # where this record is saved
     format: str = RECORD_FORMAT
     format_version: int = RECORD_FORMAT_VERSION
@@ -76,10 +134,6 @@ class JobSummary:
         """A saved record; keys this version does not know (a newer writer's) are left out."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-ShardJobSummary = JobSummary
-"""The shard job's summary before both jobs shared one type; an alias until udp-datasets 0.3."""
 
 
 def format_summary(summary: JobSummary) -> str:
@@ -104,35 +158,12 @@ def format_summary(summary: JobSummary) -> str:
     if summary.sharded:
         lines.append(f"summary     {summary.record_file}")
         lines += [f"failed      {f['shard']}: {f['reason']}" for f in summary.shards_failed[:5]]
-    if summary.mean_psnr_db is not None and not math.isfinite(summary.mean_psnr_db):
-        lines.append("warning: infinite PSNR means some images were unchanged")
     return "\n".join(lines)
-
-
-format_shard_summary = format_summary
-"""The shard job's formatter before both jobs shared one; an alias until udp-datasets 0.3."""
-
-
-def library_versions() -> dict[str, str]:
-    """The versions that decide a job's output bytes, recorded with every job and report."""
-    import datasets
-    import diffusers
-    import torch
-
-    from .. import __version__
-
-    return {"udp_datasets": __version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "datasets": datasets.__version__}
 
 
 def utc_now() -> str:
     """Now, ISO 8601 in UTC to the second (``started_at`` / ``finished_at``)."""
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def mean_psnr(psnr_sum: float, psnr_count: int) -> float | None:
-    """The mean of the finite PSNRs, rounded as records keep it; None when there were none."""
-    return round(psnr_sum / psnr_count, 3) if psnr_count else None
 
 
 def rate(images: int, seconds: float) -> float:

@@ -1,6 +1,6 @@
 """An optional keyed signature of a job record: ``--sign-key FILE`` (HMAC-SHA256, stdlib ``hmac``).
 
-The manifest digest (``manifest_sha256``, :func:`~udp_datasets.jobs.manifest.manifest_digest`)
+The manifest digest (``manifest_sha256``, :func:`~udp_datasets.records.manifest.manifest_digest`)
 shows accidental and casual edits, but whoever rewrites the manifest can rewrite the record's
 digest too. A signature made with a secret key closes that: ``protect --sign-key FILE`` adds
 ``manifest_signature`` to the record, an HMAC-SHA256 under the key file's bytes of the fields a
