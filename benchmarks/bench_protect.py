@@ -221,7 +221,7 @@ def loss_change(protector, clean: list[np.ndarray], protected: list[np.ndarray])
     from udp_datasets.method.pgd import sample_generator
 
     surrogate = protector.prepare_surrogate()
-    objective = protector._objective
+    objective = protector.engine.objective
     changes = []
     for i, (c, p) in enumerate(zip(clean, protected)):
         x = torch.from_numpy(np.stack([c])).permute(0, 3, 1, 2).float().div(255).to(surrogate.device)
@@ -372,7 +372,7 @@ def map_path(config, images: list[np.ndarray]) -> dict[str, Any]:
     from PIL import Image
 
     from udp_datasets.images import encode_png, load_image
-    from udp_datasets.method.pgd import quantize_within_budget
+    from udp_datasets.method.budget import Budget
 
     ds = datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in images]}).cast_column("image", datasets.Image())
     protector = protector_for(config)
@@ -385,7 +385,7 @@ def map_path(config, images: list[np.ndarray]) -> dict[str, Any]:
     decode_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     for d in decoded:
-        encode_png(quantize_within_budget(d.pixels, d.pixels / 255.0, config.budget_levels), d.alpha, d.icc_profile)
+        encode_png(Budget.of(config).quantize(d.pixels, d.pixels / 255.0), d.alpha, d.icc_profile)
     encode_seconds = time.perf_counter() - t0
     return {"images": len(images), "map_seconds": round(map_seconds, 2), "decode_seconds": round(decode_seconds, 3),
             "round_and_png_seconds": round(encode_seconds, 3),
@@ -406,7 +406,7 @@ def profile_step(config, images: list[np.ndarray], label: str) -> dict[str, Any]
     surrogate = protector.prepare_surrogate()
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
     gens = [sample_generator(0, f"p{i}") for i in range(len(images))]
-    fn = protector._objective.loss_fn(gens, x)
+    fn = protector.engine.objective.loss_fn(gens, x)
 
     def step() -> None:
         with autocast(surrogate.device, protector.tuning):

@@ -37,7 +37,7 @@ def _objective(folder, **changes):
     config = ProtectionConfig(surrogate=folder, prompt=PROMPT, **{**FAST, **changes})
     protector = Protector(config, progress=False)
     protector.prepare_surrogate()
-    return protector, protector._objective
+    return protector, protector.engine.objective
 
 
 def test_both_layouts_load_through_from_pretrained(tiny_sd, tiny_pair):
@@ -75,8 +75,8 @@ def test_denoising_objectives_move_the_latent_loss_their_way(tiny_pair, photos32
     protected = [decode_png_pixels(r.png) for r in protector.protect_images(images)]
     protector.prepare_surrogate()
     gens = lambda: [sample_generator(7, f"e{i}") for i in range(len(images))]  # noqa: E731
-    clean_loss = protector._objective.evaluate(_tensor(images), gens(), repeats=8)
-    prot_loss = protector._objective.evaluate(_tensor(protected), gens(), repeats=8)
+    clean_loss = protector.engine.objective.evaluate(_tensor(images), gens(), repeats=8)
+    prot_loss = protector.engine.objective.evaluate(_tensor(protected), gens(), repeats=8)
     assert (prot_loss.mean() > clean_loss.mean()) == maximize
 
 

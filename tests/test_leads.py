@@ -38,7 +38,7 @@ def test_pool_stages_are_saved_and_cycled_by_pgd(photos32, tmp_path):
     assert set(stage0) == set(final)
     assert any(not torch.equal(stage0[k], final[k]) for k in final)  # an earlier point of training
     protector.prepare_surrogate()
-    objective = protector._objective
+    objective = protector.engine.objective
     assert len(objective._members) == 3
     # the same draw under two pool members gives two different losses
     x = _x(photos32[:4])
@@ -56,10 +56,10 @@ def test_matching_lowers_the_directional_derivative_along_the_clean_gradient(pho
     protected = [decode_png_pixels(r.png) for r in protector.protect_images(images)]
     protector.prepare_surrogate()
     gens = lambda: [sample_generator(3, f"m{i}") for i in range(8)]  # noqa: E731
-    before = protector._objective.evaluate(_x(images), gens(), repeats=6)
-    after = protector._objective.evaluate(_x(protected), gens(), repeats=6)
+    before = protector.engine.objective.evaluate(_x(images), gens(), repeats=6)
+    after = protector.engine.objective.evaluate(_x(protected), gens(), repeats=6)
     assert after.mean() < before.mean()
-    assert not protector._objective.maximize
+    assert not protector.engine.objective.maximize
 
 
 def test_matching_without_a_direction_is_refused(adversarial_surrogate, photos32):

@@ -13,7 +13,7 @@ from conftest import TINY
 
 def _surrogate_loss(protector: Protector, images: list[np.ndarray]) -> torch.Tensor:
     protector.prepare_surrogate()
-    objective = protector._objective
+    objective = protector.engine.objective
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
     gens = [sample_generator(123, f"eval{i}") for i in range(len(images))]
     return objective.evaluate(x, gens, repeats=8)

@@ -59,7 +59,7 @@ def loss_change(config: ProtectionConfig, images, results) -> float:
     """Mean change of the surrogate's loss from clean to protected (fixed draws per image)."""
     protector = Protector(config, progress=False)
     surrogate = protector.prepare_surrogate()
-    objective = protector._objective
+    objective = protector.engine.objective
     changes = []
     for i, (clean, out) in enumerate(zip(images, pixels(results))):
         x = torch.from_numpy(np.stack([clean])).permute(0, 3, 1, 2).float().div(255).to(surrogate.device)

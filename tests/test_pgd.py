@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from udp_datasets.method.pgd import BudgetError, check_budget, pgd, quantize_within_budget, sample_generator
+from udp_datasets.method.budget import Budget, BudgetError
+from udp_datasets.method.pgd import pgd, sample_generator
 
 
 def test_quantization_holds_budget_on_every_pixel_including_edges():
@@ -13,19 +14,19 @@ def test_quantization_holds_budget_on_every_pixel_including_edges():
     for levels in (1, 4, 8, 16):
         # a float perturbation slightly *over* budget, as rounding can produce
         noise = rng.uniform(-(levels + 0.9), levels + 0.9, size=clean.shape) / 255
-        out = quantize_within_budget(clean, clean / 255 + noise, levels)
+        out = Budget(levels).quantize(clean, clean / 255 + noise)
         diff = np.abs(out.astype(int) - clean.astype(int))
         assert out.dtype == np.uint8 and diff.max() <= levels
         assert diff.max() == levels  # the budget is used, not wasted
 
 
-def test_check_budget_rejects_over_budget_and_shape_changes():
+def test_budget_check_rejects_over_budget_and_shape_changes():
     clean = np.zeros((4, 4, 3), dtype=np.uint8)
     with pytest.raises(BudgetError, match="exceeds the budget"):
-        check_budget(clean, clean + 9, 8)
+        Budget(8).check(clean, clean + 9)
     with pytest.raises(BudgetError, match="shape"):
-        check_budget(clean, np.zeros((4, 5, 3), dtype=np.uint8), 8)
-    assert check_budget(clean, clean + 8, 8) == 8
+        Budget(8).check(clean, np.zeros((4, 5, 3), dtype=np.uint8))
+    assert Budget(8).check(clean, clean + 8) == 8
 
 
 def test_pgd_projects_and_moves_in_the_asked_direction():

@@ -97,7 +97,7 @@ def test_pickles_small_without_weights(tiny_config, photos32):
     blob = pickle.dumps(p)
     assert len(blob) < 5000
     clone = pickle.loads(blob)
-    assert clone._surrogate is None and clone.surrogate_ref.sha256 == p.surrogate_ref.sha256
+    assert clone.engine.session.surrogate is None and clone.surrogate_ref.sha256 == p.surrogate_ref.sha256
     assert datasets.fingerprint.Hasher.hash(p) == datasets.fingerprint.Hasher.hash(clone)
 
 
@@ -122,7 +122,7 @@ CACHE_SCRIPT = textwrap.dedent("""
     out = ds.map(p, batched=True, batch_size=4, num_proc=int(sys.argv[3]) or None,
                  with_rank=int(sys.argv[3]) > 1)
     print(json.dumps({"fingerprint": out._fingerprint, "cache_files": [c["filename"] for c in out.cache_files],
-                      "loaded": p._surrogate is not None, "n": len(out)}))
+                      "loaded": p.engine.session.surrogate is not None, "n": len(out)}))
 """)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import warnings
@@ -241,6 +242,43 @@ def encode_png(pixels: np.ndarray, alpha: np.ndarray | None = None,
         kwargs["icc_profile"] = icc_profile
     image.save(buf, **kwargs)
     return buf.getvalue()
+
+
+@dataclass
+class ProtectedImage:
+    """One protected image: PNG bytes plus the numbers that go into provenance."""
+
+    key: str
+    png: bytes
+    source_sha256: str | None
+    sha256: str
+    linf: int
+    psnr: float
+    width: int
+    height: int
+
+
+@dataclass
+class FailedImage:
+    """An image that was not protected: its key, its position and why (what quarantine records)."""
+
+    key: str
+    index: int
+    reason: str
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two 8-bit images (infinite when they are equal)."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def protected_image(key: str, clean: DecodedImage, pixels: np.ndarray, linf: int) -> ProtectedImage:
+    """The PNG of ``pixels`` (8-bit, already proven within the budget, ``linf`` levels from ``clean``), with
+    ``clean``'s alpha and ICC profile carried over, and its provenance numbers."""
+    png = encode_png(pixels, clean.alpha, clean.icc_profile)
+    return ProtectedImage(key=key, png=png, source_sha256=clean.source_sha256, sha256=sha256_bytes(png), linf=linf,
+                          psnr=psnr_uint8(clean.pixels, pixels), width=pixels.shape[1], height=pixels.shape[0])
 
 
 def decode_png_pixels(data: bytes) -> np.ndarray:

@@ -57,7 +57,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def fewshot_cache_dir(args: argparse.Namespace) -> Path:
     """Where pretrained few-shot models are kept: --cache-dir, else beside the fitted surrogates."""
-    from ..protector import default_surrogate_cache
+    from ..models.session import default_surrogate_cache
 
     return Path(args.cache_dir) if args.cache_dir else default_surrogate_cache().parent / "fewshot"
 
@@ -157,12 +157,12 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
     victim = VictimConfig(resolution=args.size, train_steps=args.victim_steps, batch_size=args.victim_batch_size)
     settings = EvalSettings(victim=victim, num_samples=args.num_samples, attacks=())
-    if getattr(args, "leads", False):
-        from ..evaluate.experiments.switch_ablation import run_leads
+    if getattr(args, "switches", False):
+        from ..evaluate.experiments.switch_ablation import run_switches
 
-        result = run_leads(args.out, settings, count=args.count, size=args.size)
+        result = run_switches(args.out, settings, count=args.count, size=args.size)
         print(verdict(result["victims"]))
-        print(f"tables: {Path(args.out) / 'leads_table.md'} ({result['seconds']:.0f} s)")
+        print(f"tables: {Path(args.out) / 'switches_table.md'} ({result['seconds']:.0f} s)")
         return EXIT_OK
     result = run_ablation(args.out, settings, count=args.count, size=args.size, sweep=not args.no_sweep)
     print(verdict(result["victims"]))
@@ -292,8 +292,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--victim-batch-size", type=int, default=32)
     p.add_argument("--num-samples", type=int, default=500)
     p.add_argument("--no-sweep", action="store_true")
-    p.add_argument("--leads", action="store_true",
-                   help="measure the METHOD.md leads (timestep ranges, matching, pools, clusters) instead")
+    p.add_argument("--switches", action="store_true",
+                   help="measure the method switches (timestep ranges, matching, pools, clusters) instead")
     p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("latent-ablation", help="the ablation against latent (SD-like) victims: local VAE, "

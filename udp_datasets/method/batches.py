@@ -11,11 +11,21 @@ a full batch, e.g. a folder of photos of all different sizes) is packed into sha
 by pixel count, so that similar sizes go together: small images fill large batches, large ones
 small batches. Every sample's randomness comes from its own key, and the surrogate never mixes
 samples, so how images are grouped changes only speed and memory.
+
+:func:`run_batches` runs a plan: a batch that runs out of memory (host or device) is retried one image at a
+time, and an image that still cannot fit is handed back by name, never a crash; with ``overlap`` each
+finished batch's CPU work (8-bit rounding, proof, PNG) runs in a background thread while the next batch is
+optimised.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
 
 
 def plan_batches(shapes: Sequence[tuple[int, ...]], batch_size: int, batch_pixels: int,
@@ -61,3 +71,43 @@ def _fill(members: list[int], pixels: list[int], batch_size: int, batch_pixels: 
     if current:
         out.append(current)
     return out
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception is an allocation failure (host or device), not a bug."""
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or any(
+        t in str(exc).lower() for t in ("out of memory", "can't allocate memory"))
+
+
+def run_batches(batches: list[list[int]], optimise: Callable[[list[int]], T], finish: Callable[[list[int], T], None],
+                give_up: Callable[[int, BaseException], None], overlap: bool = False) -> None:
+    """``finish(batch, optimise(batch))`` for every batch of the plan, in order.
+
+    A batch whose ``optimise`` runs out of memory is retried image by image (after the planned batches); an
+    image that runs out alone goes to ``give_up(index, exc)``. Other exceptions propagate. With ``overlap``
+    (and more than one batch), ``finish`` runs in one background thread, overlapping the next ``optimise``.
+    """
+    queue = list(batches)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="udp-finish") if overlap and len(queue) > 1 else None
+    pending: list[Future] = []
+    try:
+        for batch in queue:  # grows while it runs: the images of a batch that ran out of memory, one by one
+            try:
+                result = optimise(batch)
+            except (MemoryError, RuntimeError) as exc:
+                if not out_of_memory(exc):
+                    raise
+                if len(batch) > 1:
+                    queue.extend([j] for j in batch)
+                else:
+                    give_up(batch[0], exc)
+                continue
+            if pool is None:
+                finish(batch, result)
+            else:
+                pending.append(pool.submit(finish, batch, result))
+        for future in pending:
+            future.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import ProtectionConfig
+from .budget import Budget
 from .objectives import ProtectionObjective
 from .pgd import pgd, sample_generator
 from ..models.base import Surrogate
@@ -242,7 +243,7 @@ def _pgd_round(objective: ProtectionObjective, config: ProtectionConfig, rnd: in
     """One round of PGD on every fit image's own delta (or on ``subset``'s), updated in place: descent for
     min-min, ascent for ASPL. Returns the mean loss on x + delta of the images it updated."""
     device = objective.surrogate.device
-    eps = config.budget_levels / 255.0
+    eps = Budget.of(config).epsilon
     order = list(range(data.shape[0])) if subset is None else list(subset)
     losses = []
     for start in range(0, len(order), config.batch_size):
@@ -307,7 +308,7 @@ class _Clusters:
 
     def descend(self, objective: ProtectionObjective, config: ProtectionConfig, rnd: int, keys: Sequence[str]) -> float:
         """``fit_pgd_steps`` sign steps on each shared delta, its gradient summed over members."""
-        device, eps = objective.surrogate.device, config.budget_levels / 255.0
+        device, eps = objective.surrogate.device, Budget.of(config).epsilon
         shared = self.deltas.to(device)
         gens = [sample_generator(config.seed, f"fit:{rnd}:{k}") for k in keys]
         for step in range(config.fit_pgd_steps):

@@ -12,9 +12,9 @@ one network serves every mode the protector decodes.
 Weights live in a folder: ``generator.safetensors`` (float32), ``config.json`` (the architecture) and
 ``provenance.json`` (how it was trained, :mod:`.generator_training`). :func:`load_generator` reads such a
 folder (``None`` or ``"photoguard"``: the one shipped in the package, :data:`SHIPPED_GENERATOR_SHA256`), once
-per process and device. :func:`engine_delta` is the one place the protector asks an engine for a batch's
-perturbation: ``pgd`` (unchanged), ``generator`` (one forward pass) or ``generator+pgd`` (G's output as the
-start of ``generator_pgd_steps`` PGD steps); the rounding, budget proof and provenance after it are the same.
+per process and device, with the SHA-256 of the weights it read (recorded in a job's provenance and in the
+protector's fingerprint). :mod:`.engine` chooses between ``pgd``, ``generator`` (one forward pass) and
+``generator+pgd`` (G's output as the start of ``generator_pgd_steps`` PGD steps).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import functools
 import json
 import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,6 @@ from torch import nn
 
 from ..models.base import SurrogateError, weights_sha256
 from ..models.shipped import packaged_weights
-from .pgd import pgd
 
 WEIGHTS_FILE = "generator.safetensors"
 CONFIG_FILE = "config.json"
@@ -126,35 +125,25 @@ _LOCK = threading.Lock()
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(folder: str, device: str) -> PerturbationGenerator:
-    return read_generator(folder)[0].to(device)
+def _cached(folder: str, device: str) -> tuple[PerturbationGenerator, str]:
+    net, sha256 = read_generator(folder)
+    return net.to(device), sha256
 
 
-def load_generator(source: str | None, device: torch.device | str = "cpu") -> PerturbationGenerator:
-    """The generator of ``source`` on ``device``, loaded once per process (frozen, eval mode)."""
+def load_generator(source: str | None, device: torch.device | str = "cpu") -> tuple[PerturbationGenerator, str]:
+    """(the generator of ``source`` on ``device``, the SHA-256 of the weights it was read from), loaded once per
+    process (frozen, eval mode)."""
     with _LOCK:
         return _cached(str(generator_folder(source)), str(device))
 
 
-# ------------------------------------------------------------------ the engines
-def engine_delta(x: Any, config: Any, loss_fn: Callable[[], Any], maximize: bool, init: Callable[[], Any],
-                 precision: Callable[[], Any], **pgd_kwargs: Any) -> Any:
-    """The perturbation of a batch (a (B, C, H, W) tensor or a list of (1, C, H, W) images) by ``config.engine``.
-
-    ``loss_fn`` and ``init`` (PGD's own start: zero, random or the cluster's) are called only by the engines
-    that need them; ``precision()`` is the context PGD runs in (the tuning's autocast); G itself runs in
-    float32. ``pgd_kwargs`` go to :func:`~.pgd.pgd` (``in_place``, ``grad_scale``)."""
-    eps = config.budget_levels / 255.0
-    if config.engine == "pgd":
-        start, steps = init(), config.steps
-    else:
-        mixed = isinstance(x, (list, tuple))
-        net = load_generator(config.generator, x[0].device if mixed else x.device)
-        with torch.no_grad():
-            start = [generator_delta(net, xi, eps) for xi in x] if mixed else generator_delta(net, x, eps)
-        if config.engine == "generator":
-            return start
-        steps = config.generator_pgd_steps
-    with precision():
-        return pgd(x, loss_fn(), epsilon=eps, alpha=config.step_size, steps=steps, maximize=maximize, init=start,
-                   **pgd_kwargs)
+def generator_sha256(source: str | None) -> str | None:
+    """The weights' SHA-256 of the generator ``source`` names, without loading it (None: unreadable, reported
+    precisely when it is loaded)."""
+    folder = generator_folder(source)
+    if not (folder / WEIGHTS_FILE).is_file():
+        return None
+    try:
+        return weights_sha256(folder)
+    except SurrogateError:
+        return None

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ..config import ProtectionConfig
 from ..models import SurrogateError, load_surrogate
 from ..models.pair_pretraining import PartialRun, _atomic_folder, _to_tensor, _versions
+from .budget import Budget
 from .generator import PerturbationGenerator, generator_delta, save_generator
 from .objectives import ProtectionObjective
 from .pgd import sample_generator
@@ -143,7 +144,7 @@ def train_generator(images: Sequence[np.ndarray], out: str | os.PathLike, recipe
     resume = run.resume()
     if resume is not None:
         logger.info("resuming the generator training of %s after step %d", out, resume["step"])
-    losses, seconds = _train(net, objective, _to_tensor(images), recipe, config.budget_levels / 255.0, resume,
+    losses, seconds = _train(net, objective, _to_tensor(images), recipe, Budget.of(config).epsilon, resume,
                              lambda state: run.save(state, state["step"]), save_every, progress)
     record = {"command": command, "preset": recipe.preset, "recipe": recipe.to_dict(), "config": config.to_dict(),
               "objective_maximised": objective.maximize,

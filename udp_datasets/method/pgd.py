@@ -2,8 +2,8 @@
 
 It knows nothing of diffusion, datasets or files: a batch of images in [0, 1],
 a per-sample loss function, a direction, a budget. Both objectives and every
-timestep sampler run through :func:`pgd`; the final 8-bit step
-(:func:`quantize_within_budget`) is where the budget is proven on real pixels.
+timestep sampler run through :func:`pgd`. ``epsilon`` is a :class:`~.budget.Budget`'s; the final
+8-bit step (:meth:`~.budget.Budget.quantize`) is where that budget is proven on real pixels.
 """
 
 from __future__ import annotations
@@ -11,15 +11,10 @@ from __future__ import annotations
 import hashlib
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 
 LossFn = Callable[[torch.Tensor, int], torch.Tensor]
 """(perturbed images (B, C, H, W) or a list of (1, C, H_i, W_i), step index) -> per-sample loss (B,)."""
-
-
-class BudgetError(RuntimeError):
-    """A protected image that is not within its L-inf budget: never written out."""
 
 
 def sample_generator(seed: int, key: str) -> torch.Generator:
@@ -93,30 +88,3 @@ def _project(delta: torch.Tensor, x: torch.Tensor, epsilon: float) -> torch.Tens
 def _project_(delta: torch.Tensor, x: torch.Tensor, epsilon: float) -> torch.Tensor:
     """:func:`_project` in ``delta``'s own buffer: the same operations, so the same bits."""
     return delta.clamp_(-epsilon, epsilon).add_(x).clamp_(0.0, 1.0).sub_(x)
-
-
-def quantize_within_budget(clean: np.ndarray, perturbed: np.ndarray, levels: int) -> np.ndarray:
-    """Round a perturbed float image (0-1) to uint8 and prove the budget on the result.
-
-    Rounding can push a pixel one level past the budget, so the result is re-projected
-    onto [clean - levels, clean + levels] and then checked independently; a failure
-    raises :class:`BudgetError` instead of returning.
-    """
-    if clean.dtype != np.uint8:
-        raise TypeError("clean image must be uint8")
-    out = np.rint(np.clip(perturbed, 0.0, 1.0) * 255.0)
-    lo = clean.astype(np.int16) - levels
-    hi = clean.astype(np.int16) + levels
-    out = np.clip(out, lo, hi).clip(0, 255).astype(np.uint8)
-    check_budget(clean, out, levels)
-    return out
-
-
-def check_budget(clean: np.ndarray, protected: np.ndarray, levels: int) -> int:
-    """Return the max |protected - clean| in levels, or raise :class:`BudgetError`."""
-    if clean.shape != protected.shape:
-        raise BudgetError(f"shape changed: {clean.shape} -> {protected.shape}")
-    linf = int(np.abs(protected.astype(np.int16) - clean.astype(np.int16)).max(initial=0))
-    if linf > levels:
-        raise BudgetError(f"perturbation of {linf} levels exceeds the budget of {levels}")
-    return linf

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
-from .errors import SourceError
+from .errors import ColumnError, SourceError
 from .keys import image_format
 
 DROP_ADVICE = "drop them with --drop-columns {names} (Python: drop_columns=[...] or ds.remove_columns)"
@@ -201,3 +201,41 @@ def _feature_json(feature: Any) -> Any:
         return datasets.Features({"x": feature}).to_dict()["x"]
     except (TypeError, ValueError, AttributeError):
         return None
+
+
+def raw_image_column(ds: Any, column: str) -> Any:
+    """``ds`` with ``column`` as undecoded ``{"bytes", "path"}`` (when it is an Image column)."""
+    import datasets
+
+    feature = (getattr(ds, "features", None) or {}).get(column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return ds.cast_column(column, datasets.Image(decode=False))
+    return ds
+
+
+def sample_rows(data: Any, column: str, caption_column: str | None, limit: int, seed: int
+                ) -> tuple[list[Any], list[Any] | None]:
+    """At most ``limit`` rows of ``data`` (a ``datasets`` dataset, or any iterable of images), drawn with ``seed``
+    and kept in order: their ``column`` values as stored (undecoded), and their captions (None without
+    ``caption_column``, which needs a dataset). A missing column raises :class:`ColumnError`."""
+    if hasattr(data, "column_names") and hasattr(data, "select"):
+        for name in (column, caption_column):
+            if name is not None and name not in data.column_names:
+                raise ColumnError(f"column {name!r} not found; columns are {data.column_names}")
+        data = raw_image_column(data, column)
+        subset = data.select(_subset_indices(len(data), limit, seed))
+        return subset[column], (subset[caption_column] if caption_column is not None else None)
+    if caption_column is not None:
+        raise ColumnError(f"caption_column={caption_column!r} needs a datasets.Dataset with that column; "
+                          "a plain list of images has no captions (use prompt= instead)")
+    values = list(data)
+    return [values[i] for i in _subset_indices(len(values), limit, seed)], None
+
+
+def _subset_indices(n: int, limit: int, seed: int) -> list[int]:
+    if n <= limit:
+        return list(range(n))
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(n, size=limit, replace=False).tolist())

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..images import PATH_ONLY_REASON, ImageError
+from ..images import PATH_ONLY_REASON, DecodedImage, ImageError, load_image
 
 
 def local_root(src: Any) -> Path | None:
@@ -83,3 +83,22 @@ def data_image_value(value: Any, root: str | os.PathLike | None) -> Any:
     if isinstance(filename, str) and filename:
         return value if inside_root(filename, root) is not None else {"bytes": None, "path": filename}
     return inline_path_entry(value, root)
+
+
+def load_data_image(value: Any, key: str, root: str | os.PathLike | None, *, from_data: bool,
+                    max_pixels: int | None = None) -> DecodedImage:
+    """Decode one image value under the path rule: a path inside data (an entry's, or a path string of a
+    dataset column: ``from_data``) is read only inside ``root``; a path string that a caller hands over in a
+    plain list is the caller's to open. A refused path-only entry's :class:`ImageError` says how to allow it."""
+    if isinstance(value, dict) or (from_data and isinstance(value, (str, os.PathLike))):
+        value, may_open = inline_path_entry(value, root), False
+    else:
+        may_open = isinstance(value, (str, os.PathLike))
+    try:
+        limit = {} if max_pixels is None else {"max_pixels": max_pixels}
+        return load_image(value, key=key, open_paths=may_open, **limit)
+    except ImageError as exc:
+        if exc.reason != PATH_ONLY_REASON or root is not None:
+            raise
+        raise ImageError(exc.reason + " (your own image folder: pass Protector(image_root=FOLDER), or give it as "
+                         "the source)", exc.key) from exc
