@@ -64,7 +64,8 @@ def write_shards(root: Path, images: list[np.ndarray], shards: int, per_shard: i
 
 
 def read_images(pattern: str) -> tuple[list[bytes], list[str]]:
-    from udp_datasets.sources.shards import discover_shards, iter_tar_samples
+    from udp_datasets.formats.webdataset import iter_tar_samples
+    from udp_datasets.sources.shards import discover_shards
 
     values, keys = [], []
     for shard in discover_shards(pattern):

@@ -39,7 +39,7 @@ from hostile import BYTE, BYTE_CASES, PATH_ONLY
 from udp_datasets import Protector
 from udp_datasets.cli.app import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, main
 from udp_datasets.images import PATH_ONLY_REASON, ImageError
-from udp_datasets.jobs.manifest import read_manifest
+from udp_datasets.records.manifest import read_manifest
 from udp_datasets.jobs.shard_job import run_shards
 from udp_datasets.protector import FailedImage, ProtectedImage
 from udp_datasets.sources.paths import read_image_path
@@ -418,7 +418,7 @@ class _Zeros:
 def test_a_member_that_inflates_past_the_limit_is_quarantined_unread(flags, tmp_path, monkeypatch, capsys):
     """A .tar.gz member of 24 MB of zeros (a small file): over the member limit (lowered to 1 MiB
     here, 1 GiB by default) it is skipped unread and its sample quarantined, never a MemoryError."""
-    import udp_datasets.sources.tar as tar_source
+    import udp_datasets.formats.webdataset as tar_source
 
     monkeypatch.setattr(tar_source, "MAX_MEMBER_BYTES", 1 << 20)
     src = tmp_path / "bomb.tar.gz"
@@ -629,7 +629,7 @@ def _plant(dst: Path, manifest: Path, record: Path | None, match, replace) -> No
     ``record``, rewrite the job record's digest too (a forger who rewrites both)."""
     import hashlib
 
-    from udp_datasets.jobs.manifest import manifest_digest
+    from udp_datasets.records.manifest import manifest_digest
 
     new = replace()
     rows = pq.read_table(manifest).to_pylist()
@@ -688,7 +688,7 @@ def test_verify_with_source_fails_an_unprotected_image_of_a_keyed_job(parquet_jo
 
 
 def test_job_records_and_card_carry_the_manifest_digest(folder_jobs, tar_job, world):
-    from udp_datasets.jobs.manifest import manifest_digest
+    from udp_datasets.records.manifest import manifest_digest
 
     _, tar_out, _ = tar_job
     for record, manifest in ((world["base"] / "out-arrow" / "udp_protection.json", world["base"] / "out-arrow" / "manifest.parquet"),
@@ -700,7 +700,7 @@ def test_sign_key_signs_the_record_and_verify_checks_it(flags, tmp_path, capsys)
     """``protect --sign-key`` adds an HMAC-SHA256 of the manifest digest (and config hash, budget,
     source, count) to the record; ``verify --sign-key`` fails a forged digest, another key, an
     unsigned record; an unusable key file is refused before any work (exit 2)."""
-    from udp_datasets.jobs.manifest import manifest_digest
+    from udp_datasets.records.manifest import manifest_digest
 
     src = tmp_path / "src"
     src.mkdir()
@@ -897,7 +897,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(fmt, flags, tmp_path, monkeypa
     if fmt == "arrow":
         monkeypatch.setattr(datasets.Dataset, "save_to_disk", full)
     else:
-        monkeypatch.setattr("udp_datasets.sinks.folders.Path.write_bytes", full)
+        monkeypatch.setattr("udp_datasets.formats.imagefolder.Path.write_bytes", full)
     out = tmp_path / "out"
     assert main(["protect", str(src), str(out), "--format", fmt, *flags]) == EXIT_FAILED
     err = capsys.readouterr().err

@@ -25,7 +25,9 @@ from conftest import TINY
 from udp_datasets.images import ImageError, load_image
 from udp_datasets.jobs.shard_job import run_shards
 from udp_datasets.sources import SourceError
-from udp_datasets.sources.keys import IMAGE_EXTENSIONS, image_format, png_member_name, split_key
+from udp_datasets.formats.codec import png_name as png_member_name
+from udp_datasets.formats.webdataset import split_key
+from udp_datasets.sources.keys import IMAGE_EXTENSIONS, image_format
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

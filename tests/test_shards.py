@@ -25,9 +25,11 @@ from PIL import Image
 from udp_datasets import Protector
 from udp_datasets.cli.app import EXIT_QUARANTINED, main
 from udp_datasets.images import decode_png_pixels
-from udp_datasets.jobs.manifest import read_manifest
+from udp_datasets.records.manifest import read_manifest
 from udp_datasets.jobs.shard_job import run_shards
-from udp_datasets.sources.keys import png_member_name, png_path, split_key
+from udp_datasets.formats.codec import png_name as png_member_name
+from udp_datasets.formats.parquet import png_path
+from udp_datasets.formats.webdataset import split_key
 from udp_datasets.sources.errors import SourceError
 from udp_datasets.sources.shards import discover_shards, looks_like_shards
 

@@ -1,7 +1,7 @@
 """``udp-datasets``: protect | fit | pretrain | train-generator | demo | config | evaluate | ablation | latent-ablation | evaluate-sd | publish | verify.
 
 The parser is assembled from one module per area (``protect_commands``, ``evaluate_commands``,
-``publish_commands``); this module only dispatches and maps errors to exit codes (``exit_codes``).
+``publish_commands``); this module only dispatches; errors become exit codes in ``exit_codes``.
 
 Every :class:`ProtectionConfig` field is also a flag (``--epsilon 8/255``,
 ``--objective adversarial``, ``--random-start``...); flags override
@@ -15,9 +15,8 @@ import logging
 import sys
 from typing import Sequence
 
-from ..config import ConfigError
 from . import evaluate_commands, pretrain_commands, protect_commands, publish_commands
-from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE
+from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, run_reporting_errors
 from .logs import configure_logging
 
 logger = logging.getLogger("udp_datasets")
@@ -43,20 +42,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # --num-processes re-launches with these
     configure_logging(args.verbose)
-    from ..evaluate.metrics.features import FeatureExtractorUnavailable
-    from ..images import ImageError
-    from ..protector import ColumnError
-    from ..sinks.atomic import OutputExistsError, OutputWriteError
-    from ..sources import SourceError
-    from ..sources.tar import ShardReadError
-    from ..models import SurrogateError
-
-    try:
-        return args.func(args)
-    except (ConfigError, ColumnError, SourceError, SurrogateError, ImageError, OutputExistsError,
-            FeatureExtractorUnavailable, ShardReadError) as exc:  # ShardReadError: a source fit cannot read
-        print(f"udp-datasets {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except OutputWriteError as exc:  # a full disk, no permission: one line, the output left as it was
-        print(f"udp-datasets {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    return run_reporting_errors(f"udp-datasets {args.command}", lambda: args.func(args))

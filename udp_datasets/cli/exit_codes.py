@@ -1,12 +1,15 @@
 """The exit codes of ``udp-datasets`` and of the ready pipelines: one table, one mapping.
 
-Why in one place: the datasets path, the shard runner, the ``--num-processes`` launcher and
-the pipeline scripts all end a protect job, and scripts around them test the status.
+Why in one place: the datasets path, the shard job, the ``--num-processes`` launcher and
+the pipeline scripts all end a protect job, and scripts around them test the status. An
+outcome maps to a status in :func:`exit_code`, an error in :func:`error_exit_code`, which
+every entry point reaches through :func:`run_reporting_errors`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import Any, Callable
 
 EXIT_OK = 0
 """Done."""
@@ -19,7 +22,7 @@ EXIT_QUARANTINED = 3
 
 
 def exit_code(summary: Any, allow_errors: bool, *, report_quarantine: bool = True) -> int:
-    """The exit status for a finished protect job (a :class:`~udp_datasets.jobs.summary.JobSummary`).
+    """The exit status for a finished protect job (a :class:`~udp_datasets.records.summary.JobSummary`).
 
     Failed shards are a failure; quarantined samples are :data:`EXIT_QUARANTINED` unless
     ``allow_errors``. ``report_quarantine=False`` is for the processes that must exit 0 on
@@ -32,3 +35,44 @@ def exit_code(summary: Any, allow_errors: bool, *, report_quarantine: bool = Tru
     if summary.errors and not allow_errors and report_quarantine:
         return EXIT_QUARANTINED
     return EXIT_OK
+
+
+def error_exit_code(exc: BaseException) -> int | None:
+    """The exit status for an error that ends a command, or None for one that is a bug (it is
+    raised, with its traceback). Usage and input errors (bad flag, config, source, column,
+    surrogate, image, an existing or busy DST, a source that cannot be read) are
+    :data:`EXIT_USAGE`; a write that fails (a full disk, no permission) is :data:`EXIT_FAILED`."""
+    from ..config import ConfigError
+    from ..evaluate.metrics.features import FeatureExtractorUnavailable
+    from ..images import ImageError
+    from ..models import SurrogateError
+    from ..protector import ColumnError
+    from ..sinks.atomic import OutputExistsError, OutputWriteError
+    from ..sources.errors import SourceError
+    from ..sources.shards import ShardReadError
+
+    if isinstance(exc, (ConfigError, ColumnError, SourceError, SurrogateError, ImageError, OutputExistsError,
+                        FeatureExtractorUnavailable, ShardReadError)):  # ShardReadError: a source fit cannot read
+        return EXIT_USAGE
+    if isinstance(exc, OutputWriteError):  # the output is left as it was
+        return EXIT_FAILED
+    return None
+
+
+def run_reporting_errors(command: str, work: Callable[[], int]) -> int:
+    """``work()``'s exit status; an error :func:`error_exit_code` knows is said in one line on
+    stderr (``COMMAND: error: ...``) and ends it with its status, any other is raised."""
+    try:
+        return work()
+    except Exception as exc:
+        code = error_exit_code(exc)
+        if code is None:
+            raise
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return code
+
+
+def launcher_exit_code(status: int) -> int:
+    """The status of ``--num-processes`` when ``accelerate launch`` itself ended non-zero: a usage
+    error of the ranks stays :data:`EXIT_USAGE`, anything else (a crash, a signal) is :data:`EXIT_FAILED`."""
+    return status if status == EXIT_USAGE else EXIT_FAILED

@@ -1,9 +1,10 @@
 """``udp-datasets protect`` on the shard job, and ``--num-processes`` through accelerate.
 
-Why in cli/: deciding which job a command line wants, re-launching the very same command
-line under ``accelerate launch`` and mapping the outcome to an exit status are matters of the
-command line; the shard job itself (:mod:`udp_datasets.jobs.shard_job`) takes plain Python
-arguments and knows nothing of flags, argv or exit codes.
+Why in cli/: deciding which job a command line wants, turning its flags into a
+:class:`~udp_datasets.jobs.shard_spec.ShardJobSpec`, re-launching the very same command line
+under ``accelerate launch`` and mapping the outcome to an exit status are matters of the command
+line; the shard job itself (:func:`udp_datasets.jobs.shard_job.run_shard_job`) takes a spec and
+knows nothing of flags, argv or exit codes.
 """
 
 from __future__ import annotations
@@ -19,22 +20,23 @@ from typing import Any, Sequence
 
 from ..config import ConfigError, ProtectionConfig
 from ..jobs.distributed import make_state
-from ..jobs.shard_job import BOOKKEEPING, run_shards
-from ..jobs.summary import JobSummary, format_summary
+from ..jobs.shard_job import run_shard_job
+from ..jobs.shard_spec import ShardJobSpec
+from ..records.names import JOB_RECORD
+from ..records.summary import JobSummary, format_summary
 from ..sinks.lock import destination_lock
 from ..sources.errors import SourceError
 from ..sources.paths import local_root
-from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import looks_like_shards
-from .exit_codes import EXIT_FAILED, EXIT_USAGE, exit_code
+from .exit_codes import EXIT_FAILED, exit_code, launcher_exit_code
 
 logger = logging.getLogger(__name__)
 
 CHILD_ENV = "UDP_DATASETS_LAUNCHED"  # set by --num-processes in the processes it starts
 
 
-def wants_runner(args: Any) -> bool:
-    """Whether ``udp-datasets protect`` should use the shard runner for these arguments."""
+def wants_shard_job(args: Any) -> bool:
+    """Whether ``udp-datasets protect`` should run the shard job for these arguments."""
     return (getattr(args, "format", None) == "parquet" or looks_like_shards(str(args.src))
             or launched_world_size() > 1 or bool(getattr(args, "num_processes", None) and args.num_processes > 1))
 
@@ -49,24 +51,24 @@ def launched_world_size() -> int:
 
 def drop_columns(args: Any) -> tuple[str, ...]:
     """``--drop-columns a,b`` as a tuple (other image columns to leave out of the output)."""
-    return column_names(getattr(args, "drop_columns", None))
+    return name_list(getattr(args, "drop_columns", None), "drop_columns")
 
 
-def column_names(value: Any) -> tuple[str, ...]:
-    """Column names given as a list, or as one comma-separated string (``--drop-columns``, a pipeline's
-    ``drop_columns``)."""
+def name_list(value: Any, setting: str) -> tuple[str, ...]:
+    """Names given as a list, or as one comma-separated string (``--drop-columns``, ``--image-ext``, a
+    pipeline's ``drop_columns``); ``setting`` names the setting in the error."""
     if not value:
         return ()
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
-        raise ConfigError(f"drop_columns={value!r}: expected a list of column names")
+        raise ConfigError(f"{setting}={value!r}: expected a list of names")
     return tuple(str(v).strip() for v in items if str(v).strip())
 
 
-def run_cli(args: Any, config: ProtectionConfig, sign_key: bytes | None = None) -> int:
-    """``udp-datasets protect`` through the runner (shards, --format parquet, --num-processes).
+def protect_shards(args: Any, config: ProtectionConfig, sign_key: bytes | None = None) -> int:
+    """``udp-datasets protect`` as a shard job (shards, --format parquet, --num-processes).
 
-    No ``--image-column`` (None) lets the runner find the image column; no ``--format`` (None)
+    No ``--image-column`` (None) lets the job find the image column; no ``--format`` (None)
     means Parquet shards for a ``datasets`` source and the input's own format for shards.
     """
     if getattr(args, "num_processes", None) and args.num_processes > 1 and launched_world_size() <= 1:
@@ -86,16 +88,23 @@ def run_cli(args: Any, config: ProtectionConfig, sign_key: bytes | None = None) 
     elif args.format == "imagefolder":
         raise SourceError("--format imagefolder does not apply to shard sources: the output keeps the "
                           "input's shard format")
-    extensions = ([e.strip() for e in args.image_ext.split(",") if e.strip()]
-                  if getattr(args, "image_ext", None) else IMAGE_EXTENSIONS)
-    summary = run_shards(src, args.dst, config, image_column=args.image_column, key_column=args.key_column,
-                         overwrite=args.overwrite, image_extensions=extensions,
-                         rows_per_shard=getattr(args, "rows_per_shard", None) or 10_000, split=args.split,
-                         state=state, image_root=root, drop_columns=drop_columns(args), sign_key=sign_key)
+    spec = ShardJobSpec.create(
+        src, args.dst, config, image_column=args.image_column, key_column=args.key_column,
+        image_extensions=name_list(getattr(args, "image_ext", None), "--image-ext") or None,
+        drop_columns=drop_columns(args), rows_per_shard=getattr(args, "rows_per_shard", None), split=args.split,
+        overwrite=args.overwrite, allow_errors=args.allow_errors, image_root=root, sign_key=sign_key)
+    return report_shard_job(spec, state, launched=bool(os.environ.get(CHILD_ENV)))
+
+
+def report_shard_job(spec: ShardJobSpec, state: Any, *, launched: bool = False) -> int:
+    """Run ``spec`` on this process, print the summary on the main one and return its exit status
+    (:func:`~udp_datasets.cli.exit_codes.exit_code`): the end of ``protect`` and of every pipeline.
+    Ranks other than the main one, and the ranks ``--num-processes`` started (``launched``), exit 0
+    on quarantine: a launcher reports any non-zero status of a rank as a crash."""
+    summary = run_shard_job(spec, state)
     if state.is_main_process:
         print(format_summary(summary))
-    return exit_code(summary, args.allow_errors,
-                     report_quarantine=state.is_main_process and not os.environ.get(CHILD_ENV))
+    return exit_code(summary, spec.allow_errors, report_quarantine=state.is_main_process and not launched)
 
 
 def free_port() -> int:
@@ -148,8 +157,8 @@ def relaunch(args: Any) -> int:
     logger.info("launching %d processes: %s", args.num_processes, " ".join(cmd))
     code = subprocess.call(cmd, env=env)
     if code != 0:
-        return code if code in (EXIT_USAGE,) else EXIT_FAILED
-    record = Path(args.dst).expanduser() / BOOKKEEPING / "job.json"
+        return launcher_exit_code(code)
+    record = Path(args.dst).expanduser() / JOB_RECORD
     try:
         summary = JobSummary.from_dict(json.loads(record.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):

@@ -2,7 +2,10 @@
 
 Why in cli/: a pipeline script is a small command line (``--config FILE --set KEY=VALUE``)
 that parses arguments, sets up logging and turns the outcome into an exit status, all of
-which only cli/ does; the work is the shard job's (:func:`udp_datasets.jobs.shard_job.run_shards`).
+which only cli/ does; the settings become a :class:`~udp_datasets.jobs.shard_spec.ShardJobSpec`, as
+``udp-datasets protect``'s flags do, and the work is the shard job's
+(:func:`udp_datasets.jobs.shard_job.run_shard_job`); errors and outcomes map to exit codes in
+:mod:`udp_datasets.cli.exit_codes`, as for every command.
 Runs under ``accelerate launch`` (any number of processes) or plain ``python``.
 """
 
@@ -10,23 +13,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import ConfigError, ProtectionConfig
-from ..images import ImageError
 from ..jobs.distributed import make_state
-from ..jobs.shard_job import run_shards
-from ..jobs.summary import format_summary
-from ..sinks.atomic import OutputExistsError
+from ..jobs.shard_spec import ShardJobSpec
 from ..sources.errors import SourceError
 from ..sources.hf import open_hf_source
 from ..sources.paths import local_root
-from ..sources.keys import IMAGE_EXTENSIONS
 from ..sources.shards import discover_shards
-from .exit_codes import EXIT_USAGE, exit_code
-from .launch import column_names
+from .exit_codes import run_reporting_errors
+from .launch import name_list, report_shard_job
 from .logs import configure_logging
 
 PIPELINE_KINDS = ("hf_dataset", "webdataset", "parquet")
@@ -82,30 +80,30 @@ def run_pipeline(kind: str, argv: Sequence[str] | None = None) -> int:
         raise ValueError(f"unknown pipeline {kind!r}; one of {PIPELINE_KINDS}")
     args = build_parser(kind).parse_args(argv)
     configure_logging()
-    try:
-        settings = load_pipeline_config(args.config, args.set)
-        config = ProtectionConfig.from_dict(settings.get("protection") or {})
-        state = make_state()
-        src: Any = settings["source"]
-        if kind == "hf_dataset":
-            with state.main_process_first():
-                src = open_hf_source(str(src), split=settings.get("split"),
-                                     streaming=bool(settings.get("streaming", False)))
-        else:
-            want = "tar" if kind == "webdataset" else "parquet"
-            wrong = [s.name for s in discover_shards(src) if s.kind != want]
-            if wrong:
-                raise SourceError(f"the {kind} pipeline takes {want} shards; got {wrong[:3]}")
-        extensions = settings.get("image_extensions") or IMAGE_EXTENSIONS
-        summary = run_shards(src, settings["destination"], config, image_column=settings.get("image_column"),
-                             key_column=settings.get("key_column"), overwrite=bool(settings.get("overwrite")),
-                             image_extensions=extensions, rows_per_shard=int(settings.get("rows_per_shard") or 10_000),
-                             split=settings.get("split"), state=state,
-                             image_root=local_root(settings["source"]) if kind == "hf_dataset" else None,
-                             drop_columns=column_names(settings.get("drop_columns")))
-    except (ConfigError, SourceError, OutputExistsError, ImageError) as exc:
-        print(f"{kind} pipeline: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if state.is_main_process:
-        print(format_summary(summary))
-    return exit_code(summary, bool(settings.get("allow_errors")), report_quarantine=state.is_main_process)
+    return run_reporting_errors(f"{kind} pipeline", lambda: _run(kind, args.config, args.set))
+
+
+def _run(kind: str, path: str, overrides: Sequence[str]) -> int:
+    """One pipeline run: its settings as a shard job spec, run and reported."""
+    settings = load_pipeline_config(path, overrides)
+    config = ProtectionConfig.from_dict(settings.get("protection") or {})
+    state = make_state()
+    src: Any = settings["source"]
+    if kind == "hf_dataset":
+        with state.main_process_first():
+            src = open_hf_source(str(src), split=settings.get("split"),
+                                 streaming=bool(settings.get("streaming", False)))
+    else:
+        want = "tar" if kind == "webdataset" else "parquet"
+        wrong = [s.name for s in discover_shards(src) if s.kind != want]
+        if wrong:
+            raise SourceError(f"the {kind} pipeline takes {want} shards; got {wrong[:3]}")
+    spec = ShardJobSpec.create(
+        src, settings["destination"], config, image_column=settings.get("image_column"),
+        key_column=settings.get("key_column"),
+        image_extensions=name_list(settings.get("image_extensions"), "image_extensions") or None,
+        drop_columns=name_list(settings.get("drop_columns"), "drop_columns"),
+        rows_per_shard=settings.get("rows_per_shard"), split=settings.get("split"),
+        overwrite=bool(settings.get("overwrite")), allow_errors=bool(settings.get("allow_errors")),
+        image_root=local_root(settings["source"]) if kind == "hf_dataset" else None)
+    return report_shard_job(spec, state)

@@ -14,14 +14,14 @@ DEFAULT_IMAGE_COLUMN = "image"
 
 def cmd_protect(args: argparse.Namespace) -> int:
     from ..jobs.dataset_job import protect_dataset
-    from ..jobs.signing import read_key
-    from ..jobs.summary import format_summary
-    from .launch import drop_columns, run_cli, wants_runner
+    from ..records.signing import read_key
+    from ..records.summary import format_summary
+    from .launch import drop_columns, protect_shards, wants_shard_job
 
     config = protect_config_from_args(args)
     key = read_key(args.sign_key) if args.sign_key else None  # a bad key file fails before any work
-    if wants_runner(args):  # shards, --format parquet, --num-processes, accelerate launch
-        return run_cli(args, config, sign_key=key)
+    if wants_shard_job(args):  # shards, --format parquet, --num-processes, accelerate launch
+        return protect_shards(args, config, sign_key=key)
     # the datasets path: no --image-column means "image", no --format means Arrow
     summary = protect_dataset(args.src, args.dst, config, split=args.split,
                               image_column=args.image_column or DEFAULT_IMAGE_COLUMN,
@@ -78,12 +78,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "image columns besides the protected one is refused unless they are dropped")
     p.add_argument("--format", choices=["arrow", "imagefolder", "parquet"],
                    help="arrow (default): save_to_disk folder in DST/data; imagefolder: PNG files + "
-                   "metadata.jsonl; parquet: Parquet shards through the shard runner")
+                   "metadata.jsonl; parquet: Parquet shards through the shard job")
     p.add_argument("--fit-output", help="where the fitted surrogate is saved (default: cache folder)")
     p.add_argument("--num-proc", type=int, help="worker processes for datasets.map (one per GPU)")
-    p.add_argument("--num-processes", type=int, help="shard runner: re-launch on N processes with accelerate")
-    p.add_argument("--image-ext", help="shard runner: tar member extensions that are images (comma list)")
-    p.add_argument("--rows-per-shard", type=int, help="shard runner: rows per output shard for a datasets SRC")
+    p.add_argument("--num-processes", type=int, help="shard job: re-launch on N processes with accelerate")
+    p.add_argument("--image-ext", help="shard job: tar member extensions that are images (comma list)")
+    p.add_argument("--rows-per-shard", type=int, help="shard job: rows per output shard for a datasets SRC (default 10000)")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     p.add_argument("--sign-key", help="key file: add an HMAC-SHA256 signature of the manifest digest to the job "
                    "record (check it with verify --sign-key)")

@@ -5,8 +5,8 @@ This is what ``udp-datasets protect`` runs; it is also callable from Python
 left out; the output appears under its final name only when complete.
 
 Beside the data, DST gets ``manifest.parquet`` (one row per image, see
-:mod:`udp_datasets.jobs.manifest`) and ``udp_protection.json``: the
-:class:`~udp_datasets.jobs.summary.JobSummary` (full config and hash, surrogate reference
+:mod:`udp_datasets.records.manifest`) and ``udp_protection.json``: the
+:class:`~udp_datasets.records.summary.JobSummary` (full config and hash, surrogate reference
 with revision and weights SHA-256, library versions, start/end times, counts, the
 quarantined samples, the source's id, revision and license). ``udp-datasets verify`` and
 ``publish`` read both.
@@ -28,23 +28,24 @@ from typing import Any, Literal
 
 from ..config import ProtectionConfig
 from ..protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_column
-from ..sinks import atomic_directory, save_dataset, save_imagefolder
+from ..formats.imagefolder import save_imagefolder, skipped_images
+from ..sinks import atomic_directory, save_dataset
 from ..sinks.atomic import OutputExistsError, OutputWriteError
 from ..sinks.lock import destination_lock
 from ..sources import open_source
 from ..sources.columns import check_dataset
-from ..sources.folder_images import skipped_images
 from ..sources.errors import SourceError
 from ..sources.hf import is_saved_dataset
 from ..sources.paths import local_root
-from ..sources.keys import MANIFEST_FILE, RECORD_FILE
-from .manifest import manifest_digest, manifest_table, write_manifest
-from .signing import sign_record
-from .summary import JobSummary, format_summary, library_versions, mean_psnr, rate, utc_now
+from ..records.manifest import manifest_digest, manifest_table, write_manifest
+from ..records.names import ERRORS_FILE, MANIFEST_FILE, RECORD_FILE
+from ..records.signing import sign_record
+from ..records.summary import JobSummary, Tally, rate, utc_now
+from ..records.versions import library_versions
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["JobSummary", "RECORD_FILE", "format_summary", "library_versions", "load_protected", "protect_dataset"]
+__all__ = ["load_protected", "protect_dataset"]
 
 SOURCE_PATH_COLUMN = "udp_source_path"
 MAX_ERROR_RECORDS = 1000  # quarantined samples listed in the record (all are in errors.jsonl)
@@ -60,7 +61,7 @@ def protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig, 
     output is made (a full disk, no permission) is an :class:`OutputWriteError` naming the path;
     DST is then left as it was. ``drop_columns``: other image columns to leave out (a dataset with
     image columns besides ``image_column`` is refused otherwise, :mod:`udp_datasets.sources.columns`).
-    ``sign_key``: sign the record (:mod:`udp_datasets.jobs.signing`)."""
+    ``sign_key``: sign the record (:mod:`udp_datasets.records.signing`)."""
     try:
         with destination_lock(dst):  # one writer per DST; a second live run is refused (sinks.lock)
             return _protect_dataset(src, dst, config, split=split, image_column=image_column,
@@ -103,7 +104,7 @@ def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig,
     ds = raw_image_column(ds, image_column)
     dst = Path(dst)
     with atomic_directory(dst, overwrite=overwrite) as tmp:
-        errors_file = tmp / "errors.jsonl"
+        errors_file = tmp / ERRORS_FILE
         if skipped:  # images the folder reader left out are reported, never silently skipped
             errors_file.write_text("".join(json.dumps({"key": rel, "index": None, "reason": reason}) + "\n"
                                            for rel, reason in skipped), encoding="utf-8")
@@ -130,16 +131,19 @@ def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig,
         errors = _count_lines(errors_file)
         if errors == 0:
             errors_file.unlink(missing_ok=True)
-        linf = manifest["udp_linf"] if len(manifest) else []
-        psnrs = [p for p in (manifest["udp_psnr"] if len(manifest) else []) if p is not None]
+        tally = Tally(count=len(out), errors=errors)
+        if len(manifest):
+            for linf, psnr in zip(manifest["udp_linf"], manifest["udp_psnr"]):
+                tally.add(linf, psnr)
         seconds = time.perf_counter() - start
         summary = JobSummary(
             source=src, destination=str(dst), count=len(out), errors=errors, seconds=round(seconds, 3),
-            images_per_second=rate(len(out), seconds), max_linf_levels=max(linf, default=0),
-            budget_levels=config.budget_levels, mean_psnr_db=mean_psnr(sum(psnrs), len(psnrs)),
+            images_per_second=rate(len(out), seconds), max_linf_levels=tally.max_linf,
+            budget_levels=config.budget_levels, mean_psnr_db=tally.mean_psnr_db,
             config=protector.config.to_dict(), config_hash=protector.config.hash(),
             surrogate=protector.surrogate_ref.to_dict() if protector.surrogate_ref else None,
-            fit=fit_info, errors_file=str(dst / "errors.jsonl") if errors else None,
+            generator=protector.engine.generator_ref,
+            fit=fit_info, errors_file=str(dst / ERRORS_FILE) if errors else None,
             versions=library_versions(), started_at=started_at, finished_at=utc_now(),
             source_info=describe_source(src), output_format=output_format, image_column=image_column,
             split=split, error_records=_error_records(errors_file, src), images=len(out),

@@ -3,14 +3,17 @@
     udp-datasets protect 'data/shard-{000000..000099}.tar' out/ --surrogate S --num-processes 4
     accelerate launch -m udp_datasets.cli protect data/ out/ --surrogate S
     run_shards("data/*.parquet", "out", config)                       # Python
+    run_shard_job(ShardJobSpec("data/*.parquet", "out", config))       # the same, from a spec
 
 Why a second job beside :mod:`udp_datasets.jobs.dataset_job`: data that does not fit one
 ``datasets`` cache, or that must be spread over many GPUs and nodes and survive being killed,
 is protected one input shard at a time, each shard written, checked and marked done on its
-own. This module is that job's bookkeeping (what is pending, done or foreign, what each rank
-does, the merged record); the pieces it stands on are :mod:`~udp_datasets.jobs.codecs` (a shard
-in and out), :mod:`~udp_datasets.jobs.background` (reading and writing behind protection),
-:mod:`~udp_datasets.jobs.distributed` (accelerate) and :mod:`~udp_datasets.jobs.summary` (the
+own. What a job is asked to do is one :class:`~udp_datasets.jobs.shard_spec.ShardJobSpec`
+(built alike by the command line, the pipelines and :func:`run_shards`), run by
+:func:`run_shard_job`. This module is that job's bookkeeping (what is pending, done or foreign,
+what each rank does, the merged record); the pieces it stands on are the format codecs
+(:mod:`udp_datasets.formats`: a shard in and out), :mod:`~udp_datasets.jobs.background` (reading and writing behind protection),
+:mod:`~udp_datasets.jobs.distributed` (accelerate) and :mod:`~udp_datasets.records.summary` (the
 record). The command line around it is :mod:`udp_datasets.cli.launch`.
 
 **Work units.** One input shard (a WebDataset tar, a Parquet file, or a slice of a
@@ -20,8 +23,8 @@ errors and manifest -> completion marker, written last (also temp + rename, all 
 :mod:`udp_datasets.sinks.atomic`). A unit whose marker is present is complete; anything else
 is redone from scratch, so a run killed at any moment (SIGKILL included) resumes to output
 that is byte for byte what an uninterrupted run writes (tar and Parquet output is
-deterministic, see :mod:`udp_datasets.sinks.tar_writer` and
-:mod:`udp_datasets.sinks.parquet_writer`; per-sample randomness is keyed by the sample key, so
+deterministic, see :mod:`udp_datasets.formats.webdataset` and
+:mod:`udp_datasets.formats.parquet`; per-sample randomness is keyed by the sample key, so
 batching and the rank that runs a shard do not matter).
 
 **Layout.** DST mirrors the input: same shard names (and sub-folders), same samples
@@ -29,7 +32,7 @@ in the same order, every non-image member / column unchanged; images become PNG
 (``KEY.jpg`` -> ``KEY.png``). The job's own files live in ``DST/.udp/``:
 
     .udp/job.json                  job summary (main process, when every rank is done)
-    .udp/manifest.parquet          all per-shard manifests merged (jobs.manifest.MANIFEST_SCHEMA)
+    .udp/manifest.parquet          all per-shard manifests merged (records.manifest.MANIFEST_SCHEMA)
     .udp/errors.jsonl              every quarantined sample: key, shard, reason
     .udp/surrogate/                the surrogate fitted for this job (when none was given)
     .udp/shards/NAME.done.json     completion marker with the shard's stats
@@ -69,7 +72,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -83,21 +85,23 @@ from ..protector import FailedImage, ProtectedImage, Protector
 from ..sinks.atomic import (OutputExistsError, atomic_directory, atomic_file, is_temp_name, remove_path,
                             write_bytes_atomic, write_json_atomic)
 from ..sinks.lock import destination_lock
+from ..formats.codec import Chunk, ShardCodec, WorkUnit
+from ..formats.units import dataset_units, make_codec, shard_units, stale_dataset_units
 from ..sources.errors import SourceError
-from ..sources.keys import IMAGE_EXTENSIONS
-from ..sources.shards import discover_shards
-from ..sources.tar import ShardReadError
+from ..sources.shards import ShardReadError, discover_shards
 from .background import ReadAhead, WriteBehind
-from .codecs import Chunk, ShardCodec, WorkUnit, dataset_units, make_codec, shard_units, stale_dataset_units
 from .distributed import main_then_broadcast, make_state
-from .manifest import MANIFEST_SCHEMA, file_sha256, manifest_digest, manifest_table
-from .signing import sign_record
-from .summary import JobSummary, library_versions, mean_psnr, rate, utc_now
+from .shard_spec import ShardJobSpec
+from ..records.manifest import MANIFEST_SCHEMA, file_sha256, manifest_digest, manifest_table
+from ..records.names import (BOOKKEEPING, ERRORS_FILE, JOB_RECORD, MANIFEST_FILE, MARKER_SUFFIX, RANKS_FOLDER,
+                             SHARD_ERRORS_SUFFIX, SHARD_MANIFEST_SUFFIX, SHARDS_FOLDER, SURROGATE_FOLDER)
+from ..records.signing import sign_record
+from ..records.summary import JobSummary, Tally, rate, utc_now
+from ..records.versions import library_versions
 
 logger = logging.getLogger(__name__)
 
-BOOKKEEPING = ".udp"
-RUNNER_VERSION = 1
+SHARD_JOB_VERSION = 1  # hashed into every job id under its 0.1 key, "runner" (renamed, every job id would change)
 
 
 class ConfigMismatchError(ConfigError):
@@ -105,7 +109,8 @@ class ConfigMismatchError(ConfigError):
 
 
 def job_hash(config: ProtectionConfig, surrogate_sha256: str | None, *, image_column: str | None,
-             key_column: str | None, image_extensions: Iterable[str], drop_columns: Iterable[str] = ()) -> str:
+             key_column: str | None, image_extensions: Iterable[str], drop_columns: Iterable[str] = (),
+             generator_sha256: str | None = None) -> str:
     """The job id: the identity of a job's output bytes (see the module docstring).
 
     Two runs with the same job id write the same bytes for the same shard, so a marker
@@ -116,73 +121,38 @@ def job_hash(config: ProtectionConfig, surrogate_sha256: str | None, *, image_co
         "config": config.replace(surrogate=None, surrogate_revision=None).hash(),
         "surrogate_sha256": surrogate_sha256 if config.surrogate is not None else None,
         "image_column": image_column, "key_column": key_column,
-        "image_extensions": sorted(image_extensions), "runner": RUNNER_VERSION,
-    } | ({"drop_columns": sorted(drop_columns)} if drop_columns else {})
+        "image_extensions": sorted(image_extensions), "runner": SHARD_JOB_VERSION,
+    } | ({"drop_columns": sorted(drop_columns)} if drop_columns else {}) | (
+        {"generator_sha256": generator_sha256} if generator_sha256 else {})  # the generator engines' weights
     canon = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
-class ShardRunner:
-    """Protect every shard of SRC into DST (see the module docstring).
+class ShardJob:
+    """One run of the shard job a :class:`~udp_datasets.jobs.shard_spec.ShardJobSpec` describes, on this
+    process (see the module docstring); ``state`` is an ``accelerate.PartialState`` (default:
+    :func:`make_state`). Its attributes are the spec's settings, DST resolved."""
 
-    Args:
-        src: a shard spec (tar / Parquet path, brace pattern, glob, folder, URL, or a
-            list of them), or a ``datasets.Dataset`` / ``IterableDataset``.
-        dst: output folder (created; re-running into it resumes).
-        config: the protection recipe; without ``surrogate`` one is fitted once.
-        image_column: Parquet / dataset image column (default: the Hugging Face
-            ``Image`` feature, else ``image``). Tar samples use ``image_extensions``.
-        key_column: Parquet / dataset column whose values seed per-sample randomness
-            (default: a ``__key__`` column if present, else the pixel hash, as
-            :class:`~udp_datasets.Protector` does). Tar samples use their WebDataset key.
-        overwrite: redo shards marked with another config (and write into a non-empty
-            DST that is not a runner output).
-        rows_per_shard: slice size for a ``datasets.Dataset`` source.
-        prefetch: chunks read ahead and queued for writing.
-        state: an ``accelerate.PartialState`` (default: :func:`make_state`).
-        image_root: for a ``Dataset`` made from a local image or ``save_to_disk`` folder, that folder:
-            its path-only image entries are read inside it only. Shards, Hub and streamed data have none
-            (the default): their images come from their bytes, a path-only entry is quarantined unread.
-        drop_columns: image-like columns besides ``image_column`` to leave out of the output; a table
-            with others is refused (:mod:`udp_datasets.sources.columns`).
-        sign_key: key bytes to sign the job record with (``--sign-key``, :mod:`udp_datasets.jobs.signing`).
-    """
-
-    def __init__(self, src: Any, dst: str | os.PathLike, config: ProtectionConfig, *,
-                 image_column: str | None = None, key_column: str | None = None, overwrite: bool = False,
-                 image_extensions: Iterable[str] = IMAGE_EXTENSIONS, rows_per_shard: int = 10_000,
-                 split: str | None = None, prefetch: int = 2, progress: bool = True, state: Any = None,
-                 image_root: str | os.PathLike | None = None, drop_columns: Iterable[str] = (),
-                 sign_key: bytes | None = None):
-        if config.caption_column is not None:  # a ConfigError: the command line says so in one line, exit 2
-            raise ConfigError(
-                f"caption_column={config.caption_column!r}: per-sample captions are read by the datasets path "
-                "(`udp-datasets protect` on a dataset or image folder, `ds.map(protector)`), not yet by shard "
-                "jobs; use a fixed --prompt template here")
-        self.src = src
-        self.dst = Path(dst).expanduser()
-        self.config = config
-        self.image_column = image_column
-        self.key_column = key_column
-        self.overwrite = overwrite
-        self.image_extensions = frozenset(e.lower().lstrip(".") for e in image_extensions)
-        self.rows_per_shard = rows_per_shard
-        self.split = split
-        self.prefetch = prefetch
-        self.progress = progress
+    def __init__(self, spec: ShardJobSpec, state: Any = None):
+        self.spec = spec
+        self.src = spec.source
+        self.dst = Path(spec.destination).expanduser()
+        self.config = spec.config
+        self.image_column, self.key_column = spec.image_column, spec.key_column
+        self.image_extensions: frozenset[str] = spec.image_extensions  # type: ignore[assignment]
+        self.drop_columns: tuple[str, ...] = spec.drop_columns  # type: ignore[assignment]
+        self.overwrite, self.prefetch, self.progress = spec.overwrite, spec.prefetch, spec.progress
+        self.image_root, self.sign_key = spec.image_root, spec.sign_key  # sign_key: records.signing
         self.state = state
-        self.image_root = image_root
-        self.sign_key = sign_key  # the record is signed with it (jobs.signing)
-        self.drop_columns = tuple(drop_columns)  # other image columns, left out of the output (sources.columns)
         self.book = self.dst / BOOKKEEPING
-        self.record_file = self.book / "job.json"
-        self._dataset = None if isinstance(src, (str, os.PathLike, list, tuple)) else src
+        self.record_file = self.dst / JOB_RECORD
+        self._dataset = None if isinstance(self.src, (str, os.PathLike, list, tuple)) else self.src
 
     # ------------------------------------------------------------------ units
     def units(self) -> list[WorkUnit]:
         """Every unit of SRC in order; their names are the output names (see the codecs)."""
         if self._dataset is not None:
-            return dataset_units(self._dataset, self.rows_per_shard, self.split)
+            return dataset_units(self._dataset, self.spec.rows_per_shard, self.spec.split)
         return shard_units(discover_shards(self.src if isinstance(self.src, (list, tuple)) else str(self.src)))
 
     def _codec(self, unit: WorkUnit) -> ShardCodec:
@@ -192,7 +162,7 @@ class ShardRunner:
 
     def marker_path(self, unit_name: str) -> Path:
         """Where a unit's completion marker lives; its presence is what "done" means."""
-        return self.book / "shards" / f"{unit_name}.done.json"
+        return self.dst / SHARDS_FOLDER / f"{unit_name}{MARKER_SUFFIX}"
 
     # -------------------------------------------------------------------- run
     def run(self) -> JobSummary:
@@ -227,7 +197,7 @@ class ShardRunner:
         ref = protector.surrogate_ref
         job_id = job_hash(config, ref.sha256 if ref else None, image_column=self.image_column,
                          key_column=self.key_column, image_extensions=self.image_extensions,
-                         drop_columns=self.drop_columns)
+                         drop_columns=self.drop_columns, generator_sha256=protector.engine.generator_sha256)
 
         # 3. main scans the markers; everyone works on the same pending list
         pending, skipped = main_then_broadcast(state, lambda: self._scan(units, job_id), "scan")
@@ -247,7 +217,7 @@ class ShardRunner:
             except (ShardReadError, SourceError, ImageError, OSError, ValueError, TypeError) as exc:
                 logger.error("shard %s failed: %s", name, exc)
                 failed.append({"shard": name, "reason": str(exc)})
-        write_json_atomic(self.book / "ranks" / f"rank-{rank:05d}.json",
+        write_json_atomic(self.dst / RANKS_FOLDER / f"rank-{rank:05d}.json",
                           {"rank": rank, "world_size": world, "shards": done, "failed": failed,
                            "device": str(protector.prepare_surrogate(state.local_process_index).device),
                            "seconds": round(time.perf_counter() - start, 3)})
@@ -282,7 +252,7 @@ class ShardRunner:
             raise OutputExistsError(
                 f"{self.dst} is not empty and is not the output of a shard job (no {BOOKKEEPING}/); "
                 "choose another destination, or pass --overwrite to write into it")
-        (self.book / "shards").mkdir(parents=True, exist_ok=True)
+        (self.dst / SHARDS_FOLDER).mkdir(parents=True, exist_ok=True)
         removed = 0
         for root, dirs, files in os.walk(self.dst):
             for name in files + dirs:
@@ -291,7 +261,7 @@ class ShardRunner:
                     removed += 1
         if removed:
             logger.info("removed %d temporary file(s) left by an interrupted run", removed)
-        shutil.rmtree(self.book / "ranks", ignore_errors=True)
+        shutil.rmtree(self.dst / RANKS_FOLDER, ignore_errors=True)
         if self.config.surrogate is not None:
             return self.config.to_dict(), None
         return self._fitted_surrogate(units)
@@ -299,7 +269,7 @@ class ShardRunner:
     def _fitted_surrogate(self, units: list[WorkUnit]) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The surrogate in ``.udp/surrogate``: reused when fitted with this config, else fitted
         once here, so every rank and every re-run protects with the same weights."""
-        folder = self.book / "surrogate"
+        folder = self.dst / SURROGATE_FOLDER
         info_file = folder / "udp_fit.json"
         if info_file.exists():
             info = json.loads(info_file.read_text(encoding="utf-8"))
@@ -338,17 +308,17 @@ class ShardRunner:
         carries this job id and its output still has the recorded size; shards of another
         job id are refused unless ``overwrite`` (they would mix two configs in one dataset)."""
         pending, skipped, foreign = [], [], []
-        shards = self.book / "shards"
-        stale = stale_dataset_units([p.relative_to(shards).as_posix()[:-len(".done.json")]
-                                     for p in shards.rglob("*.done.json")], units)
+        shards = self.dst / SHARDS_FOLDER
+        stale = stale_dataset_units([p.relative_to(shards).as_posix()[:-len(MARKER_SUFFIX)]
+                                     for p in shards.rglob(f"*{MARKER_SUFFIX}")], units)
         if stale and not self.overwrite:
             raise ConfigMismatchError(
                 f"{self.dst} holds {len(stale)} shard(s) an earlier run wrote that this job would not ({stale[0]}"
                 f"{', ...' if len(stale) > 1 else ''}): the output-shaping options differ (another --rows-per-shard "
                 "names the shards otherwise); use another DST, or --overwrite to replace them")
         for name in stale:  # --overwrite: the earlier run's shards go, or the rows would be there twice
-            for path in (self.dst / name, self.marker_path(name), shards / f"{name}.manifest.parquet",
-                         shards / f"{name}.errors.jsonl"):
+            for path in (self.dst / name, self.marker_path(name), shards / f"{name}{SHARD_MANIFEST_SUFFIX}",
+                         shards / f"{name}{SHARD_ERRORS_SUFFIX}"):
                 path.unlink(missing_ok=True)
         for unit in units:
             marker = self._read_marker(unit.name)
@@ -389,14 +359,13 @@ class ShardRunner:
         (last, so a shard is done only once everything it leaves is in place); returns the marker."""
         t0 = time.perf_counter()
         final = self.dst / unit.name
-        base = self.book / "shards" / unit.name
+        base = self.dst / SHARDS_FOLDER / unit.name
         marker = self.marker_path(unit.name)
         marker.unlink(missing_ok=True)  # from here on the shard is not complete
         codec = self._codec(unit)
         errors: list[dict[str, Any]] = []
-        stats = {"count": 0, "images": 0, "errors": 0, "passthrough": 0, "max_linf": 0,
-                 "psnr_sum": 0.0, "psnr_count": 0, "infinite_psnr": 0}
-        manifest_final = base.parent / f"{base.name}.manifest.parquet"
+        tally = Tally()
+        manifest_final = base.parent / f"{base.name}{SHARD_MANIFEST_SUFFIX}"
         manifest_final.parent.mkdir(parents=True, exist_ok=True)
         import pyarrow.parquet as pq
 
@@ -407,7 +376,7 @@ class ShardRunner:
             reader = ReadAhead(codec.chunks(), self.prefetch)
             try:
                 for chunk in reader:
-                    ok, pngs, good = self._protect_chunk(chunk, protector, state, unit, errors, stats)
+                    ok, pngs, good = self._protect_chunk(chunk, protector, state, unit, errors, tally)
                     writer.put(chunk, ok, pngs)
                     if good:
                         mwriter.write_table(manifest_table(good, unit.name, job_id))
@@ -422,7 +391,7 @@ class ShardRunner:
                 raise
             finally:
                 reader.close()
-        errors_file = base.parent / f"{base.name}.errors.jsonl"
+        errors_file = base.parent / f"{base.name}{SHARD_ERRORS_SUFFIX}"
         if errors:
             write_bytes_atomic(errors_file, "".join(json.dumps(e, ensure_ascii=False) + "\n"
                                                     for e in errors).encode())
@@ -431,25 +400,21 @@ class ShardRunner:
         seconds = time.perf_counter() - t0
         record = {
             "shard": unit.name, "source": unit.source, "status": "done", "config_hash": job_id,
-            "count": stats["count"], "images": stats["images"], "errors": stats["errors"],
-            "passthrough": stats["passthrough"], "seconds": round(seconds, 3),
-            "images_per_second": rate(stats["images"], seconds), "max_linf_levels": stats["max_linf"],
-            "mean_psnr_db": mean_psnr(stats["psnr_sum"], stats["psnr_count"]),
-            "psnr_sum": stats["psnr_sum"], "psnr_count": stats["psnr_count"],
+            **tally.to_marker(), "seconds": round(seconds, 3), "images_per_second": rate(tally.images, seconds),
             "bytes": final.stat().st_size, "sha256": file_sha256(final),
             "rank": state.process_index, "world_size": state.num_processes,
             "errors_file": str(errors_file.relative_to(self.dst)) if errors else None,
             "manifest": str(manifest_final.relative_to(self.dst)),
         }
-        if stats["max_linf"] > self.config.budget_levels:  # defence in depth: never mark this done
-            raise RuntimeError(f"internal error: shard {unit.name} has L-inf {stats['max_linf']} over budget")
+        if tally.max_linf > self.config.budget_levels:  # defence in depth: never mark this done
+            raise RuntimeError(f"internal error: shard {unit.name} has L-inf {tally.max_linf} over budget")
         write_json_atomic(marker, record)  # last: the shard is complete from here on
-        logger.info("shard %s: %d samples, %d quarantined, %.1f s", unit.name, stats["count"], stats["errors"],
+        logger.info("shard %s: %d samples, %d quarantined, %.1f s", unit.name, tally.count, tally.errors,
                     seconds)
         return record
 
     def _protect_chunk(self, chunk: Chunk, protector: Protector, state: Any, unit: WorkUnit,
-                       errors: list[dict[str, Any]], stats: dict[str, Any],
+                       errors: list[dict[str, Any]], tally: Tally,
                        ) -> tuple[list[bool], list[bytes | None], list[ProtectedImage]]:
         """Protect a chunk's images; returns (ok per record, PNG per image, protected images).
 
@@ -479,11 +444,11 @@ class ShardRunner:
                 if chunk.rows is not None:
                     error["row"] = chunk.rows[i]
                 errors.append(error)
-                stats["errors"] += 1
+                tally.errors += 1
             elif images_of[i]:
-                stats["count"] += 1
+                tally.count += 1
             else:
-                stats["passthrough"] += 1
+                tally.passthrough += 1
         pngs: list[bytes | None] = []
         good: list[ProtectedImage] = []
         for j, record in enumerate(chunk.record_of_image):
@@ -491,11 +456,7 @@ class ShardRunner:
             if ok[record] and isinstance(r, ProtectedImage):
                 pngs.append(r.png)
                 good.append(r)
-                stats["images"] += 1
-                stats["max_linf"] = max(stats["max_linf"], r.linf)
-                if math.isfinite(r.psnr):
-                    stats["psnr_sum"] += r.psnr
-                    stats["psnr_count"] += 1
+                tally.add(r.linf, r.psnr)
             else:
                 pngs.append(None)
         return ok, pngs, good
@@ -509,26 +470,22 @@ class ShardRunner:
         import pyarrow.parquet as pq
 
         ranks = []
-        for path in sorted((self.book / "ranks").glob("rank-*.json")):
+        for path in sorted((self.dst / RANKS_FOLDER).glob("rank-*.json")):
             ranks.append(json.loads(path.read_text(encoding="utf-8")))
         done_now = sum(len(r["shards"]) for r in ranks)
         failed = [f for r in ranks for f in r["failed"]]
-        totals = {"count": 0, "images": 0, "errors": 0, "passthrough": 0, "max_linf": 0, "psnr_sum": 0.0,
-                  "psnr_count": 0}
+        totals = Tally()
         images_now = 0
         now = {d["shard"] for r in ranks for d in r["shards"]}
-        manifest_path = self.book / "manifest.parquet"
-        errors_path = self.book / "errors.jsonl"
+        manifest_path = self.book / MANIFEST_FILE
+        errors_path = self.book / ERRORS_FILE
         with atomic_file(manifest_path) as mtmp, atomic_file(errors_path) as etmp, open(etmp, "wb") as efh:
             writer = pq.ParquetWriter(str(mtmp), MANIFEST_SCHEMA)
             for unit in units:
                 marker = self._read_marker(unit.name)
                 if marker is None or marker.get("config_hash") != job_id:
                     continue
-                for key in ("count", "images", "errors", "passthrough", "psnr_count"):
-                    totals[key] += int(marker.get(key) or 0)
-                totals["psnr_sum"] += float(marker.get("psnr_sum") or 0.0)
-                totals["max_linf"] = max(totals["max_linf"], int(marker.get("max_linf_levels") or 0))
+                totals.merge(Tally.from_marker(marker))
                 if unit.name in now:
                     images_now += int(marker.get("images") or 0)
                 if marker.get("manifest"):
@@ -536,28 +493,37 @@ class ShardRunner:
                 if marker.get("errors_file"):
                     efh.write((self.dst / marker["errors_file"]).read_bytes())
             writer.close()
-        if totals["errors"] == 0:
+        if totals.errors == 0:
             errors_path.unlink(missing_ok=True)
         return JobSummary(
             source=_source_text(self.src), destination=str(self.dst), shards=len(units),
             shards_done=done_now, shards_skipped=len(skipped), shards_failed=failed,
-            count=totals["count"], images=totals["images"], errors=totals["errors"],
-            passthrough=totals["passthrough"], seconds=round(seconds, 3),
-            images_per_second=rate(images_now, seconds), max_linf_levels=totals["max_linf"],
-            budget_levels=config.budget_levels, mean_psnr_db=mean_psnr(totals["psnr_sum"], totals["psnr_count"]),
+            count=totals.count, images=totals.images, errors=totals.errors,
+            passthrough=totals.passthrough, seconds=round(seconds, 3),
+            images_per_second=rate(images_now, seconds), max_linf_levels=totals.max_linf,
+            budget_levels=config.budget_levels, mean_psnr_db=totals.mean_psnr_db,
             config=config.replace(device="auto").to_dict(), config_hash=job_id,
             protection_config_hash=config.hash(), surrogate=ref.to_dict() if ref else None, world_size=world,
+            generator=protector.engine.generator_ref,
             ranks=[{k: r[k] for k in ("rank", "device", "seconds")} | {"shards": [d["shard"] for d in r["shards"]]}
                    for r in ranks],
-            fit=fit_info, errors_file=str(errors_path) if totals["errors"] else None,
+            fit=fit_info, errors_file=str(errors_path) if totals.errors else None,
             manifest=str(manifest_path), manifest_sha256=manifest_digest(manifest_path),
             versions=library_versions(), started_at=started_at,
             finished_at=utc_now(), record_file=str(self.record_file))
 
 
-def run_shards(src: Any, dst: str | os.PathLike, config: ProtectionConfig, **kwargs: Any) -> JobSummary:
-    """Protect every shard of SRC into DST; see :class:`ShardRunner` for the options."""
-    return ShardRunner(src, dst, config, **kwargs).run()
+def run_shard_job(spec: ShardJobSpec, state: Any = None) -> JobSummary:
+    """Run the shard job ``spec`` describes on this process (every rank calls it; every rank returns
+    the merged summary). The one entry point the command line, the pipelines and Python share."""
+    return ShardJob(spec, state).run()
+
+
+def run_shards(src: Any, dst: str | os.PathLike, config: ProtectionConfig, *, state: Any = None,
+               **settings: Any) -> JobSummary:
+    """Protect every shard of SRC into DST, from Python: ``settings`` are
+    :class:`~udp_datasets.jobs.shard_spec.ShardJobSpec`'s (``key_column=``, ``rows_per_shard=`` ...)."""
+    return run_shard_job(ShardJobSpec(src, dst, config, **settings), state)
 
 
 def _source_text(src: Any) -> str:

@@ -4,6 +4,6 @@ Its level, and so what it may import: ``layout.toml`` at the repository root.
 """
 
 from .atomic import OutputExistsError, OutputWriteError, atomic_directory, atomic_file
-from .folders import save_dataset, save_imagefolder
+from .folders import save_dataset
 
-__all__ = ["OutputExistsError", "OutputWriteError", "atomic_directory", "atomic_file", "save_dataset", "save_imagefolder"]
+__all__ = ["OutputExistsError", "OutputWriteError", "atomic_directory", "atomic_file", "save_dataset"]

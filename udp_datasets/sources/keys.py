@@ -1,9 +1,9 @@
-"""Key and extension rules: the one place that says what is an image, a shard, a sample key
-and which files of a dataset folder are data.
+"""Extension rules: the one place that says what is an image, a shard and which files of a
+dataset folder are data.
 
 Readers (tar and Parquet shards, image folders, published folders that ``verify`` re-reads)
-and writers (a protected ``KEY.jpg`` becomes ``KEY.png``) all take their rules from here, as
-webdataset keeps its own in one module.
+take these rules from here. The rules of one format (the WebDataset sample key, a protected
+``KEY.jpg`` written as ``KEY.png``) belong to that format's codec in :mod:`udp_datasets.formats`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ MANIFEST_FILE = "manifest.parquet"
 NOT_DATA_NAMES = frozenset({"README.md", ".gitattributes", "errors.jsonl", MANIFEST_FILE, RECORD_FILE})
 """Files at the top of a dataset folder that are not data: the card, manifest, job record, errors."""
 NOT_DATA_SUFFIXES = (".done.json", ".manifest.parquet")  # shard markers and per-shard manifests
-_KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset.tariterators.base_plus_ext
 
 ShardKind = Literal["tar", "parquet"]
 
@@ -39,19 +38,6 @@ def shard_kind(name: str) -> ShardKind | None:
     if lower.endswith(PARQUET_SUFFIXES):
         return "parquet"
     return None
-
-
-def split_key(name: str) -> tuple[str | None, str | None]:
-    """WebDataset's key rule: ``dir/abc.seg.png`` -> (``dir/abc``, ``seg.png``).
-
-    The key is everything before the *first* dot of the base name, so a key can
-    never contain a dot: a member ``img.v2.jpg`` is key ``img`` with extension
-    ``v2.jpg``. Names without a dot (or starting with one) belong to no sample.
-    """
-    match = _KEY_RE.match(name)
-    if not match:
-        return None, None
-    return match.group(1), match.group(2)
 
 
 def unsafe_name(name: str) -> str | None:
@@ -86,26 +72,6 @@ def is_data_file(rel: str) -> bool:
 def is_hidden(rel: str) -> bool:
     """Whether a relative path lies in or is a dot-file or dot-folder (temporary files, ``.udp/``)."""
     return any(part.startswith(".") for part in PurePosixPath(rel).parts)
-
-
-def png_member_name(name: str) -> str:
-    """``KEY.jpg`` -> ``KEY.png``, ``KEY.left.jpeg`` -> ``KEY.left.png``; ``.png`` stays."""
-    head, dot, _ = name.rpartition(".")
-    return f"{head}.png" if dot else f"{name}.png"
-
-
-def png_path(path: str | None) -> str | None:
-    """The ``path`` of a protected image column entry: ``.png`` suffix, and only the
-    base name when the source path was absolute (a local path means nothing to readers
-    of the published data)."""
-    if not path:
-        return path
-    p = PurePosixPath(path)
-    if p.is_absolute() or "\\" in path:
-        p = PurePosixPath(p.name.rsplit("\\", 1)[-1])
-    if not p.name:
-        return path
-    return png_member_name(str(p))
 
 
 # --------------------------------------------------------------- image formats, by name and by content

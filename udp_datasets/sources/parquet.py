@@ -19,17 +19,17 @@ from typing import Any, Iterator, Sequence
 
 from .errors import SourceError
 from .paths import read_image_path
-from .remote import is_url, local_path
+from .remote import is_url, local_path, open_binary
 
 
 def open_parquet(url: str):
+    """A ``pyarrow.parquet.ParquetFile`` for a local path, or a URL opened seekable
+    (:func:`udp_datasets.sources.remote.open_binary`)."""
     import pyarrow.parquet as pq
 
     if not is_url(url) or url.startswith("file://"):
         return pq.ParquetFile(local_path(url))
-    import fsspec
-
-    return pq.ParquetFile(fsspec.open(url, "rb").open())
+    return pq.ParquetFile(open_binary(url, seekable=True))
 
 
 def iter_parquet_batches(pf: Any, batch_size: int, columns: Sequence[str] | None = None

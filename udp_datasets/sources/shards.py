@@ -5,13 +5,13 @@ A *shard* is one file of a sharded dataset and the unit of work of the shard job
 list of :class:`Shard`: a ``.tar`` / ``.tar.gz`` / ``.tgz`` / ``.parquet`` file, a brace
 pattern (``data-{000000..000099}.tar``, expanded with ``braceexpand`` as webdataset does,
 ``::`` joins several), a glob, a folder (searched recursively; hidden folders and
-``__*__`` folders are skipped) or a URL that ``webdataset.gopen`` opens (``http(s)://``,
-``pipe:...``, ``file://``, ...). Each shard's *name* is its path relative to the folder
-(or its base name), and the output keeps it.
+``__*__`` folders are skipped) or a URL (``http(s)://``, ``s3://`` ... opened with fsspec,
+``pipe:CMD``, ``file://``: :mod:`udp_datasets.sources.remote`). Each shard's *name* is its path
+relative to the folder (or its base name), and the output keeps it.
 
-Reading them is :mod:`udp_datasets.sources.tar` (samples of a tar, streamed) and
-:mod:`udp_datasets.sources.parquet` (record batches, the image column); their names are
-re-exported here, where the shard job has always found them.
+Reading a shard is its format's codec (:mod:`udp_datasets.formats`); a shard that cannot be read
+at all raises :class:`ShardReadError`, defined here so that every format and the command line
+name it without importing one another.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ from typing import Iterator, Sequence
 from .errors import SourceError
 from .hf import is_saved_dataset
 from .keys import COMPRESSED_TAR_SUFFIXES, SHARD_SUFFIXES, ShardKind, is_image_name, shard_kind
-from .parquet import find_image_column, iter_parquet_batches, open_parquet
-from .remote import is_url, local_path, open_binary, url_basename
-from .tar import ShardReadError, TarMember, TarSample, iter_tar_samples
+from .remote import is_url, local_path, url_basename
 
 _BRACE = re.compile(r"\{[^{}]*(\.\.|,)[^{}]*\}")
+
+
+class ShardReadError(IOError):
+    """A shard that cannot be read at all (truncated or corrupt container)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,3 @@ def _walk_shards(root: Path) -> Iterator[Path]:
             if not name.startswith(".") and shard_kind(name):
                 yield Path(dirpath) / name
 
-
-__all__ = ["Shard", "ShardReadError", "TarMember", "TarSample", "discover_shards", "find_image_column", "has_braces",
-           "is_url", "iter_parquet_batches", "iter_tar_samples", "looks_like_shards", "open_binary", "open_parquet"]

@@ -10,9 +10,11 @@ One reader serves a local output folder, a downloaded Hub snapshot (``verify``,
 * ``imagefolder``: image files (+ ``metadata.jsonl``) at the source's relative paths.
 
 A :class:`Layout` lists its data files and yields ``(location, identity, bytes)`` for every
-image in order; which files are data, which are images and what a sample's key is come
-from :mod:`udp_datasets.sources.keys`, and the tar and Parquet reading from
-:mod:`~udp_datasets.sources.tar` and :mod:`~udp_datasets.sources.parquet`.
+image in order; which files are data and which are images come from
+:mod:`udp_datasets.sources.keys`, a sample's key and a file's output name from the format's codec
+(:mod:`~udp_datasets.formats.webdataset`, :mod:`~udp_datasets.formats.imagefolder`), and the
+Parquet reading from :mod:`~udp_datasets.sources.parquet`. In :mod:`udp_datasets.formats`
+because it reads every format the codecs write.
 
 Published data is read from its bytes only: a path-only image entry in a protected folder or a
 Hub snapshot is an unreadable row, never a file opened on the verifier's disk, and symbolic
@@ -27,10 +29,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
 
-from .hf import SourceError, is_saved_dataset, open_source
-from .keys import is_data_file, is_image_name, shard_kind
-from .parquet import find_image_column, image_entries, iter_parquet_images
-from .tar import iter_tar_images
+from ..sources.errors import SourceError
+from ..sources.hf import is_saved_dataset, open_source
+from ..sources.keys import is_data_file, is_image_name, shard_kind
+from ..sources.parquet import find_image_column, image_entries, iter_parquet_images
+from .imagefolder import output_name
+from .webdataset import iter_tar_images
 
 LAYOUT_KINDS = ("webdataset", "parquet", "imagefolder")  # the file-based layouts, in detection order
 
@@ -100,7 +104,7 @@ class ImageFolderLayout(Layout):
     def manifest_identity(self, key, source):
         # protect --format imagefolder writes <source relative path>.png
         if source and not os.path.isabs(source) and "://" not in source:
-            return Path(source).with_suffix(".png").as_posix()
+            return output_name(source, 0)
         return None
 
 
@@ -111,7 +115,7 @@ LAYOUTS: dict[str, type[Layout]] = {"webdataset": WebDatasetLayout, "parquet": P
 def detect_layout(directory: str | os.PathLike, image_column: str = "image") -> Layout:
     """Which layout a dataset folder holds, and its data files (relative, sorted).
 
-    Raises :class:`~udp_datasets.sources.hf.SourceError` for a folder with no data or with
+    Raises :class:`~udp_datasets.sources.errors.SourceError` for a folder with no data or with
     data files of several layouts.
     """
     root = Path(directory)

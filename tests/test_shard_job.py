@@ -1,4 +1,4 @@
-"""The shard runner: markers, resume, SIGKILL safety, config hashes, fitting once, two
+"""The shard job: markers, resume, SIGKILL safety, config hashes, fitting once, two
 processes through accelerate, and the ready-made pipelines."""
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from udp_datasets import ProtectionConfig
 from udp_datasets.cli.app import EXIT_QUARANTINED, EXIT_USAGE, main
 from udp_datasets.cli.launch import launch_command, strip_option
 from udp_datasets.cli.pipelines import run_pipeline
-from udp_datasets.jobs.shard_job import BOOKKEEPING, ConfigMismatchError, run_shards
+from udp_datasets.jobs.shard_job import ConfigMismatchError, run_shards
+from udp_datasets.records.names import BOOKKEEPING
 from udp_datasets.sinks.atomic import OutputExistsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,7 +275,7 @@ def test_cli_image_folder_to_parquet_shards(tmp_path, photos32, unlearnable_surr
 
 def test_one_summary_type_and_one_exit_code_mapping():
     from udp_datasets.cli.exit_codes import EXIT_FAILED, EXIT_OK, exit_code
-    from udp_datasets.jobs.summary import JobSummary, format_summary
+    from udp_datasets.records.summary import JobSummary, format_summary
 
     base = dict(source="s", destination="d", count=3, errors=1, seconds=1.0, images_per_second=3.0,
                 max_linf_levels=2, budget_levels=8, mean_psnr_db=40.0, config={}, config_hash="h", surrogate=None)
