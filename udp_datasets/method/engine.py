@@ -23,7 +23,7 @@ from ..models.runtime import autocast, grad_scale
 from ..models.session import SurrogateSession
 from .batches import plan_batches, run_batches
 from .budget import Budget, BudgetError
-from .generator import generator_delta, generator_sha256, load_generator
+from .generator import SHIPPED_GENERATOR, generator_delta, generator_sha256, load_generator
 from .objectives import ProtectionObjective
 from .pgd import pgd, random_start, sample_generator
 
@@ -56,6 +56,14 @@ class ProtectionEngine:
     @property
     def config(self) -> Any:
         return self.session.config
+
+    @property
+    def generator_ref(self) -> dict[str, Any] | None:
+        """What the generator engines use (its source and the SHA-256 of its weights), as a job records it;
+        None for the ``pgd`` engine."""
+        if self.config.engine == "pgd":
+            return None
+        return {"source": self.config.generator or SHIPPED_GENERATOR, "sha256": self.generator_sha256}
 
     @property
     def budget(self) -> Budget:

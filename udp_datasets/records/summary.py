@@ -95,6 +95,7 @@ class JobSummary:
     config_hash: str  # dataset job: ProtectionConfig.hash(); shard job: the job hash its markers carry
     surrogate: dict[str, Any] | None
     fit: dict[str, Any] | None = None
+    generator: dict[str, Any] | None = None  # the generator engines: its source and weights' sha256
     errors_file: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     started_at: str | None = None  # ISO 8601, UTC
