@@ -3,6 +3,7 @@ processes through accelerate, and the ready-made pipelines."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -18,6 +19,7 @@ import pytest
 from PIL import Image
 
 from udp_datasets import ProtectionConfig
+from udp_datasets.config import ConfigError
 from udp_datasets.cli.app import EXIT_QUARANTINED, EXIT_USAGE, main
 from udp_datasets.cli.launch import launch_command, strip_option
 from udp_datasets.cli.pipelines import run_pipeline
@@ -252,7 +254,7 @@ def test_launch_command_and_option_stripping():
 
 
 def test_cli_image_folder_to_parquet_shards(tmp_path, photos32, unlearnable_surrogate, capsys):
-    """An image folder (a ``datasets`` source) through the runner: Parquet shards, labels kept."""
+    """An image folder (a ``datasets`` source) through the shard job: Parquet shards, labels kept."""
     import datasets
 
     root = tmp_path / "pictures"
@@ -292,3 +294,61 @@ def test_one_summary_type_and_one_exit_code_mapping():
         assert exit_code(summary, allow_errors=False, report_quarantine=False) == EXIT_OK
     failed = JobSummary(**base, shards=2, shards_failed=[{"shard": "a.tar", "reason": "unreadable"}])
     assert exit_code(failed, allow_errors=True) == EXIT_FAILED
+
+
+def test_the_cli_a_pipeline_and_python_build_one_spec(tmp_path, monkeypatch, unlearnable_surrogate):
+    """``protect`` flags and a pipeline's YAML that say the same give the same ShardJobSpec, whose
+    defaults are the ones ``run_shards`` gets: the defaults live in the spec only."""
+    import udp_datasets.cli.launch as launch
+    from udp_datasets.jobs.shard_spec import DEFAULT_ROWS_PER_SHARD, ShardJobSpec
+
+    class Captured(Exception):
+        pass
+
+    specs: list[ShardJobSpec] = []
+
+    def capture(spec, state=None):
+        specs.append(spec)
+        raise Captured
+
+    monkeypatch.setattr(launch, "run_shard_job", capture)
+    src = tmp_path / "a.tar"
+    with tarfile.open(src, "w"):
+        pass
+    with pytest.raises(Captured):
+        main(["protect", str(src), str(tmp_path / "out"), "--surrogate", str(unlearnable_surrogate)])
+    settings = tmp_path / "p.yaml"
+    settings.write_text(f"source: {src}\ndestination: {tmp_path / 'out'}\n", encoding="utf-8")
+    with pytest.raises(Captured):
+        run_pipeline("webdataset", ["--config", str(settings)])
+    cli, pipeline = specs
+    python = ShardJobSpec(str(src), str(tmp_path / "out"), cli.config)
+    for spec in (cli, pipeline):
+        assert dataclasses.replace(spec, config=cli.config, source=str(src), destination=str(tmp_path / "out"),
+                                   image_root=None, progress=True) == python
+    assert python.rows_per_shard == DEFAULT_ROWS_PER_SHARD and python.drop_columns == ()
+    assert ShardJobSpec.create(src, "d", cli.config, rows_per_shard=None, image_extensions=None) == \
+        ShardJobSpec(src, "d", cli.config)
+    with pytest.raises(ConfigError, match="rows_per_shard"):
+        ShardJobSpec(src, "d", cli.config, rows_per_shard=0)
+    with pytest.raises(ConfigError, match="caption_column"):
+        ShardJobSpec(src, "d", cli.config.replace(caption_column="text"))
+
+
+def test_errors_map_to_exit_codes_in_one_place(capsys):
+    """Every entry point (``udp-datasets``, the pipelines) reports an error through one function."""
+    from udp_datasets.cli.exit_codes import EXIT_FAILED, error_exit_code, run_reporting_errors
+    from udp_datasets.sinks.atomic import OutputWriteError
+    from udp_datasets.sources.errors import SourceError
+    from udp_datasets.sources.shards import ShardReadError
+
+    def fail(exc: BaseException):
+        def work() -> int:
+            raise exc
+        return work
+
+    assert run_reporting_errors("x pipeline", fail(SourceError("no such source"))) == EXIT_USAGE
+    assert capsys.readouterr().err == "x pipeline: error: no such source\n"
+    assert error_exit_code(ShardReadError("bad")) == EXIT_USAGE and error_exit_code(OutputWriteError("full")) == EXIT_FAILED
+    with pytest.raises(KeyError):  # not a usage error: a bug, raised with its traceback
+        run_reporting_errors("x", fail(KeyError("k")))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 import http.server
+import importlib.util
 import io
 import json
-import shutil
 import tarfile
 import threading
 from pathlib import Path
@@ -302,7 +302,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="webdataset opens http:// URLs with curl")
+@pytest.mark.skipif(importlib.util.find_spec("aiohttp") is None, reason="fsspec opens http:// URLs with aiohttp")
 def test_url_sources(wds_shards, tmp_path, cfg):
     root = wds_shards[0].parent
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
@@ -322,6 +322,23 @@ def test_url_sources(wds_shards, tmp_path, cfg):
     run_shards(f"file://{root}", tmp_path / "local", cfg, progress=False)
     for shard in wds_shards:
         assert (tmp_path / "web" / shard.name).read_bytes() == (tmp_path / "local" / shard.name).read_bytes()
+
+
+def test_pipe_sources_are_streams_whose_command_must_succeed(tmp_path):
+    """``pipe:CMD`` (the one opener besides fsspec and local files) reads a command's output and
+    fails on its exit status; Parquet, which needs random access, refuses it."""
+    from udp_datasets.sources.remote import open_binary
+
+    (tmp_path / "x.tar").write_bytes(b"abc")
+    fh = open_binary(f"pipe:cat {tmp_path / 'x.tar'}")
+    assert fh.read() == b"abc"
+    fh.close()
+    fh = open_binary("pipe:exit 3")
+    fh.read()
+    with pytest.raises(OSError, match="status 3"):
+        fh.close()
+    with pytest.raises(SourceError, match="stream"):
+        open_binary(f"pipe:cat {tmp_path / 'x.tar'}", seekable=True)
 
 
 def test_discovery_rules(tmp_path, photos32):

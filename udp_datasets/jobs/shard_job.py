@@ -226,7 +226,7 @@ class ShardJob:
         state.wait_for_everyone()
         if state.is_main_process:
             summary = self._finish(units, config, ref, job_id, fit_info, world, skipped,
-                                   time.perf_counter() - start, started_at)
+                                   time.perf_counter() - start, started_at, protector.engine.generator_ref)
             write_json_atomic(self.record_file, summary.to_dict())
             if self.sign_key is not None:
                 sign_record(self.record_file, self.sign_key)
@@ -464,7 +464,7 @@ class ShardJob:
     # --------------------------------------------------------------- finish
     def _finish(self, units: list[WorkUnit], config: ProtectionConfig, ref: Any, job_id: str,
                 fit_info: dict[str, Any] | None, world: int, skipped: list[str], seconds: float,
-                started_at: str) -> JobSummary:
+                started_at: str, generator: dict[str, Any] | None) -> JobSummary:
         """Main process, after every rank is done: merge the markers of this job id (shards done
         by earlier runs included) into one manifest, one errors file and the summary."""
         import pyarrow.parquet as pq
@@ -504,7 +504,7 @@ class ShardJob:
             budget_levels=config.budget_levels, mean_psnr_db=totals.mean_psnr_db,
             config=config.replace(device="auto").to_dict(), config_hash=job_id,
             protection_config_hash=config.hash(), surrogate=ref.to_dict() if ref else None, world_size=world,
-            generator=protector.engine.generator_ref,
+            generator=generator,
             ranks=[{k: r[k] for k in ("rank", "device", "seconds")} | {"shards": [d["shard"] for d in r["shards"]]}
                    for r in ranks],
             fit=fit_info, errors_file=str(errors_path) if totals.errors else None,
