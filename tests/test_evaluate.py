@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from udp_datasets.cli.app import EXIT_USAGE, main
+from udp_datasets.cli.app import EXIT_OK, EXIT_USAGE, main
 from udp_datasets.evaluate.data import split_holdout
 from udp_datasets.evaluate.experiments.evaluate_command import evaluate_pair
 from udp_datasets.evaluate.experiments.victim_runs import EvalSettings
@@ -102,35 +102,36 @@ def test_cli_evaluate_errors(tmp_path, capsys):
     assert "unknown attack" in capsys.readouterr().err
 
 
-# every name the 0.1 evaluate modules exported that users and docs name, at its old path
-OLD_EVALUATE_NAMES = {
-    "victim": ["VictimConfig", "train_victim", "sample_victim", "train_denoiser", "VICTIM_ARCHITECTURES"],
-    "latent_victim": ["LatentRecipe", "pretrain_latent_denoiser", "save_latent_surrogate"],
-    "autoencoder": ["AutoencoderConfig", "train_autoencoder", "load_autoencoder", "encode_distribution"],
-    "dreambooth": ["DreamBoothSettings", "DreamBoothError", "evaluate_dreambooth", "train_lora_victim",
-                   "sample_lora_victim", "load_subject_images", "render_markdown", "LORA_WEIGHT_NAME"],
-    "features": ["FittedFeatureExtractor", "FeatureExtractorUnavailable", "get_feature_extractor"],
-    "attacks": ["ATTACKS", "jpeg", "resize", "blur"],
-    "experiment": ["EvalSettings", "Scorer", "run_victims", "PixelRecipe", "VictimRecipe", "perturbation_cost",
-                   "resize_all", "with_attacks", "data_hash"],
-    "ablation": ["BASE", "VARIANTS", "run_ablation", "budget_sweep", "random_noise"],
-    "latent_ablation": ["LATENT_BASE", "LATENT_VARIANTS", "LATENT_VICTIM", "LatentSetup", "run_latent_ablation"],
-    "leads": ["LEADS", "run_leads"],
-    "pipeline": ["evaluate_pair", "evaluate_bundled", "load_images", "split_holdout", "protect_arrays"],
-    "metrics": ["psnr", "ssim", "frechet_distance", "precision_recall", "hwc_to_nchw", "linf_levels"],
-}
+def test_metrics_package_exports_the_metric_functions():
+    import udp_datasets.evaluate.metrics as metrics
+
+    names = ["psnr", "ssim", "frechet_distance", "precision_recall", "hwc_to_nchw", "linf_levels"]
+    assert not [name for name in names if not hasattr(metrics, name)]
 
 
-@pytest.mark.parametrize("module", sorted(OLD_EVALUATE_NAMES))
-def test_old_evaluate_paths_keep_working(module):
+def test_the_old_evaluate_module_paths_are_gone():
+    """0.2 served the 0.1 paths (udp_datasets.evaluate.victim, ...) through compat.py; 0.3 does not."""
     import importlib
-    import sys
 
-    if module == "metrics":  # a package now, re-exporting the functions: no warning
-        old = importlib.import_module("udp_datasets.evaluate.metrics")
-    else:
-        sys.modules.pop(f"udp_datasets.evaluate.{module}", None)  # the warning comes on first import
-        with pytest.warns(DeprecationWarning, match=f"udp_datasets.evaluate.{module} moved"):
-            old = importlib.import_module(f"udp_datasets.evaluate.{module}")
-    missing = [name for name in OLD_EVALUATE_NAMES[module] if not hasattr(old, name)]
-    assert not missing, f"udp_datasets.evaluate.{module} lost {missing}"
+    for old in ("victim", "dreambooth", "experiment", "leads", "pipeline"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(f"udp_datasets.evaluate.{old}")
+
+
+def test_ablation_switches_runs_the_switch_ablation(tmp_path, monkeypatch, capsys):
+    """``ablation --switches`` measures the method switches (0.2 called the flag --leads; 0.3 drops it)."""
+    from udp_datasets.cli.app import build_parser
+    from udp_datasets.evaluate.experiments import switch_ablation
+
+    seen = {}
+
+    def fake(out, settings, count, size):
+        seen.update(out=out, count=count, size=size)
+        return {"victims": {"clean": {}, "unlearnable+eudp": {"fd_ratio_vs_clean": 1.1}}, "seconds": 0}
+
+    monkeypatch.setattr(switch_ablation, "run_switches", fake)
+    assert main(["ablation", "--switches", "--out", str(tmp_path), "--count", "40", "--size", "8"]) == EXIT_OK
+    assert seen == {"out": str(tmp_path), "count": 40, "size": 8}
+    assert "switches_table.md" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["ablation", "--leads"])

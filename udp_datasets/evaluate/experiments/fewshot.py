@@ -119,32 +119,32 @@ shorter one failed the victim check on the glyph corpus), cached and shared with
 run spends most of its time there (docs/efficacy.md gives the measured stage times)."""
 
 
-class Runner:
-    """Runs lists of independent tasks in worker processes (or in this process for ``workers`` <= 1)."""
+class TaskPool:
+    """A pool of worker processes that runs lists of independent tasks (in this process for ``workers`` <= 1)."""
 
     def __init__(self, workers: int, threads: int, progress: bool):
         self.workers, self.threads, self.progress = workers, threads, progress
-        self.pool: ProcessPoolExecutor | None = None
+        self.executor: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> "TaskPool":
         if self.workers > 1:
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=set_threads, initargs=(self.threads,))
+            self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=set_threads, initargs=(self.threads,))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
 
     def map(self, tasks: Sequence[tuple[str, Any]], desc: str) -> list[dict[str, Any]]:
         bar = tqdm(total=len(tasks), desc=desc, disable=not self.progress or not tasks)
         results: list[dict[str, Any]] = []
-        if self.pool is None:
+        if self.executor is None:
             for task in tasks:
                 results.append(run_task(task))
                 bar.update()
         else:
-            futures = [self.pool.submit(run_task, task) for task in tasks]
+            futures = [self.executor.submit(run_task, task) for task in tasks]
             for future in futures:
                 results.append(future.result())
                 bar.update()
@@ -293,9 +293,9 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
     out = Path(out)
     timings: dict[str, float] = {}
     stages: dict[str, list[str]] = {"done": [], "planned": planned_stages(settings)}
-    with Runner(settings.workers, settings.threads, progress) as runner:
+    with TaskPool(settings.workers, settings.threads, progress) as pool:
         t = time.perf_counter()
-        pretrained, pretrain_info = prepare_pretrained(corpus, settings, Path(cache_dir), runner, progress)
+        pretrained, pretrain_info = prepare_pretrained(corpus, settings, Path(cache_dir), pool, progress)
         timings["pretrain"] = time.perf_counter() - t
         study = Study(out, pretrained, settings, subjects, substitutes=corpus[-settings.n_train:])
         write_inputs(study)
@@ -320,43 +320,43 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
             return checkpoint("pretrained victim check (failed: stopped)", no_picks)
         t = time.perf_counter()
         control_seeds = settings.seeds[:settings.control_seeds]
-        runner.map(protect_jobs(study, ["noise"], settings.levels)
+        pool.map(protect_jobs(study, ["noise"], settings.levels)
                    + [job for lv in settings.control_levels
                       for job in protect_jobs(study, ["photoguard"], lv, control_seeds)], "protect (controls)")
         control_sets = [set_name("photoguard", lv, settings.levels) for lv in settings.control_levels]
-        runner.map(victim_jobs(study, ["clean", "noise"], ["full"])
+        pool.map(victim_jobs(study, ["clean", "noise"], ["full"])
                    + victim_jobs(study, [*control_sets, "substitute"], ["full"], control_seeds), "victims (controls)")
         timings["controls"] = time.perf_counter() - t
         report = checkpoint("controls", no_picks)
         if report["controls"]["passed"] is False:
             return report
         t = time.perf_counter()
-        runner.map(protect_jobs(study, [m for m in settings.methods], settings.levels), "protect")
+        pool.map(protect_jobs(study, [m for m in settings.methods], settings.levels), "protect")
         timings["protect"] = time.perf_counter() - t
         t = time.perf_counter()
         main_sets = ["clean", *settings.methods]
         first, rest = mode_order(settings)
-        runner.map(victim_jobs(study, main_sets, first), f"victims ({', '.join(first)})")
+        pool.map(victim_jobs(study, main_sets, first), f"victims ({', '.join(first)})")
         timings["victims"] = time.perf_counter() - t
         picks = pick(Scores(study, judge), settings.methods)
         report = checkpoint(f"victims ({', '.join(first)})", picks)
         t = time.perf_counter()
         followups = followup_methods(settings, picks)
         if settings.purifications:
-            runner.map(purify_jobs(study, ["clean", *followups]), "purify")
+            pool.map(purify_jobs(study, ["clean", *followups]), "purify")
             purified = [f"{n}+{p}" for n in ["clean", *followups] for p in settings.purifications]
-            runner.map(victim_jobs(study, purified, settings.followup_modes), "victims (purified)")
+            pool.map(victim_jobs(study, purified, settings.followup_modes), "victims (purified)")
             timings["followups"] = time.perf_counter() - t
             report = checkpoint("purification", picks)
         for levels in settings.sweep_levels:
-            runner.map(protect_jobs(study, followups, levels), f"protect @{levels}")
+            pool.map(protect_jobs(study, followups, levels), f"protect @{levels}")
             names = [set_name(m, levels, settings.levels) for m in followups]
-            runner.map(victim_jobs(study, names, settings.followup_modes), f"victims @{levels}")
+            pool.map(victim_jobs(study, names, settings.followup_modes), f"victims @{levels}")
             timings["followups"] = time.perf_counter() - t
             report = checkpoint(f"sweep @{levels}", picks)
         t = time.perf_counter()
         if rest:
-            runner.map(victim_jobs(study, main_sets, rest), f"victims ({', '.join(rest)})")
+            pool.map(victim_jobs(study, main_sets, rest), f"victims ({', '.join(rest)})")
             timings["victims"] += time.perf_counter() - t
             report = checkpoint(f"victims ({', '.join(rest)})", picks)
     return report

@@ -34,12 +34,13 @@ def pretrain_folder(corpus: Sequence[np.ndarray], settings: Any, cache_dir: Path
     return Path(cache_dir) / f"fewshot-pretrain-{cache_key(settings.pretrain, corpus)}"
 
 
-def prepare_pretrained(corpus: Sequence[np.ndarray], settings: Any, cache_dir: Path, runner: Any,
+def prepare_pretrained(corpus: Sequence[np.ndarray], settings: Any, cache_dir: Path, pool: Any,
                        progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """Encode the corpus and pretrain both UNets (cached); returns the folder and what was measured."""
+    """Encode the corpus and pretrain both UNets (cached, as tasks of ``pool``, a ``fewshot.TaskPool``);
+    returns the folder and what was measured."""
     folder = pretrain_folder(corpus, settings, cache_dir)
     state = encode_corpus(corpus, folder)
-    runner.map([("pretrain", PretrainJob(str(folder), kind, settings.pretrain)) for kind in ("victim", "surrogate")],
+    pool.map([("pretrain", PretrainJob(str(folder), kind, settings.pretrain)) for kind in ("victim", "surrogate")],
                "pretrain")
     info = {"folder": str(folder), "corpus_count": len(corpus), "corpus_encode_seconds": state["seconds"],
             "latent_shift": state["shift"], "latent_scale": state["scale"],

@@ -1,6 +1,7 @@
-"""The METHOD.md leads, each behind a config switch, measured with the ablation's recipe.
+"""Method switches: candidate ideas, each behind a ``ProtectionConfig`` switch, measured with the
+ablation's recipe.
 
-    udp-datasets ablation --leads --out docs/efficacy
+    udp-datasets ablation --switches --out docs/efficacy
 
 Same data, split, victim recipe and 8/255 budget as the committed ablation (its
 clean and random-noise victims are reused from the cache), so the FD ratios are
@@ -34,7 +35,7 @@ from .victim_runs import EvalSettings, run_victims
 
 logger = logging.getLogger(__name__)
 
-LEADS: dict[str, dict[str, Any]] = {
+SWITCHES: dict[str, dict[str, Any]] = {
     "unlearnable+t[0,99]": {"objective": "unlearnable", "timesteps": "range", "t_min": 0, "t_max": 99},
     "unlearnable+t[100,399]": {"objective": "unlearnable", "timesteps": "range", "t_min": 100, "t_max": 399},
     "unlearnable+t[400,999]": {"objective": "unlearnable", "timesteps": "range", "t_min": 400, "t_max": 999},
@@ -47,17 +48,17 @@ LEADS: dict[str, dict[str, Any]] = {
 REFERENCE = {"unlearnable+eudp": {"objective": "unlearnable", "timesteps": "eudp"}}
 
 
-def run_leads(out: str | Path, settings: EvalSettings, count: int = 1200, size: int = 16,
-              leads: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Protect with each lead, train one victim per protected set, write leads.json / leads_table.md."""
-    leads = LEADS if leads is None else leads
+def run_switches(out: str | Path, settings: EvalSettings, count: int = 1200, size: int = 16,
+                 switches: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Protect with each switch, train one victim per protected set, write switches.json / switches_table.md."""
+    switches = SWITCHES if switches is None else switches
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     clean, train_idx, train, holdout = bundled_split(count, size, settings.seed)
     protected: dict[str, list[np.ndarray]] = {"random-noise": random_noise(train, BASE.budget_levels)}
     seconds: dict[str, float] = {}
-    for name, changes in {**REFERENCE, **leads}.items():
+    for name, changes in {**REFERENCE, **switches}.items():
         t0 = time.perf_counter()
         full = cached_protect(name, clean, BASE.replace(**changes), out)
         seconds[name] = round(time.perf_counter() - t0, 1)
@@ -66,11 +67,11 @@ def run_leads(out: str | Path, settings: EvalSettings, count: int = 1200, size: 
     victims = result_victims["victims"]
     side_by_side_grids({"held-out real": np.stack(holdout),
                         **{f"victim: {k}": v for k, v in result_victims["samples"].items()}},
-                       out / "leads_samples.png", rows=4, cols=4, cell=32)
-    result = {"settings": settings.to_dict(), "base_config": BASE.to_dict(), "leads": leads,
+                       out / "switches_samples.png", rows=4, cols=4, cell=32)
+    result = {"settings": settings.to_dict(), "base_config": BASE.to_dict(), "switches": switches,
               "victims": victims, "perturbation": {k: perturbation_cost(train, v) for k, v in protected.items()},
               "protect_seconds": seconds, "seconds": round(time.perf_counter() - start, 1)}
-    (out / "leads.json").write_text(json.dumps(result, indent=2))
+    (out / "switches.json").write_text(json.dumps(result, indent=2))
     table = results_table({k: v for k, v in victims.items() if k != "reference"})
-    (out / "leads_table.md").write_text(table + "\n")
+    (out / "switches_table.md").write_text(table + "\n")
     return result

@@ -2,8 +2,9 @@
 
 Frozen VAE and CLIP text encoder, LoRA on the UNet attention projections (:func:`.sd_lora.add_lora`),
 AdamW, epsilon / v-prediction loss, accelerate with optional mixed precision and gradient
-checkpointing, through the one training loop (:func:`~udp_datasets.models.denoiser_training.run_steps`). All randomness comes from one seeded generator, so a clean-trained and a
-protected-trained victim draw the same timesteps and noise at every step.
+checkpointing, through the one training loop (:func:`~udp_datasets.models.denoiser_training.run_steps`).
+All randomness comes from one seeded generator, so a clean-trained and a protected-trained victim
+draw the same timesteps and noise at every step.
 """
 
 from __future__ import annotations
