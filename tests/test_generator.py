@@ -16,7 +16,7 @@ from udp_datasets import ProtectionConfig, Protector
 from udp_datasets.images import load_image
 from udp_datasets.method.generator import PerturbationGenerator, generator_delta, read_generator, save_generator
 from udp_datasets.models import weights_sha256
-from udp_datasets.protector import FailedImage, ProtectedImage
+from udp_datasets.images import FailedImage, ProtectedImage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from udp_datasets import Protector
 from udp_datasets.images import load_image
-from udp_datasets.protector import FailedImage, ProtectedImage
+from udp_datasets.images import FailedImage, ProtectedImage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

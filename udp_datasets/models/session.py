@@ -146,5 +146,5 @@ class SurrogateSession:
             {"config": self.config.to_dict(), "fit": fit, "weights_sha256": ref.sha256}, indent=2))
         logger.info("fitted surrogate saved to %s", output_dir)
         self.config = self.config.replace(surrogate=str(Path(output_dir).resolve()), surrogate_revision=None)
-        self.surrogate, self.ref, self._ready = surrogate, ref, False
+        self.surrogate, self.ref, self._ready, self.generation = surrogate, ref, False, self.generation + 1
         return ref
