@@ -82,8 +82,7 @@ def _protect_dataset(src: str, dst: str | os.PathLike, config: ProtectionConfig,
 
     from ..sources.hf import describe_source
 
-    start = time.perf_counter()
-    started_at = utc_now()
+    start, started_at = time.perf_counter(), utc_now()
     root = local_root(src)
     skipped = skipped_images(root) if root is not None and not is_saved_dataset(root) else []
     try:
