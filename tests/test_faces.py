@@ -16,7 +16,7 @@ from udp_datasets.cli.app import EXIT_OK, EXIT_USAGE, main
 from udp_datasets.evaluate.metrics import faces
 from udp_datasets.evaluate.metrics.faces import FaceJudge, FaceMetricsUnavailable, cosine, face_scores
 
-from test_dreambooth import PROMPT, subject, tiny_sd  # noqa: F401 (fixtures)
+from test_sd_lora import PROMPT, subject, tiny_sd  # noqa: F401 (fixtures)
 
 needs_extra = pytest.mark.skipif(not faces.faces_available(), reason="the faces extra (dlib) is not installed")
 

@@ -1,4 +1,5 @@
-"""The METHOD.md leads behind config switches: surrogate pools, gradient matching, clusters."""
+"""Method switches of the fit and PGD, each measured by ``ablation --switches``: surrogate pools,
+gradient matching, clusters."""
 
 import numpy as np
 import pytest
