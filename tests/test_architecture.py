@@ -173,13 +173,16 @@ def layout_problems(package: Path, layout_file: Path, layout: dict) -> list[str]
     code = {p.stem if p.suffix == ".py" else p.name for p in package.iterdir()
             if (p.suffix == ".py" and p.name != "__init__.py") or (p.is_dir() and any(p.rglob("*.py")))}
     listed = list(layout["parts"])
-    problems = [f"udp_datasets/{p}: not in {layout_file.name} (add its line: level and role)"
+    problems = [f"{package.name}/{p}: not in {layout_file.name} (add its line: level and role)"
                 for p in sorted(set(code) - set(listed))]
     problems += [f"{layout_file.name} lists {p!r}, which has no code (remove its line)"
                  for p in listed if p not in code]
     levels = [layout["parts"][p]["level"] for p in listed]
     if levels != sorted(levels):
         problems.append(f"{layout_file.name}: [parts] are not in level order: {dict(zip(listed, levels))}")
+    problems += [f"{package.name}/{p.relative_to(package).as_posix()}: modules without an __init__.py (give it one, "
+                 "its docstring the folder's role)" for p in sorted(package.rglob("*"))
+                 if p.is_dir() and any(p.glob("*.py")) and not (p / "__init__.py").is_file()]
     problems += [f"{layout_file.name} lists {p!r} under [repo], which does not exist"
                  for p in layout.get("repo", {}) if not (layout_file.parent / p).exists()]
     return problems
@@ -378,11 +381,13 @@ def test_checker_allows_a_package_init_importing_its_own_modules(tmp_path):
 
 def test_checker_compares_the_layout_file_with_the_code(tmp_path):
     pkg = _tree(tmp_path, {"pkg/a/x.py": "", "pkg/c.py": "", "layout.toml": ""})
+    (pkg / "a" / "__init__.py").unlink()
     layout = {"parts": {"a": {"level": 1}, "b": {"level": 0}}, "repo": {"docs": "docs"}}
     assert layout_problems(pkg, tmp_path / "layout.toml", layout) == [
-        "udp_datasets/c: not in layout.toml (add its line: level and role)",
+        "pkg/c: not in layout.toml (add its line: level and role)",
         "layout.toml lists 'b', which has no code (remove its line)",
         "layout.toml: [parts] are not in level order: {'a': 1, 'b': 0}",
+        "pkg/a: modules without an __init__.py (give it one, its docstring the folder's role)",
         "layout.toml lists 'docs' under [repo], which does not exist",
     ]
 
