@@ -264,6 +264,7 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
     """In this fresh process: load, reset the peak mark, run one arm once; its peak RSS over the start."""
     from udp_datasets import ProtectionConfig
     from udp_datasets.models import load_surrogate
+    from udp_datasets.method.budget import Budget
 
     config = ProtectionConfig.from_json(spec["config"])
     if spec.get("side"):
@@ -276,7 +277,7 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
         images = bench_images(spec["size"], spec["count"])
     if spec["arm"] == "naive":
         surrogate = load_surrogate(config=config)
-        fn = lambda: naive_protect(surrogate, images, config.steps, config.budget_levels / 255,  # noqa: E731
+        fn = lambda: naive_protect(surrogate, images, config.steps, Budget.of(config).epsilon,  # noqa: E731
                                    config.step_size)
     else:
         protector = protector_for(config, spec.get("tuning"))
@@ -315,12 +316,13 @@ def compare(config, images: list[np.ndarray], repeats: int, ablations: dict[str,
             surrogate=None, cond=None) -> dict[str, Any]:
     """Naive vs the Protector's defaults, then each switch against the defaults; all in adjacent pairs."""
     from udp_datasets.models import load_surrogate
+    from udp_datasets.method.budget import Budget
 
     copy = (lambda: __import__("copy").deepcopy(surrogate)) if surrogate is not None else (lambda: None)
     defaults = protector_for(config, surrogate=copy())
     naive_sur = copy() or load_surrogate(config=config)
     naive_sur.to(defaults.prepare_surrogate().device)
-    eps, alpha = config.budget_levels / 255, config.step_size
+    eps, alpha = Budget.of(config).epsilon, config.step_size
     keys = [f"img{i}" for i in range(len(images))]
     main = paired({"naive": lambda: to_uint8(naive_protect(naive_sur, images, config.steps, eps, alpha, cond)),
                    "protector_defaults": lambda: defaults.protect_images(images, keys=keys)}, len(images), repeats)
@@ -569,6 +571,7 @@ def gpu_resolution(work: Path, resolution: int, args: argparse.Namespace) -> dic
     import torch
 
     from udp_datasets import ProtectionConfig
+    from udp_datasets.method.budget import Budget
 
     device = args.device
     surrogate = sd_surrogate(work, resolution, small=args.smoke)
@@ -578,7 +581,7 @@ def gpu_resolution(work: Path, resolution: int, args: argparse.Namespace) -> dic
     naive_images = images[:args.gpu_naive_images]
     naive_sur = copy.deepcopy(surrogate).to(torch.device(device))
     cond = naive_sur.encode_text(["a photo of sks person"])
-    eps, alpha = config.budget_levels / 255, config.step_size
+    eps, alpha = Budget.of(config).epsilon, config.step_size
     naive = [measured(lambda: naive_protect(naive_sur, naive_images, config.steps, eps, alpha, cond),
                       len(naive_images))["row"] for _ in range(args.repeats)]
     naive_sur.to("cpu")
