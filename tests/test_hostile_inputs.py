@@ -2,7 +2,7 @@
 
 Paths: ``Protector.protect_images``, ``protector.map(ds)``, plain ``ds.map(protector)``, a streamed
 ``IterableDataset``, the CLI on an image folder (Arrow and ``--format imagefolder``), on Parquet and
-tar shards, the shard runner on ``datasets`` slices and streams, ``verify`` and ``publish`` (against
+tar shards, the shard job on ``datasets`` slices and streams, ``verify`` and ``publish`` (against
 the local Hub in tests/hub_server.py). Each case must end as the README's "Bad input" table says:
 protected (in the mode the table names) or quarantined with its reason, never a traceback, and a
 path inside data is never opened outside a local source's own folder.
@@ -293,7 +293,7 @@ def test_cli_parquet_shards(parquet_job, world):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_shard_runner_on_datasets_slices_and_streams(cfg, world, tmp_path, stream):
+def test_shard_job_on_datasets_slices_and_streams(cfg, world, tmp_path, stream):
     ds = _corpus_dataset(world)
     src = ds.to_iterable_dataset() if stream else ds
     summary = run_shards(src, tmp_path / "out", cfg, key_column="id", rows_per_shard=16, progress=False)
@@ -548,7 +548,7 @@ def test_a_cell_holding_an_image_quarantines_its_row(kind, cfg, flags, tmp_path,
 
 def test_datasets_with_a_second_image_column(cfg, flags, tmp_path, capsys):
     """The Arrow / datasets paths: the CLI, ``Protector.map``, plain ``ds.map(protector)`` and the
-    shard runner on a ``Dataset`` all refuse, naming the column; ``--drop-columns`` leaves it out."""
+    shard job on a ``Dataset`` all refuse, naming the column; ``--drop-columns`` leaves it out."""
     table = hostile.two_image_columns_table("features")
     ds = datasets.Dataset(table).cast_column("image", datasets.Image()).cast_column("thumb", datasets.Image())
     ds.save_to_disk(str(tmp_path / "saved"))

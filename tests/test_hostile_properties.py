@@ -2,7 +2,7 @@
 payloads; random column layouts. The invariant: every output image differs from its source within
 the budget, and nothing unprotected reaches the output (a member or cell whose name or bytes say
 image is either a protected PNG of an input image, or its sample is gone). Bounded examples and
-tiny images, 2 PGD steps; the shard runner runs in-process.
+tiny images, 2 PGD steps; the shard job runs in-process.
 """
 
 from __future__ import annotations

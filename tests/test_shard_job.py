@@ -78,7 +78,7 @@ def _cli(*args: str) -> list[str]:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, photos32, unlearnable_surrogate):
     """4 shards x 6 samples (one corrupt) and an uninterrupted single-process CLI run of them."""
-    root = tmp_path_factory.mktemp("runner")
+    root = tmp_path_factory.mktemp("shard_job")
     shards = _write_shards(root / "src", photos32, shards=4, per_shard=6, corrupt="020003")
     argv = [str(root / "src" / "part-{000000..000003}.tar"), "DST", "--surrogate", unlearnable_surrogate,
             "--steps", "40", *FLAGS]
@@ -164,7 +164,7 @@ def test_config_hash_mismatch_refuses_unless_overwrite(tmp_path, photos32, tiny_
                       progress=False).shards_skipped == 2
     redone = run_shards(str(tmp_path / "src"), tmp_path / "out", other, overwrite=True, progress=False)
     assert redone.shards_done == 2 and redone.config_hash != first.config_hash and redone.max_linf_levels <= 4
-    # a folder that is not a runner output is not written into
+    # a folder that is not a shard job output is not written into
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "keep.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="not the output of a shard job"):

@@ -1,7 +1,7 @@
 """Shard sources and sinks: WebDataset tars and Parquet in, the same layout out.
 
 Real photographs (scikit-image) are written as JPEG / PNG members of real tar files
-and Parquet files; the runner protects them and every non-image byte is compared.
+and Parquet files; the shard job protects them and every non-image byte is compared.
 """
 
 from __future__ import annotations
@@ -255,9 +255,9 @@ def test_parquet_round_trip(tmp_path, photos32, cfg):
     assert png_path("a/b.jpeg") == "a/b.png" and png_path(None) is None
 
 
-def test_streaming_iterable_dataset_map_matches_the_runner(wds_shards, tmp_path, cfg):
+def test_streaming_iterable_dataset_map_matches_the_shard_job(wds_shards, tmp_path, cfg):
     """``IterableDataset.map(protector, batched=True)`` on streamed WebDataset shards gives the
-    same protected bytes as the shard runner: both seed each sample by its key."""
+    same protected bytes as the shard job: both seed each sample by its key."""
     files = [str(p) for p in wds_shards[:1]]  # 4 plain samples, one batch
     stream = datasets.load_dataset("webdataset", data_files={"train": files}, split="train", streaming=True)
     assert isinstance(stream, datasets.IterableDataset)
