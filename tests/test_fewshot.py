@@ -202,6 +202,30 @@ def test_driver_runs_every_stage_and_writes_the_report(tiny_study):
     assert "Partial report" not in (out / "report.md").read_text()
 
 
+def test_latent_score_is_the_judge_on_the_training_sets_round_trips(tiny_study):
+    """The 'subject in the training latents' column: the subject's judge on decode(encode(set)) through the
+    victim's VAE, per set, independent of any victim (recomputed here by hand for clean and a protected set)."""
+    from udp_datasets.evaluate.experiments.fewshot_scores import Scores
+    from udp_datasets.evaluate.experiments.fewshot_setup import prepare_classifier
+    from udp_datasets.evaluate.experiments.fewshot_tasks import victim_codec
+    from udp_datasets.evaluate.metrics.arrays import hwc_to_nchw
+    from udp_datasets.evaluate.victims.fewshot import decode, encode, to_tensor
+
+    root, subjects, corpus, report = tiny_study
+    study = _study(root, subjects, report)
+    judge = prepare_classifier(study, corpus)
+    scores = Scores(study, judge)
+    vae = victim_codec(str(study.pretrained))
+    for name in ("clean", "photoguard"):
+        images = np.load(study.set_path("cat", name, 0))["images"]
+        by_hand = judge.scorers()[judge.for_subject("cat")].score(
+            to_tensor(decode(vae, encode(vae, hwc_to_nchw(list(images))))), "cat")
+        assert scores.latent_score("cat", name, 0) == pytest.approx(by_hand, rel=1e-6)
+    assert scores.latent_score("cat", "no-such-set", 0) is None
+    rows = {row["set"]: row for row in report["tables"]["full"]}
+    assert 0.0 <= rows["photoguard"]["latent_score"] <= 1.0
+
+
 def test_a_partial_report_says_what_has_not_run(tiny_study):
     from udp_datasets.evaluate.experiments.fewshot_report import render_markdown
 

@@ -38,8 +38,9 @@ def method_table(scores: Scores, names: Sequence[str], mode: str, clean: str = "
     kinds = list(scores.judge.scorers())
     head = ("| training set | " + " | ".join(f"erasure {s}" for s in subjects) + " | mean erasure | " +
             "".join(f"mean erasure ({k} judge) | " for k in kinds) + "subject score | "
-            "artifact score (x real) | artifacts / clean-ft | FD vs held-out | PSNR (dB) | latent shift |")
-    lines = [head, "|---" * (len(subjects) + 8 + len(kinds)) + "|"]
+            "artifact score (x real) | artifacts / clean-ft | FD vs held-out | PSNR (dB) | latent shift | "
+            "subject in the training latents |")
+    lines = [head, "|---" * (len(subjects) + 9 + len(kinds)) + "|"]
     rows = []
     for name in names:
         per = {s: scores.summary(s, name, mode, clean) for s in subjects}
@@ -48,7 +49,7 @@ def method_table(scores: Scores, names: Sequence[str], mode: str, clean: str = "
         mean = lambda key: float(np.mean([v[key] for v in per.values() if v.get(key) is not None])) \
             if any(v.get(key) is not None for v in per.values()) else None  # noqa: E731
         row = {"set": name, "mode": mode, "per_subject": per, **{k: mean(k) for k in (
-            "erasure", "score", "artifact", "artifact_vs_clean", "fd", "psnr_db", "latent_shift",
+            "erasure", "score", "artifact", "artifact_vs_clean", "fd", "psnr_db", "latent_shift", "latent_score",
             *(f"erasure_{kind}" for kind in kinds))}}
         rows.append(row)
         cells = [pm(per[s].get("erasure"), per[s].get("erasure_sd")) +
@@ -58,7 +59,8 @@ def method_table(scores: Scores, names: Sequence[str], mode: str, clean: str = "
                      + "".join(f"{fmt(row[f'erasure_{kind}'], '{:.2f}')} | " for kind in kinds) +
                      f"{fmt(row['score'], '{:.3f}')} | {fmt(row['artifact'], '{:.2f}')} | "
                      f"{fmt(row['artifact_vs_clean'], '{:.2f}x')} | {fmt(row['fd'], '{:.1f}')} | "
-                     f"{fmt(row['psnr_db'], '{:.2f}')} | {fmt(row['latent_shift'], '{:.2f}')} |")
+                     f"{fmt(row['psnr_db'], '{:.2f}')} | {fmt(row['latent_shift'], '{:.2f}')} | "
+                     f"{fmt(row['latent_score'], '{:.2f}')} |")
     return "\n".join(lines), rows
 
 
@@ -170,6 +172,14 @@ def controls_text(controls: dict[str, Any]) -> str:
         lines.append(f"| {subject} | {flag(c['learned'])} | {pos} ({flag(c['positive_passed'])}) | "
                      f"{fmt(c['substitution'], '{:.2f}')} ({flag(c['substitution_passed'])}) | "
                      f"{fmt(c['negative'], '{:.2f}')} ({flag(c['negative_passed'])}) |")
+    lines += ["", "The subject's judge on the victim VAE's round trips of the training sets (the latents a victim "
+              "trains on; the positive control can only erase what it removes from them):", "",
+              "| subject | clean | " + " | ".join(f"photoguard {lv}/255" for lv in th["positive_levels"]) + " |",
+              "|---" * (2 + len(th["positive_levels"])) + "|"]
+    for subject, c in controls["per_subject"].items():
+        latent = c.get("positive_latent_score") or {}
+        lines.append(f"| {subject} | {fmt(latent.get('clean'), '{:.2f}')} | "
+                     + " | ".join(fmt(latent.get(str(lv)), '{:.2f}') for lv in th["positive_levels"]) + " |")
     return "\n".join(lines)
 
 

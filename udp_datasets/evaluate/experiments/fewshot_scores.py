@@ -109,6 +109,27 @@ class Scores:
         path = self.study.set_path(subject, name, seed).with_suffix(".json")
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def latent_score(self, subject: str, name: str, seed: int) -> float | None:
+        """The subject's judge on the victim VAE's round trips of a *training set* (clean or protected):
+        how much of the subject the latents a victim trains on still carry. A protection that leaves it at
+        the clean set's level has not removed the subject from the victim's data; it can act only through
+        what the victim learns from those latents."""
+        path = self.study.set_path(subject, name, seed)
+        key = ("latent", str(path), subject)
+        if key not in self._memo:
+            self._memo[key] = None
+            scorer = self.judge.scorers().get(self.judge.for_subject(subject))
+            if path.exists() and scorer is not None:
+                from .fewshot_tasks import victim_codec
+                from ..metrics.arrays import hwc_to_nchw
+                from ..victims.fewshot import decode, encode
+
+                vae = victim_codec(str(self.study.pretrained))
+                x = to_tensor(decode(vae, encode(vae, hwc_to_nchw(load_images(path)))))
+                self._memo[key] = {"score": float(scorer.score(x, subject))}
+        record = self._memo[key]
+        return None if record is None else record["score"]
+
     def erasure(self, subject: str, name: str, mode: str, seed: int, clean: str = "clean",
                 key: str = "score") -> float | None:
         """Erasure by the subject's judge (``key`` ``score``) or by another (``score_shape``, ``score_texture``)."""
@@ -142,6 +163,8 @@ class Scores:
         prot = [self.protection(subject, base, s) for s in seeds]
         for key in ("psnr_db", "latent_shift", "seconds"):
             out[key] = mean_sd([p.get(key) for p in prot])[0]
+        if "+" not in name:  # a purified set's latents are not its training set's
+            out["latent_score"] = mean_sd([self.latent_score(subject, name, s) for s in seeds])[0]
         return out
 
     def learned(self, subject: str, mode: str) -> dict[str, Any]:
@@ -191,11 +214,15 @@ class Scores:
             pos = {lv: self.summary(subject, set_name("photoguard", lv, s.levels), "full").get("erasure")
                    for lv in s.control_levels}
             sub = self.summary(subject, "substitute", "full").get("erasure")
+            latent = {"clean": self.latent_score(subject, "clean", 0),
+                      **{str(lv): self.summary(subject, set_name("photoguard", lv, s.levels), "full").get("latent_score")
+                         for lv in s.control_levels}}
             neg = self.summary(subject, "noise", "full").get("erasure")
             learned = self.learned(subject, "full")
             per_subject[subject] = {
                 "learned": learned["all_learned"] if learned["seeds"] else None,
                 "positive": {str(lv): v for lv, v in pos.items()},
+                "positive_latent_score": latent,
                 "positive_passed": None if any(v is None for v in pos.values()) else all(v >= POSITIVE_MIN for v in pos.values()),
                 "substitution": sub, "substitution_passed": None if sub is None else sub >= SUBSTITUTION_MIN,
                 "negative": neg, "negative_passed": None if neg is None else neg < NEGATIVE_MAX}
