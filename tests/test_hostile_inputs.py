@@ -38,10 +38,9 @@ from hub_server import local_hub  # noqa: F401  (a fixture)
 from hostile import BYTE, BYTE_CASES, PATH_ONLY
 from udp_datasets import Protector
 from udp_datasets.cli.app import EXIT_FAILED, EXIT_OK, EXIT_QUARANTINED, EXIT_USAGE, main
-from udp_datasets.images import PATH_ONLY_REASON, ImageError
+from udp_datasets.images import PATH_ONLY_REASON, FailedImage, ImageError, ProtectedImage
 from udp_datasets.records.manifest import read_manifest
 from udp_datasets.jobs.shard_job import run_shards
-from udp_datasets.protector import FailedImage, ProtectedImage
 from udp_datasets.sources.paths import read_image_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

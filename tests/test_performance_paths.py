@@ -23,7 +23,7 @@ from udp_datasets.images import decode_png_pixels
 from udp_datasets.method.batches import plan_batches
 from udp_datasets.method.pgd import sample_generator
 from udp_datasets.models import runtime
-from udp_datasets.protector import FailedImage, ProtectedImage
+from udp_datasets.images import FailedImage, ProtectedImage
 from udp_datasets.sources.bundled import faces, photo_crops
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

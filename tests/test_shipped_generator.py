@@ -15,7 +15,7 @@ from udp_datasets.method.generator import (SHIPPED_GENERATOR_SHA256, load_genera
                                            shipped_generator_folder)
 from udp_datasets.method.generator_training import PROVENANCE_FILE
 from udp_datasets.models import weights_sha256
-from udp_datasets.protector import ProtectedImage
+from udp_datasets.images import ProtectedImage
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

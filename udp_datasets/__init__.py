@@ -9,8 +9,9 @@
 from .config import ConfigError, ProtectionConfig, parse_epsilon
 from .images import ImageError
 from .method.budget import BudgetError
-from .protector import ColumnError, Protector
+from .protector import Protector
 from .models import Surrogate, SurrogateError, SurrogateRef, load_surrogate
+from .sources.errors import ColumnError
 from .records.versions import package_version
 
 __version__ = package_version()

@@ -46,9 +46,8 @@ def error_exit_code(exc: BaseException) -> int | None:
     from ..evaluate.metrics.features import FeatureExtractorUnavailable
     from ..images import ImageError
     from ..models import SurrogateError
-    from ..protector import ColumnError
     from ..sinks.atomic import OutputExistsError, OutputWriteError
-    from ..sources.errors import SourceError
+    from ..sources.errors import ColumnError, SourceError
     from ..sources.shards import ShardReadError
 
     if isinstance(exc, (ConfigError, ColumnError, SourceError, SurrogateError, ImageError, OutputExistsError,

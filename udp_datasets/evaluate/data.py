@@ -16,8 +16,8 @@ Images = Sequence[np.ndarray]
 
 def load_images(src: str, image_column: str = "image", limit: int | None = None) -> list[np.ndarray]:
     """Decode a dataset's images to (H, W, C) uint8 arrays (alpha dropped)."""
-    from ..protector import raw_image_column
     from ..sources import open_source
+    from ..sources.columns import raw_image_column
 
     ds = open_source(src)  # also understands the output folder of `udp-datasets protect`
     ds = raw_image_column(ds, image_column)

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..config import ProtectionConfig
-from ..protector import PROVENANCE_COLUMNS, ColumnError, Protector, raw_image_column
+from ..protector import PROVENANCE_COLUMNS, Protector
 from ..formats.imagefolder import save_imagefolder, skipped_images
 from ..sinks import atomic_directory, save_dataset
 from ..sinks.atomic import OutputExistsError, OutputWriteError
 from ..sinks.lock import destination_lock
 from ..sources import open_source
-from ..sources.columns import check_dataset
-from ..sources.errors import SourceError
+from ..sources.columns import check_dataset, raw_image_column
+from ..sources.errors import ColumnError, SourceError
 from ..sources.hf import is_saved_dataset
 from ..sources.paths import local_root
 from ..records.manifest import manifest_digest, manifest_table, write_manifest

@@ -80,8 +80,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config import ConfigError, ProtectionConfig
-from ..images import ImageError
-from ..protector import FailedImage, ProtectedImage, Protector
+from ..images import FailedImage, ImageError, ProtectedImage
+from ..protector import Protector
 from ..sinks.atomic import (OutputExistsError, atomic_directory, atomic_file, is_temp_name, remove_path,
                             write_bytes_atomic, write_json_atomic)
 from ..sinks.lock import destination_lock

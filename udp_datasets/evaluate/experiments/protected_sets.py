@@ -30,9 +30,9 @@ def protect_arrays(images: Sequence[np.ndarray], config: ProtectionConfig, fit_d
     (the presets that train their surrogate on the images: aspl, metacloak, udp, eudp). The fitted
     copy goes to ``fit_dir``.
     """
-    from ...images import decode_png_pixels
+    from ...images import FailedImage, decode_png_pixels
     from ...models import is_latent_folder
-    from ...protector import FailedImage, Protector
+    from ...protector import Protector
 
     protector = Protector(config, progress=progress)
     if fit is None:
