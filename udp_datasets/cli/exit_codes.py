@@ -55,6 +55,25 @@ def error_exit_code(exc: BaseException) -> int | None:
         return EXIT_USAGE
     if isinstance(exc, OutputWriteError):  # the output is left as it was
         return EXIT_FAILED
+    return _publish_exit_code(exc)
+
+
+def _publish_exit_code(exc: BaseException) -> int | None:
+    """The Hub side: a refused or incomplete publish is :data:`EXIT_FAILED` (nothing wrong with the
+    command, the data did not pass); any other publish or verify error is :data:`EXIT_USAGE`; a Hub HTTP
+    error is usage when the repo is not found or not allowed (401/403/404), a failure otherwise."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ..publish.hub import PublishError, PublishIncomplete, PublishRefused
+    from ..publish.verify import VerifyError
+
+    if isinstance(exc, (PublishRefused, PublishIncomplete)):
+        return EXIT_FAILED
+    if isinstance(exc, (PublishError, VerifyError)):
+        return EXIT_USAGE
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return EXIT_USAGE if status in (401, 403, 404) else EXIT_FAILED
     return None
 
 

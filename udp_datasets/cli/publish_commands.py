@@ -7,14 +7,19 @@ import json
 import sys
 from pathlib import Path
 
-from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .exit_codes import EXIT_FAILED, EXIT_OK, error_exit_code
 
 
-def _hub_error_exit(command: str, exc: Exception) -> int:
-    """Hub errors: not found / not allowed -> usage (2), anything else -> failure (1)."""
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    print(f"udp-datasets {command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-    return EXIT_USAGE if status in (401, 403, 404) else EXIT_FAILED
+def _error_exit(command: str, exc: Exception) -> int:
+    """Say the error in one line and return its status from the one table (:mod:`.exit_codes`)."""
+    code = error_exit_code(exc)
+    if code is None:
+        raise exc
+    from huggingface_hub.errors import HfHubHTTPError
+
+    kind = f"{type(exc).__name__}: " if isinstance(exc, HfHubHTTPError) else ""
+    print(f"udp-datasets {command}: error: {kind}{exc}", file=sys.stderr)
+    return code
 
 
 def _sign_key(args: argparse.Namespace) -> bytes | None:
@@ -24,10 +29,7 @@ def _sign_key(args: argparse.Namespace) -> bytes | None:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from ..publish.hub import PublishError, PublishIncomplete, PublishRefused, publish
-    from ..publish.verify import VerifyError
+    from ..publish.hub import PublishError, PublishRefused, publish
 
     try:
         result = publish(args.dir, args.repo_id, private=args.private, revision=args.revision,
@@ -38,16 +40,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
                          sign_key=_sign_key(args))
     except PublishRefused as exc:
         print(exc.report.format(args.max_listed))
-        print(f"udp-datasets publish: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except PublishIncomplete as exc:
-        print(f"udp-datasets publish: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except (PublishError, VerifyError, OSError, ValueError) as exc:
-        print(f"udp-datasets publish: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except HfHubHTTPError as exc:
-        return _hub_error_exit("publish", exc)
+        return _error_exit("publish", exc)
+    except (OSError, ValueError) as exc:  # a folder that cannot be read, a bad argument: the command's fault
+        code = error_exit_code(exc)
+        return _error_exit("publish", exc if code is not None else PublishError(str(exc)))
+    except Exception as exc:
+        return _error_exit("publish", exc)
     print(f"published   {result.report.verified} verified images -> {result.url}")
     print(f"revision    {result.revision or 'main'} (commit {result.commit})")
     if result.pr_url:
@@ -56,19 +54,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from huggingface_hub.errors import HfHubHTTPError
-
-    from ..publish.hub import PublishError, verify
+    from ..publish.hub import verify
 
     try:
         report = verify(args.target, source=args.source, source_split=args.source_split,
                         image_column=args.image_column, sign_key=_sign_key(args),
                         allow_failed_shards=args.allow_failed_shards)
-    except PublishError as exc:
-        print(f"udp-datasets verify: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except HfHubHTTPError as exc:
-        return _hub_error_exit("verify", exc)
+    except Exception as exc:
+        return _error_exit("verify", exc)
     print(report.format(args.max_listed))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
