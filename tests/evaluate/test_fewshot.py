@@ -317,7 +317,9 @@ def test_a_harness_that_fails_its_controls_says_so_first_and_gives_no_verdict(tm
     (["--sweep", "4,x"], "levels 1-255"), (["--sweep", "none,4"], "levels 1-255"),
     (["--seeds", "0,one"], "non-negative integers"), (["--subjects", "dog"], "choose from"),
     (["--subjects", "cat", "--subject", "x"], "exclude each other"),
-    (["--subjects", "cat,hash"], "two studies"), (["--judge", "shape"], "--subject FOLDER")])
+    (["--subjects", "cat,hash"], "two studies"), (["--judge", "shape"], "--subject FOLDER"),
+    (["--methods", "advdm:timesteps=sometimes"], "choose from"), (["--methods", "advdm:no_such_field=1"], "choose from"),
+    (["--methods", "advdm:timesteps"], "choose from"), (["--methods", "glaze:steps=10"], "choose from")])
 def test_cli_fewshot_refuses_unknown_methods_and_modes(tmp_path, flags, message, capsys):
     from udp_datasets.cli.app import EXIT_USAGE, main
 
@@ -333,6 +335,30 @@ def test_study_list_flags():
     assert study_list("purifications", "none", PURIFICATIONS) == ()
     assert study_list("purifications", "jpeg75, diffpure", PURIFICATIONS) == ("jpeg75", "diffpure")
     assert study_list("sweep_levels", "4,16", None) == (4, 16) and study_list("sweep_levels", "none", None) == ()
+    assert study_list("methods", "advdm:timesteps=eudp", ("noise", "advdm")) == ("noise", "advdm:timesteps=eudp")
+
+
+def test_method_variants_are_presets_with_fields_over_them():
+    """``PRESET:field=value:...`` runs the preset with those config fields (issue 18's max side with EUDP's
+    timesteps, issue 19's generator engine); a purification suffix is told from a variant's own '+'."""
+    from udp_datasets.evaluate.experiments.fewshot_tasks import (FEWSHOT_PROTECTION, method_config, parse_method,
+                                                                  training_set)
+    from udp_datasets.method.presets import preset_config
+
+    assert parse_method("advdm:timesteps=eudp:steps=100:random_start=true") == (
+        "advdm", {"timesteps": "eudp", "steps": 100, "random_start": True})
+    cfg = method_config("advdm:timesteps=eudp", "surrogate-folder", 4, 1, "grey.png")
+    assert cfg == preset_config("advdm", base=FEWSHOT_PROTECTION, surrogate="surrogate-folder", epsilon=4 / 255,
+                                seed=1, timesteps="eudp")
+    assert cfg.objective == "adversarial" and cfg.timesteps == "eudp" and cfg.preset == "advdm"
+    assert method_config("photoguard:engine=generator+pgd", "s", 8, 0, "g.png").engine == "generator+pgd"
+    target = method_config("photoguard_target", "s", 8, 0, "g.png")
+    assert target.encoder_target == "pattern" and target.target_image == "g.png"
+    assert training_set("udp+jpeg75") == "udp" and training_set("photoguard:engine=generator+pgd") == \
+        "photoguard:engine=generator+pgd" and training_set("photoguard:engine=generator+pgd+noise0.05") == \
+        "photoguard:engine=generator+pgd"
+    with pytest.raises(ValueError, match="field=value"):
+        parse_method("advdm:eudp")
 
 
 def test_goal_says_not_measured_until_the_purifications_ran():

@@ -69,7 +69,8 @@ def study_list(flag: str, value: str, known: Sequence[str] | None) -> tuple:
     optional = flag in ("purifications", "sweep_levels")
     if optional and chosen == ("none",):
         return ()
-    bad = [v for v in chosen if (v not in known if known is not None else not (v.isdigit() and 0 < int(v) < 256))]
+    bad = [v for v in chosen if (not _known_name(flag, v, known) if known is not None
+                                 else not (v.isdigit() and 0 < int(v) < 256))]
     if bad or not chosen:
         choices = ", ".join(known) if known is not None else "levels 1-255"
         raise ConfigError(f"--{flag.replace('_levels', '').replace('_', '-')} {value!r}: choose from {choices}"
@@ -79,6 +80,23 @@ def study_list(flag: str, value: str, known: Sequence[str] | None) -> tuple:
     if flag == "methods" and "noise" not in chosen:
         return ("noise", *chosen)  # every method is judged against noise of the same budget
     return chosen
+
+
+def _known_name(flag: str, value: str, known: Sequence[str]) -> bool:
+    """A known name; for ``--methods`` also a variant ``PRESET:field=value:...`` whose fields are config fields."""
+    if value in known:
+        return True
+    if flag != "methods" or ":" not in value:
+        return False
+    from ..config import ProtectionConfig
+    from ..evaluate.experiments.fewshot_tasks import parse_method
+
+    try:
+        preset, overrides = parse_method(value)
+        ProtectionConfig().replace(**overrides)
+    except (ValueError, TypeError):  # ConfigError is a ValueError
+        return False
+    return preset in known and preset != "noise"
 
 
 def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
@@ -249,7 +267,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", help="fewshot: comma list of seeds (victim and protection), e.g. 0,1,2")
     p.add_argument("--workers", type=int, help="fewshot: worker processes (default 2, one thread each)")
     p.add_argument("--methods", help="fewshot: comma list of the methods to compare, e.g. photoguard,udp (noise, "
-                   "the baseline, is always added); default: the reduced or --full study's")
+                   "the baseline, is always added); a preset with config fields over it is PRESET:field=value:..., "
+                   "e.g. advdm:timesteps=eudp; default: the reduced or --full study's")
     p.add_argument("--modes", help="fewshot: fine-tuning modes, comma list of full,lora")
     p.add_argument("--purifications", help="fewshot: comma list of jpeg75,noise0.05,diffpure,impress, or none "
                    "(default: the reduced or --full study's)")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..metrics.subject import MIN_LIFT, artifact_score, erasure, lift
 from ..victims.fewshot import to_tensor
-from .fewshot_tasks import load_images, set_name
+from .fewshot_tasks import load_images, set_name, training_set
 
 GOAL_ERASURE = 0.8
 GOAL_ARTIFACTS = 2.0
@@ -159,11 +159,11 @@ class Scores:
                             *((f"erasure_{kind}", [self.erasure(subject, name, mode, s, clean, f"score_{kind}")
                                                    for s in seeds]) for kind in self.judge.scorers())):
             out[key], out[f"{key}_sd"], out[f"{key}_n"] = mean_sd(values)
-        base = name.split("+")[0]
+        base = training_set(name)
         prot = [self.protection(subject, base, s) for s in seeds]
         for key in ("psnr_db", "latent_shift", "seconds"):
             out[key] = mean_sd([p.get(key) for p in prot])[0]
-        if "+" not in name:  # a purified set's latents are not its training set's
+        if base == name:  # a purified set's latents are not its training set's
             out["latent_score"] = mean_sd([self.latent_score(subject, name, s) for s in seeds])[0]
         return out
 

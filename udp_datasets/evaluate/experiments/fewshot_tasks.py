@@ -87,19 +87,53 @@ def victim_base(pretrained: str):
     return load_victim_unet(Path(pretrained))
 
 
+def parse_method(method: str) -> tuple[str, dict[str, Any]]:
+    """A study method: a preset name, optionally with config fields over it, ``PRESET:field=value:...``
+    (``advdm:timesteps=eudp`` is AdvDM's max side with EUDP's timesteps, ``photoguard:engine=generator``
+    PhotoGuard through the generator engine): variants measured beside the presets, through the same
+    product config, so that a table row says exactly what it ran."""
+    preset, *fields = method.split(":")
+    overrides: dict[str, Any] = {}
+    for field_spec in fields:
+        key, sep, raw = field_spec.partition("=")
+        if not sep or not key:
+            raise ValueError(f"method {method!r}: each field after the preset is field=value")
+        overrides[key] = _field_value(raw)
+    return preset, overrides
+
+
+def _field_value(raw: str) -> Any:
+    if raw in ("true", "false"):
+        return raw == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def training_set(name: str) -> str:
+    """The protected training set a set name comes from: ``udp+jpeg75`` -> ``udp`` (a purified copy);
+    a variant's own ``+`` (``engine=generator+pgd``) is not a purification."""
+    base, sep, last = name.rpartition("+")
+    return base if sep and last in PURIFICATIONS else name
+
+
 def method_config(method: str, surrogate: str, levels: int, seed: int, target_image: str,
                   base: ProtectionConfig = FEWSHOT_PROTECTION) -> ProtectionConfig:
-    """The product's config of a study method: its preset over ``base`` at ``levels`` / 255.
+    """The product's config of a study method: its preset (and fields, :func:`parse_method`) over ``base``
+    at ``levels`` / 255.
 
     ``photoguard_target`` is PhotoGuard's encoder attack toward a target image's latent (a flat grey
     image, as in the paper): the ``photoguard`` preset with ``encoder_target='pattern'``.
     """
     from ...method.presets import preset_config
 
-    if method == "photoguard_target":
-        return preset_config("photoguard", base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed,
-                             encoder_target="pattern", target_image=target_image)
-    return preset_config(method, base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed)
+    preset, overrides = parse_method(method)
+    if preset == "photoguard_target":
+        preset, overrides = "photoguard", {"encoder_target": "pattern", "target_image": target_image, **overrides}
+    return preset_config(preset, base=base, surrogate=surrogate, epsilon=levels / 255, seed=seed, **overrides)
 
 
 @dataclass(frozen=True)
@@ -143,7 +177,8 @@ def protect_task(job: ProtectJob) -> dict[str, Any]:
         config: dict[str, Any] = {}
     else:
         cfg = method_config(job.method, job.surrogate, job.levels, job.seed, job.target_image, job.base)
-        protected = protect_arrays(clean, cfg, Path(job.fit_dir), progress=False, fit=job.method in FITTED)
+        fitted = parse_method(job.method)[0] in FITTED
+        protected = protect_arrays(clean, cfg, Path(job.fit_dir), progress=False, fit=fitted)
         config = cfg.to_dict()
     seconds = time.perf_counter() - start
     a, b = hwc_to_nchw(clean), hwc_to_nchw(protected)
