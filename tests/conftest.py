@@ -3,12 +3,30 @@ diffusers' ``save_pretrained`` and loaded back through ``from_pretrained``.
 
 The environment is pinned offline *before* any Hugging Face library is imported, so no
 test can reach the network by accident.
+
+Layout: ``tests/`` mirrors the package. ``tests/<part>/`` tests the folder ``udp_datasets/<part>/``
+(models, sources, method, formats, records, jobs, publish, evaluate, cli); ``tests/test_<module>.py``
+in this folder tests a top-level module (config, images, the protector) or the package as a whole
+(architecture, golden bytes, hostile inputs), beside the shared helpers (this file, hostile.py,
+hub_server.py, golden/). A test file goes where what it mainly tests lives.
+
+There are no ``__init__.py`` files: pytest imports each test file by its basename (so basenames are
+unique across folders), and this folder and every test folder are on ``sys.path``, so
+``from hostile import ...``, ``from conftest import TINY`` and ``from test_verify import ...`` work
+from any folder, whichever files a run selects.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from pathlib import Path
+
+_TESTS = Path(__file__).resolve().parent
+for _folder in sorted(p for p in _TESTS.iterdir() if p.is_dir() and any(p.glob("test_*.py"))):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 _SESSION_TMP = tempfile.mkdtemp(prefix="udp-tests-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -27,7 +27,7 @@ from udp_datasets.jobs.shard_job import ConfigMismatchError, run_shards
 from udp_datasets.records.names import BOOKKEEPING
 from udp_datasets.sinks.atomic import OutputExistsError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = next(p for p in Path(__file__).resolve().parents if (p / "layout.toml").is_file())
 FLAGS = ["--resolution", "16", "--batch-size", "4"]
 
 

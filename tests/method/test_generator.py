@@ -1,7 +1,7 @@
 """The generator engine (issue 19): delta = epsilon * tanh(G(x)) in one forward pass, through the same rounding,
 budget proof and provenance as PGD. Correctness only (no timing): every output pixel within the budget over sizes
 and modes, deterministic output for a seed and an input, the engine in the config hash. Training, the shipped
-weights and verify / publish of generator jobs: tests/test_generator_training.py."""
+weights and verify / publish of generator jobs: tests/method/test_generator_training.py."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The real ``huggingface_hub``, ``datasets`` and ``webdataset`` clients run in subprocesses
 pointed at a ``LocalHub`` on 127.0.0.1 (``HF_ENDPOINT`` is read at import time). Protected
-folders come from real protect runs shared with tests/test_verify.py.
+folders come from real protect runs shared with tests/publish/test_verify.py.
 
 Every client run is checked for the token: the dummy ``HF_TOKEN`` must reach the server
 (writes need it) and appear nowhere else, not in stdout/stderr (debug logging included),
