@@ -310,6 +310,18 @@ def test_a_harness_that_fails_its_controls_says_so_first_and_gives_no_verdict(tm
     assert report["stages"]["done"] in (["controls"], ["pretrained victim check (failed: stopped)"])
     assert HARNESS_FAILED in capsys.readouterr().out.lower()
 
+    # --past-failed-controls: the tables run (from the same cache), labelled; still no verdict, still exit 1
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fewshot, "REDUCED", settings)
+        code = main(["evaluate", "--regime", "fewshot", "--subject", str(folder), "--out", str(tmp_path / "r"),
+                     "--cache-dir", str(tmp_path / "cache"), "--methods", "udp", "--past-failed-controls"])
+    assert code == EXIT_FAILED
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert any(row["set"] == "udp" for row in report["tables"]["full"])  # the main table ran this time
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert HARNESS_FAILED in text.splitlines()[0].lower() and "Diagnostic run past failed controls" in text
+    assert HARNESS_FAILED in report["verdict"].lower() and "Not judged: a control failed" in text
+
 
 @pytest.mark.parametrize("flags, message", [
     (["--methods", "glaze"], "choose from"), (["--modes", "full,dreambooth"], "choose from"),

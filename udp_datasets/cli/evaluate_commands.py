@@ -123,6 +123,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         if not args.victim_check_factor > 0:
             raise ConfigError(f"--victim-check-factor {args.victim_check_factor}: a positive number (default 10)")
         changes["victim_check_factor"] = args.victim_check_factor
+    if args.past_failed_controls:
+        changes["past_failed_controls"] = True
     for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora")),
                         ("purifications", fewshot.PURIFICATIONS), ("sweep_levels", None),
                         ("subjects", (*STRUCTURED_SUBJECTS, *SUBJECTS))):
@@ -256,6 +258,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="fewshot: how far (x the FD of a corpus split through the VAE) the pretrained victim's "
                         "samples may be from its corpus before the study stops (default 10); a report run with "
                         "another factor says so in its controls")
+    p.add_argument("--past-failed-controls", action="store_true",
+                   help="fewshot: run the study's tables even when a control fails, as a labelled diagnostic (the "
+                        "report still says the harness cannot see protection and gives no verdict; exit status 1)")
     p.add_argument("--latent-norm", choices=["channel", "scalar"], default="channel",
                    help="fewshot: the victim's latent normalisation: each channel standardised by its corpus "
                         "statistics (FLUX.2's convention, default) or one scalar shift and scale (SD's)")

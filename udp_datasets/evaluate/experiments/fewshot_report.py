@@ -307,10 +307,14 @@ def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
     stages = report.get("stages") or {}
     missing = [x for x in stages.get("planned", []) if x not in stages.get("done", [])]
     stopped = report["controls"]["passed"] is False
+    past = stopped and s.get("past_failed_controls")
     partial = ([f"**Partial report**: stages done: {', '.join(stages['done'])}; not run yet: {', '.join(missing)} "
                 + ("(stopped by a failed control: a study whose harness cannot see protection goes no further)."
-                   if stopped else "(the same command resumes from its cache).")] + [""] if missing else [])
-    lines = [*([f"**{HARNESS_FAILED[0].upper()}{HARNESS_FAILED[1:]}.**", ""] if stopped else []),
+                   if stopped and not past else "(the same command resumes from its cache).")] + [""] if missing else [])
+    diagnostic = (["**Diagnostic run past failed controls** (`--past-failed-controls`): the tables below "
+                   "describe this harness (what each method moves, and how far), not whether anything protects.",
+                   ""] if past else [])
+    lines = [*([f"**{HARNESS_FAILED[0].upper()}{HARNESS_FAILED[1:]}.**", ""] if stopped else []), *diagnostic,
              "# Few-shot protection report", "", *partial, report["verdict"], "",
              "## Controls (checked before any verdict)", "", sections["controls"], "", "## Setup", "",
              "Subjects: " + "; ".join(f"**{k}** ({v['train']} training, {v['heldout']} held-out: {v['source']})"
@@ -330,7 +334,9 @@ def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
         lines += ["## After purification (full fine-tuning)", "", sections["purification"], ""]
     if s["sweep_levels"]:
         lines += ["## Budget sweep (full fine-tuning)", "", sections["sweep"], "", "![budget sweep](budget_sweep.png)", ""]
-    lines += ["## The goal", "", goal_text(report["goal"]), "", "## Grids", ""]
+    goal = ("Not judged: a control failed, so these figures cannot say whether the goal is met." if stopped
+            else goal_text(report["goal"]))
+    lines += ["## The goal", "", goal, "", "## Grids", ""]
     lines += [f"![{k}]({Path(v).relative_to(Path(v).parents[1])})" for k, v in report["files"]["grids"].items()]
     t = report["timings"]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()), ""]
