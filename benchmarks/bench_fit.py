@@ -41,9 +41,7 @@ from typing import Any, Iterator
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_protect import busy_processes, machine  # noqa: E402  (one machine description for both)
-
-RESULTS = Path(__file__).parent / "results"
+from _results import RESULTS, machine_end, result_header, write_result  # noqa: E402
 SECTIONS = ("breakdown", "scaling", "schedules", "scope", "latent")
 
 
@@ -327,11 +325,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # demo now uses the cheaper rounds_4_steps_20 they justified
     base = PIXEL_FIT_CONFIG.replace(device="cpu", fit_rounds=8, fit_surrogate_steps=40)
     images = demo_images()
-    result: dict[str, Any] = {"benchmark": "fit: cost per round and per image, scaling, cheaper schedules at equal "
-                                           "measured effect, latent cache",
-                              "command": "python benchmarks/bench_fit.py " + " ".join(sys.argv[1:] if argv is None
-                                                                                      else argv),
-                              "machine": machine(args.threads)}
+    result = result_header("fit: cost per round and per image, scaling, cheaper schedules at equal measured effect, "
+                           "latent cache", __file__, argv, args.threads)
     wanted = set(args.sections)
 
     def checkpoint() -> None:  # a crash or a kill keeps the sections done so far
@@ -362,19 +357,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         checkpoint()
     if "latent" in wanted:
         result["latent_fit_cache"] = latent_cache(work, 64, 16, 1 if args.quick else 2)
-    result["machine"]["load_average_end"] = list(os.getloadavg())
-    result["machine"]["other_processes_end"] = busy_processes()
+    machine_end(result["machine"])
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if set(args.sections) != set(SECTIONS) and Path(args.out).exists():  # merge a partial run into the last one
         previous = json.loads(Path(args.out).read_text())
         previous.setdefault("partial_runs", []).append({"sections": args.sections, "machine": result["machine"],
                                                         "seconds": result["seconds"]})
         result = previous | {k: v for k, v in result.items() if k not in ("machine", "seconds", "command")}
-    text = json.dumps(result, indent=2, default=str)
-    Path(args.out).write_text(text + "\n")
+    write_result(result, args.out)
     Path(args.out + ".partial").unlink(missing_ok=True)  # the checkpoint of a run that has now finished
-    print(text)
     return result
 
 

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,8 +38,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_protect import (RESULTS, bench_images, busy_processes, loss_change, machine, measured,  # noqa: E402
-                           outputs_of)
+from _results import RESULTS, machine_end, result_header, write_result  # noqa: E402
+from bench_protect import bench_images, loss_change, measured, memory_child_run, outputs_of  # noqa: E402
 
 ARMS = {"pgd": {"engine": "pgd"}, "generator": {"engine": "generator"},
         "generator_pgd5": {"engine": "generator+pgd", "generator_pgd_steps": 5}}
@@ -79,12 +78,7 @@ def memory_of(configs: dict[str, Any], size: int, count: int, threads: int) -> d
     out = {}
     for name, config in configs.items():
         spec = {"config": config.to_json(indent=None), "size": size, "count": count}
-        proc = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec), "--threads", str(threads)],
-                              capture_output=True, text=True, timeout=1800, check=False,
-                              env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr[-3000:])
-        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[name] = memory_child_run(__file__, spec, threads)
     return out
 
 
@@ -163,14 +157,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.size = args.size or (256 if args.gpu else 64)
     args.repeats = args.repeats or (2 if args.quick else 3)
     t0 = time.perf_counter()
-    result: dict[str, Any] = {
-        "benchmark": "engines: generator, generator+PGD (K=5) and PGD at the defaults, paired, same images and budget",
-        "command": "python benchmarks/bench_generator.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": machine(args.threads)}
+    result = result_header("engines: generator, generator+PGD (K=5) and PGD at the defaults, paired, same images "
+                           "and budget", __file__, argv, args.threads)
     tempfile.tempdir = tempfile.mkdtemp(prefix="udp-bench-generator-")
     result.update(run(args))
-    result["machine"]["load_average_end"] = list(os.getloadavg())
-    result["machine"]["other_processes_end"] = busy_processes()
+    machine_end(result["machine"])
     shared = bool(result["machine"]["other_processes"] or result["machine"]["other_processes_end"])
     result["notes"] = {
         "threads": f"torch at {args.threads} thread(s) (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}) on "
@@ -184,11 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                       "minus the clean images': orientation only, NOT a measure of protection "
                                       "(the few-shot evaluation is; not run on the generator yet)"}
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out) if args.out else RESULTS / f"generator_{'gpu' if args.gpu else 'cpu'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2, default=str)
-    out.write_text(text + "\n")
-    print(text)
+    write_result(result, args.out or RESULTS / f"generator_{'gpu' if args.gpu else 'cpu'}.json")
     return result
 
 

@@ -34,7 +34,6 @@ import argparse
 import logging
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,40 +44,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import RESULTS, machine_end, result_header, write_result  # noqa: E402
 
 
-# ------------------------------------------------------------------ machine and memory
-def machine(threads: int) -> dict[str, Any]:
-    import torch
-
-    from udp_datasets import __version__
-    from udp_datasets.models.runtime import native_bf16_cpu
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": threads, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "udp_datasets": __version__,
-            "native_bf16": native_bf16_cpu(), "load_average_start": list(os.getloadavg()),
-            "other_processes": busy_processes()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2 ** 30, 1)
-    return info
-
-
-def busy_processes(limit: int = 6) -> list[str]:
-    """What else was using the CPU (command lines, shortened), as ps saw it."""
-    try:
-        out = subprocess.run(["ps", "-eo", "pcpu,pid,args", "--sort=-pcpu", "--no-headers"], capture_output=True,
-                             text=True, timeout=10).stdout.splitlines()
-    except (OSError, subprocess.SubprocessError):
-        return []
-    me = str(os.getpid())
-    rows = [line.split(None, 2) for line in out if line.strip()]
-    return [f"{r[0]}% {r[2][:80]}" for r in rows if len(r) == 3 and r[1] != me and float(r[0]) >= 5][:limit]
-
-
+# ------------------------------------------------------------------ memory
 def rss_mib() -> tuple[float, float]:
     """(current, peak) resident memory of this process in MiB (Linux)."""
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
@@ -287,17 +257,22 @@ def memory_child(spec: dict[str, Any]) -> dict[str, Any]:
             "pixels": int(sum(a.shape[0] * a.shape[1] for a in images))}
 
 
+def memory_child_run(script: str, spec: dict[str, Any], threads: int) -> dict[str, Any]:
+    """``python SCRIPT --memory-child SPEC`` in a fresh process at ``threads`` threads: the JSON it prints last."""
+    proc = subprocess.run([sys.executable, script, "--memory-child", json.dumps(spec), "--threads", str(threads)],
+                          capture_output=True, text=True, timeout=1800, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def memory_of(arms: dict[str, dict], config, size: int, count: int, threads: int) -> dict[str, Any]:
     """Peak working memory of each arm, each in a fresh process (freed memory stays mapped in this one)."""
     out = {}
     for name, spec in arms.items():
         spec = {"config": config.to_json(indent=None), "size": size, "count": count, **spec}
-        proc = subprocess.run([sys.executable, __file__, "--memory-child", json.dumps(spec), "--threads", str(threads)],
-                              capture_output=True, text=True, timeout=1800, check=False,
-                              env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        if proc.returncode != 0:
-            raise RuntimeError(proc.stderr[-3000:])
-        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        out[name] = memory_child_run(__file__, spec, threads)
         if spec.get("side"):
             out[name]["bytes_per_pixel"] = round(out[name]["peak_rss_over_start_mib"] * 2 ** 20 / out[name]["pixels"])
     return out
@@ -665,24 +640,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         mode = "gpu_smoke"
     work = Path(tempfile.mkdtemp(prefix="udp-bench-protect-"))
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"benchmark": "protect: naive one-image-at-a-time PGD vs Protector, and each speed switch",
-                              "command": "python benchmarks/bench_protect.py " + " ".join(sys.argv[1:] if argv is None
-                                                                                          else argv),
-                              "machine": machine(args.threads)}
+    result = result_header("protect: naive one-image-at-a-time PGD vs Protector, and each speed switch", __file__,
+                           argv, args.threads)
     if args.profile:
         result.update(profile_main(args, work))
     elif args.device == "cpu" and not args.smoke:
         result.update(cpu_main(args, work))
     else:
         result.update(gpu_main(args, work))
-    result["machine"]["load_average_end"] = list(os.getloadavg())
-    result["machine"]["other_processes_end"] = busy_processes()
+    machine_end(result["machine"])
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    out = Path(args.out) if args.out else RESULTS / f"protect_{mode}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2, default=str)
-    out.write_text(text + "\n")
-    print(text)
+    write_result(result, args.out or RESULTS / f"protect_{mode}.json")
     return result
 
 

@@ -37,6 +37,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).parent))
+from _results import RESULTS, write_result  # noqa: E402
+
 
 def make_images(size: int) -> list[np.ndarray]:
     from udp_datasets.sources.bundled import faces_rgb, photo_crops
@@ -163,7 +166,7 @@ def _median(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "shards.json"))
+    parser.add_argument("--out", default=str(RESULTS / "shards.json"))
     parser.add_argument("--size", type=int, default=64, help="image side (pixels)")
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--per-shard", type=int, default=24)
@@ -242,9 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
     return result
 
 
