@@ -32,8 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import ProtectionConfig
-from ..models import SurrogateError, load_surrogate
-from ..models.pair_pretraining import PartialRun, _atomic_folder, _to_tensor, _versions
+from ..models import load_surrogate
+from ..models.pair_pretraining import PartialRun, _atomic_folder, _to_tensor, _versions, check_output
 from .budget import Budget
 from .generator import PerturbationGenerator, generator_delta, save_generator
 from .objectives import ProtectionObjective
@@ -130,11 +130,7 @@ def train_generator(images: Sequence[np.ndarray], out: str | os.PathLike, recipe
     ``on_checkpoint`` is called with the step after each checkpoint (an exception from it stops the run,
     which the same call resumes)."""
     recipe = recipe or GeneratorRecipe()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise SurrogateError(f"{out} exists; choose a new folder or pass --overwrite")
-    if not images:
-        raise ValueError("the corpus has no images")
+    out = check_output(out, images, overwrite)
     config = recipe.config()  # a bad preset / eot / epsilon fails before any work
     run = PartialRun(out, images, recipe.to_dict(), overwrite, on_checkpoint)
     surrogate = load_surrogate(config=config)

@@ -128,6 +128,16 @@ def _prepare_work(work: Path, job: dict[str, Any], overwrite: bool) -> None:
         record.write_text(json.dumps(job, indent=2, sort_keys=True))
 
 
+def check_output(out: str | os.PathLike, images: Sequence[np.ndarray], overwrite: bool) -> Path:
+    """``out`` as a Path, once it is free (or ``overwrite``) and there are images to train on."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise SurrogateError(f"{out} exists; choose a new folder or pass --overwrite")
+    if not images:
+        raise ValueError("the corpus has no images")
+    return out
+
+
 class PartialRun:
     """``OUT.partial/`` of a resumable training (the pair's and the generator's): prepared for one job
     (recipe, corpus digest and count; :func:`_prepare_work`), its checkpoint ``state.pt`` read back by
@@ -180,11 +190,7 @@ def pretrain_pair(images: Sequence[np.ndarray], out: str | os.PathLike, recipe: 
     Returns the provenance record.
     """
     recipe = recipe or PairRecipe()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise SurrogateError(f"{out} exists; choose a new folder or pass --overwrite")
-    if not images:
-        raise ValueError("the corpus has no images")
+    out = check_output(out, images, overwrite)
     run = PartialRun(out, images, recipe.to_dict(), overwrite, on_checkpoint)
     start = time.perf_counter()
     lat = _latents(images, run.work, progress)
