@@ -284,6 +284,10 @@ def pick(scores: Any, methods: Sequence[str]) -> dict[str, str | None]:
             "ours": first(OURS), "peer": first(PEERS)}
 
 
+NO_PICKS: dict[str, str | None] = {"best": None, "second": None, "ours": None, "peer": None}
+"""The picks of a report written before the main table (nothing picked yet)."""
+
+
 def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, Subject],
                 corpus: Sequence[np.ndarray], cache_dir: str | Path, progress: bool = True,
                 judge_faces: bool = False) -> dict[str, Any]:
@@ -319,10 +323,9 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
             timings["total"] = time.perf_counter() - start
             return write_fewshot_report(study, Scores(study, judge), picks, pretrain_info, timings, stages)
 
-        no_picks: dict[str, str | None] = {"best": None, "second": None, "ours": None, "peer": None}
         if (Scores(study, judge).controls(pretrain_info.get("quality"))["victim_learned_corpus"] is False
                 and not settings.past_failed_controls):
-            return checkpoint("pretrained victim check (failed: stopped)", no_picks)
+            return checkpoint("pretrained victim check (failed: stopped)", NO_PICKS)
         t = time.perf_counter()
         control_seeds = settings.seeds[:settings.control_seeds]
         pool.map(protect_jobs(study, ["noise"], settings.levels)
@@ -332,7 +335,7 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
         pool.map(victim_jobs(study, ["clean", "noise"], ["full"])
                    + victim_jobs(study, [*control_sets, "substitute"], ["full"], control_seeds), "victims (controls)")
         timings["controls"] = time.perf_counter() - t
-        report = checkpoint("controls", no_picks)
+        report = checkpoint("controls", NO_PICKS)
         if report["controls"]["passed"] is False and not settings.past_failed_controls:
             return report
         t = time.perf_counter()
