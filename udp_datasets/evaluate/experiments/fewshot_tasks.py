@@ -29,7 +29,7 @@ from ..victims.fewshot import TrainRecipe, decode, encode, finetune, latent_data
 logger = logging.getLogger(__name__)
 
 OURS = ("udp", "eudp")
-PEERS = ("advdm", "photoguard", "photoguard_target", "mist", "sds", "aspl", "metacloak")
+PEERS = ("advdm", "photoguard", "photoguard_target", "mist", "mist2", "sds", "aspl", "metacloak")
 METHODS = ("noise", *PEERS, *OURS)
 """Every protection of the study; ``noise`` is random +-epsilon on every pixel (the baseline)."""
 FITTED = ("aspl", "metacloak", "udp", "eudp")
