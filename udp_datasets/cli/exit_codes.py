@@ -86,7 +86,8 @@ def run_reporting_errors(command: str, work: Callable[[], int]) -> int:
         code = error_exit_code(exc)
         if code is None:
             raise
-        print(f"{command}: error: {exc}", file=sys.stderr)
+        hub = type(exc).__module__.startswith("huggingface_hub")  # a Hub error's class says what (RepositoryNotFound)
+        print(f"{command}: error: {type(exc).__name__ + ': ' if hub else ''}{exc}", file=sys.stderr)
         return code
 
 

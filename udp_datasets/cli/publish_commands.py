@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from .exit_codes import EXIT_FAILED, EXIT_OK, error_exit_code
-
-
-def _error_exit(command: str, exc: Exception) -> int:
-    """Say the error in one line and return its status from the one table (:mod:`.exit_codes`)."""
-    code = error_exit_code(exc)
-    if code is None:
-        raise exc
-    from huggingface_hub.errors import HfHubHTTPError
-
-    kind = f"{type(exc).__name__}: " if isinstance(exc, HfHubHTTPError) else ""
-    print(f"udp-datasets {command}: error: {kind}{exc}", file=sys.stderr)
-    return code
 
 
 def _sign_key(args: argparse.Namespace) -> bytes | None:
@@ -38,14 +25,13 @@ def cmd_publish(args: argparse.Namespace) -> int:
                          eval_report=args.eval_report, max_shard_size=args.max_shard_size,
                          staging_dir=args.staging_dir, allow_failed_shards=args.allow_failed_shards,
                          sign_key=_sign_key(args))
-    except PublishRefused as exc:
+    except PublishRefused as exc:  # its status and message come from the one table (cli.app's main)
         print(exc.report.format(args.max_listed))
-        return _error_exit("publish", exc)
+        raise
     except (OSError, ValueError) as exc:  # a folder that cannot be read, a bad argument: the command's fault
-        code = error_exit_code(exc)
-        return _error_exit("publish", exc if code is not None else PublishError(str(exc)))
-    except Exception as exc:
-        return _error_exit("publish", exc)
+        if error_exit_code(exc) is None:
+            raise PublishError(str(exc)) from exc
+        raise
     print(f"published   {result.report.verified} verified images -> {result.url}")
     print(f"revision    {result.revision or 'main'} (commit {result.commit})")
     if result.pr_url:
@@ -56,12 +42,9 @@ def cmd_publish(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from ..publish.hub import verify
 
-    try:
-        report = verify(args.target, source=args.source, source_split=args.source_split,
-                        image_column=args.image_column, sign_key=_sign_key(args),
-                        allow_failed_shards=args.allow_failed_shards)
-    except Exception as exc:
-        return _error_exit("verify", exc)
+    report = verify(args.target, source=args.source, source_split=args.source_split,
+                    image_column=args.image_column, sign_key=_sign_key(args),
+                    allow_failed_shards=args.allow_failed_shards)
     print(report.format(args.max_listed))
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
