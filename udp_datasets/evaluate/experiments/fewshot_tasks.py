@@ -103,14 +103,11 @@ def parse_method(method: str) -> tuple[str, dict[str, Any]]:
 
 
 def _field_value(raw: str) -> Any:
-    if raw in ("true", "false"):
-        return raw == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
+    """A field's value as a config file spells it (JSON: ``100``, ``0.5``, ``true``), else the bare string."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def training_set(name: str) -> str:
