@@ -211,12 +211,12 @@ class Scores:
             victim_ok = quality["samples_fd"] <= self.victim_factor() * victim_reference_fd(quality)
         per_subject = {}
         for subject in self.study.subjects:
-            pos = {lv: self.summary(subject, set_name("photoguard", lv, s.levels), "full").get("erasure")
-                   for lv in s.control_levels}
+            positive = {lv: self.summary(subject, set_name("photoguard", lv, s.levels), "full")
+                        for lv in s.control_levels}
+            pos = {lv: summary.get("erasure") for lv, summary in positive.items()}
             sub = self.summary(subject, "substitute", "full").get("erasure")
             latent = {"clean": self.latent_score(subject, "clean", 0),
-                      **{str(lv): self.summary(subject, set_name("photoguard", lv, s.levels), "full").get("latent_score")
-                         for lv in s.control_levels}}
+                      **{str(lv): summary.get("latent_score") for lv, summary in positive.items()}}
             neg = self.summary(subject, "noise", "full").get("erasure")
             learned = self.learned(subject, "full")
             per_subject[subject] = {
