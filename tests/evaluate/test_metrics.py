@@ -235,6 +235,19 @@ def test_colour_noise(photo_split, faces):
     assert colour_noise(np.zeros((1, 3, 8, 8))) == 0.0
 
 
+def test_colour_noise_ratio_on_a_grey_domain_counts_colour_speckle(faces):
+    from udp_datasets.evaluate.metrics.artifacts import CHROMA_FLOOR
+    from udp_datasets.evaluate.metrics.subject import artifact_score
+
+    grey = faces[:16].expand(-1, 3, -1, -1).contiguous()
+    speckled = _noise(grey, 0.03)  # independent noise per channel: colour speckle
+    assert colour_noise_ratio(grey, grey) == 0.0  # no colour where the domain has none: finite, not inf
+    assert colour_noise_ratio(speckled, grey) == pytest.approx(colour_noise(speckled) / CHROMA_FLOOR)
+    assert colour_noise_ratio(speckled, grey) > 2.0
+    # the few-shot artifact score sees the speckle on a grey domain (it dropped the colour term before 0.3.1)
+    assert artifact_score(speckled, grey) > artifact_score(grey, grey) + 1.0
+
+
 # --------------------------------------------------------------------------- pair fidelity
 
 def test_psnr_known_offset():

@@ -210,18 +210,9 @@ class FeatureSpace:
         return float(frechet_distance_from_features(self.embed(a01), self.embed(b01)))
 
 
-GREY_CHROMA = 1e-3
-"""Colour noise (RMS chroma residual) below which reference images count as grey."""
-
-
 def artifact_score(samples01: torch.Tensor, reference01: torch.Tensor) -> float:
-    """Mean of the high-frequency-energy ratio and the colour-noise ratio of samples to real images;
-    the high-frequency ratio alone when the references are grey (their colour noise is ~0, so a colour
-    ratio would be infinite: issue 17)."""
-    from .artifacts import colour_noise
-
-    if colour_noise(reference01) < GREY_CHROMA:
-        return artifact_ratio(samples01, reference01)
+    """Mean of the high-frequency-energy ratio and the colour-noise ratio of samples to real images (on a
+    grey domain the colour term is taken against a floor: :func:`~.artifacts.colour_noise_ratio`)."""
     return 0.5 * (artifact_ratio(samples01, reference01) + colour_noise_ratio(samples01, reference01))
 
 
