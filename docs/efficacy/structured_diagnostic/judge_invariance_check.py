@@ -15,14 +15,12 @@ Output of our runs: `judge_invariance_check.jsonl` beside this script (glyphs) a
 """
 
 import json
-import math
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 import numpy as np
 import torch
-import torch.nn.functional as Fn
 from udp_datasets.evaluate.glyphs import glyph_corpus
 from udp_datasets.evaluate.subjects import any_subject, folder_corpus
 from udp_datasets.evaluate.experiments import fewshot as F
@@ -35,18 +33,8 @@ from udp_datasets.evaluate.victims.fewshot import decode, encode, to_tensor
 SETS = ["noise", "photoguard", "advdm", "advdm:timesteps=eudp", "udp", "eudp", "sds", "mist", "mist2",
         "photoguard_target", "photoguard@16", "photoguard@32", "photoguard_target@32", "photoguard_target@64", "substitute"]
 orig = SJ.augment_shapes
+VARIANTS = {"ours": orig, "geometric_only": SJ.warp_shapes, "none": lambda x, gen: x}
 
-def geometric_only(x, gen):
-    n = x.shape[0]
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)
-    angle, scale = u(-math.pi / 12, math.pi / 12), u(0.85, 1.15)
-    mirror = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([torch.stack([cos * mirror, -sin, u(-0.15, 0.15)], 1), torch.stack([sin * mirror, cos, u(-0.15, 0.15)], 1)], 1)
-    grid = Fn.affine_grid(theta, list(x.shape), align_corners=False)
-    return Fn.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-VARIANTS = {"ours": orig, "geometric_only": geometric_only, "none": lambda x, gen: x}
 
 def load_npz(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.load(path)["images"]).permute(0, 3, 1, 2).float() / 255
