@@ -8,7 +8,7 @@ Layout: ``tests/`` mirrors the package. ``tests/<part>/`` tests the folder ``udp
 (models, sources, method, formats, records, jobs, publish, evaluate, cli); ``tests/test_<module>.py``
 in this folder tests a top-level module (config, images, the protector) or the package as a whole
 (architecture, golden bytes, hostile inputs), beside the shared helpers (this file, hostile.py,
-hub_server.py, golden/). A test file goes where what it mainly tests lives.
+hub_server.py, resumable.py, golden/). A test file goes where what it mainly tests lives.
 
 There are no ``__init__.py`` files: pytest imports each test file by its basename (so basenames are
 unique across folders), and this folder and every test folder are on ``sys.path``, so

@@ -12,6 +12,7 @@ from PIL import Image
 from udp_datasets.method.generator import PerturbationGenerator, save_generator
 from udp_datasets.method.generator_training import PROVENANCE_FILE, GeneratorRecipe, train_generator
 from udp_datasets.models import weights_sha256
+from resumable import interrupt_then_resume
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,18 +28,12 @@ def corpus() -> list[np.ndarray]:
 
 # ------------------------------------------------------------------ training
 def test_an_interrupted_generator_training_resumes_to_the_same_weights(corpus, tmp_path):
-    whole = train_generator(corpus, tmp_path / "whole", TINY_RECIPE, save_every=2, progress=False)
+    def train(out, **hooks):
+        return train_generator(corpus, out, TINY_RECIPE, save_every=2, progress=False, **hooks)
 
-    def interrupt(step: int) -> None:
-        if step == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train_generator(corpus, tmp_path / "cut", TINY_RECIPE, save_every=2, progress=False, on_checkpoint=interrupt)
-    assert (tmp_path / "cut.partial" / "state.pt").exists() and not (tmp_path / "cut").exists()
-    resumed = train_generator(corpus, tmp_path / "cut", TINY_RECIPE, save_every=2, progress=False)
+    whole = train(tmp_path / "whole")
+    resumed = interrupt_then_resume(train, tmp_path / "cut", at_step=2)
     assert resumed["weights_sha256"] == whole["weights_sha256"] == weights_sha256(tmp_path / "cut")
-    assert not (tmp_path / "cut.partial").exists()
     assert whole["weights_sha256"] != weights_sha256(_untrained(tmp_path / "untrained"))  # it did train
     from udp_datasets import SurrogateError
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from udp_datasets import load_surrogate
 from udp_datasets.models.denoiser_training import TrainRecipe
+from resumable import interrupt_then_resume, interrupter
 from udp_datasets.models.pair_pretraining import PROVENANCE_FILE, PairRecipe, pretrain_pair
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,21 +28,15 @@ def corpus() -> list[np.ndarray]:
 
 
 def test_an_interrupted_pretraining_resumes_to_the_same_weights(corpus, tmp_path):
-    whole = pretrain_pair(corpus, tmp_path / "whole", TINY, save_every=2, progress=False)
+    def train(out, **hooks):
+        return pretrain_pair(corpus, out, TINY, save_every=2, progress=False, **hooks)
 
-    def interrupt(step: int) -> None:
-        if step == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        pretrain_pair(corpus, tmp_path / "cut", TINY, save_every=2, progress=False, on_checkpoint=interrupt)
-    assert (tmp_path / "cut.partial" / "state.pt").exists() and not (tmp_path / "cut").exists()
-    resumed = pretrain_pair(corpus, tmp_path / "cut", TINY, save_every=2, progress=False)
+    whole = train(tmp_path / "whole")
+    resumed = interrupt_then_resume(train, tmp_path / "cut", at_step=4)
     assert resumed["weights_sha256"] == whole["weights_sha256"]
-    assert not (tmp_path / "cut.partial").exists()
     # a checkpoint of another recipe is never mixed in
     with pytest.raises(KeyboardInterrupt):
-        pretrain_pair(corpus, tmp_path / "other", TINY, save_every=2, progress=False, on_checkpoint=interrupt)
+        train(tmp_path / "other", on_checkpoint=interrupter(4))
     from udp_datasets import SurrogateError
 
     with pytest.raises(SurrogateError, match="another corpus or recipe"):
