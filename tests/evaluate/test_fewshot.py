@@ -331,7 +331,8 @@ def test_a_harness_that_fails_its_controls_says_so_first_and_gives_no_verdict(tm
     (["--subjects", "cat", "--subject", "x"], "exclude each other"),
     (["--subjects", "cat,hash"], "two studies"), (["--judge", "shape"], "--subject FOLDER"),
     (["--methods", "advdm:timesteps=sometimes"], "choose from"), (["--methods", "advdm:no_such_field=1"], "choose from"),
-    (["--methods", "advdm:timesteps"], "choose from"), (["--methods", "glaze:steps=10"], "choose from")])
+    (["--methods", "advdm:timesteps"], "choose from"), (["--methods", "glaze:steps=10"], "choose from"),
+    (["--corpus-mode", "whole"], "give --corpus FOLDER")])
 def test_cli_fewshot_refuses_unknown_methods_and_modes(tmp_path, flags, message, capsys):
     from udp_datasets.cli.app import EXIT_USAGE, main
 

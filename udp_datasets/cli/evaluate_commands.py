@@ -10,13 +10,14 @@ from typing import Sequence
 from ..config import ConfigError
 from .config_flags import add_config_arguments, config_from_args
 from .exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .pretrain_commands import add_corpus_mode
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.regime == "fewshot":
         return cmd_evaluate_fewshot(args)
-    if args.subject or args.subjects or args.corpus or args.full:
-        raise ConfigError("--subject, --subjects, --corpus and --full belong to --regime fewshot")
+    if args.subject or args.subjects or args.corpus or args.corpus_mode or args.full:
+        raise ConfigError("--subject, --subjects, --corpus, --corpus-mode and --full belong to --regime fewshot")
     from ..evaluate.data import load_images
     from ..evaluate.experiments.evaluate_command import evaluate_bundled, evaluate_pair
     from ..evaluate.experiments.victim_runs import EvalSettings
@@ -109,6 +110,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
 
     if args.clean or args.protected:
         raise ConfigError("--regime fewshot protects the subject itself: give --subject FOLDER, not --clean/--protected")
+    if args.corpus_mode and not args.corpus:
+        raise ConfigError("--corpus-mode says how a --corpus FOLDER is read; give --corpus FOLDER")
     settings = fewshot.FewshotSettings() if args.full else fewshot.REDUCED
     protection = config_from_args(args, base=settings.protection)
     changes = {"protection": protection, "levels": protection.budget_levels, "size": args.size,
@@ -156,7 +159,7 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         subjects = {n: any_subject(n, 0, settings.size, settings.n_train, settings.n_heldout) for n in settings.subjects}
     count, seed = settings.pretrain.corpus_count, settings.pretrain.corpus_seed
     if args.corpus:
-        corpus = folder_corpus(args.corpus, count, seed, settings.size)
+        corpus = folder_corpus(args.corpus, count, seed, settings.size, args.corpus_mode or "crops")
     elif all(s.kind == "shape" for s in subjects.values()):
         corpus = glyph_corpus(count, seed, settings.size)
     else:
@@ -248,8 +251,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "held-out by --holdout-fraction); default: the bundled subjects")
     p.add_argument("--subjects", help="fewshot: comma list of bundled subjects, structured (ampersand, hash, percent: "
                    "the default) or texture (cat, ihc, retina), one kind per study")
-    p.add_argument("--corpus", help="fewshot: a folder of generic images to pretrain on (default: generated glyphs "
-                   "for structured subjects, bundled photos for texture subjects and --subject FOLDER)")
+    p.add_argument("--corpus", help="fewshot: a folder of generic images to pretrain on, read as --corpus-mode "
+                   "says (default: generated glyphs for structured subjects, bundled photos for texture subjects "
+                   "and --subject FOLDER)")
+    add_corpus_mode(p)
     p.add_argument("--judge", choices=["auto", "shape", "texture", "faces"], default="auto",
                    help="fewshot --subject FOLDER: what recognises your subject: the CNN shape judge, the colour / "
                         "texture judge, or face identity (ISM and FDFR, the [faces] extra); auto: the class judge "

@@ -11,19 +11,30 @@ from .exit_codes import EXIT_OK
 BUNDLED_CORPUS = "bundled"
 
 
-def read_corpus(source: str, count: int, seed: int, size: int) -> tuple[list, dict]:
+FOLDER_READERS = {
+    "crops": "udp_datasets.evaluate.subjects.folder_corpus: log-uniform crops of the folder's images",
+    "whole": "udp_datasets.evaluate.subjects.folder_corpus: the central square of each of the folder's images",
+}
+
+
+def read_corpus(source: str, count: int, seed: int, size: int, mode: str | None = None) -> tuple[list, dict]:
     """The corpus images and their description: the bundled photographs, or a folder's images (``count``
-    log-uniform crops at ``size`` px, as ``evaluate --corpus`` reads them)."""
+    log-uniform crops at ``size`` px, or with ``mode='whole'`` each image's central square, as
+    ``evaluate --corpus`` reads them). A mode for the bundled photographs is a usage error: they are cropped."""
+    from ..config import ConfigError
     from ..evaluate.subjects import bundled_corpus, folder_corpus
 
     if source == BUNDLED_CORPUS:
+        if mode is not None:
+            raise ConfigError(f"--corpus-mode applies to a corpus folder; '{BUNDLED_CORPUS}' is always cropped")
         images = bundled_corpus(count, seed=seed, size=size)
         what = "udp_datasets.evaluate.subjects.bundled_corpus: crops of the scikit-image and matplotlib " \
                "photographs of CORPUS_PHOTOS plus 1 in 20 scikit-image LFW faces"
     else:
-        images = folder_corpus(source, count=count, seed=seed, size=size)
-        what = "udp_datasets.evaluate.subjects.folder_corpus: log-uniform crops of the folder's images"
-    return images, {"source": source, "reader": what, "crop_seed": seed, "size": size}
+        mode = mode or "crops"
+        images = folder_corpus(source, count=count, seed=seed, size=size, mode=mode)
+        what = FOLDER_READERS[mode]
+    return images, {"source": source, "reader": what, "mode": mode or "crops", "crop_seed": seed, "size": size}
 
 
 def _corpus_and_command(args: argparse.Namespace) -> tuple[list, dict, str]:
@@ -32,7 +43,7 @@ def _corpus_and_command(args: argparse.Namespace) -> tuple[list, dict, str]:
     from ..config import ConfigError
 
     try:
-        images, corpus = read_corpus(args.corpus, args.count, args.corpus_seed, args.size)
+        images, corpus = read_corpus(args.corpus, args.count, args.corpus_seed, args.size, args.corpus_mode)
     except ValueError as exc:  # no images, mixed sizes: a usage error (exit 2)
         raise ConfigError(str(exc)) from exc
     command = "udp-datasets " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
@@ -72,6 +83,16 @@ def cmd_train_generator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def add_corpus_mode(p: argparse.ArgumentParser) -> None:
+    """``--corpus-mode``, shared by every command that reads a corpus folder (one wording, one default)."""
+    from ..evaluate.subjects import CORPUS_MODES
+
+    p.add_argument("--corpus-mode", choices=CORPUS_MODES,
+                   help="how a corpus FOLDER is read: crops (default: log-uniform crops of its images, as many as "
+                        "the corpus count; made for photographs) or whole (each image's central square, at most "
+                        "that many: for folders of whole objects or shapes, which a crop would cut apart)")
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     from ..config import PRESET_NAMES, SHIPPED_SURROGATE
     from ..models.denoiser_training import FEWSHOT_UNETS
@@ -84,6 +105,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=3000, help="corpus crops (default 3000)")
     p.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64: 8x8 latents)")
     p.add_argument("--corpus-seed", type=int, default=0, help="seed of the crops (default 0)")
+    add_corpus_mode(p)
     p.add_argument("--steps", type=int, default=1500, help="training steps (default 1500)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, default=3e-4)
@@ -112,6 +134,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=2000, help="corpus crops (default 2000)")
     p.add_argument("--size", type=int, default=64, help="crop side in pixels (default 64)")
     p.add_argument("--corpus-seed", type=int, default=0, help="seed of the crops (default 0)")
+    add_corpus_mode(p)
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--learning-rate", type=float, default=2e-3)

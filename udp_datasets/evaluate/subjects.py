@@ -12,7 +12,8 @@ not in the corpus. Training crops come from one region of the photo, held-out cr
 region (no pixel shared), so held-out images show the same subject (same object, texture and palette)
 but content the victim never saw. :data:`SUBJECTS` names the photos and regions; :data:`CORPUS_PHOTOS`
 the corpus. A user's own subject is a folder of images (:func:`folder_subject`), split at random into
-training and held-out images; a user's corpus folder is cropped like the bundled one.
+training and held-out images; a user's corpus folder is cropped like the bundled one, or read whole
+(:data:`CORPUS_MODES`).
 
 Structured subjects (:mod:`.glyphs`): a character drawn in many fonts, sizes, positions, rotations,
 strokes and colours, whose identity is its *shape*; their corpus is letters and digits drawn the same
@@ -232,11 +233,29 @@ def folder_subject(path: str | Path, holdout_fraction: float = 0.25, seed: int =
     return Subject(label, [images[i] for i in train_idx], [images[i] for i in hold_idx], f"folder {path}", kind=kind)
 
 
-def folder_corpus(path: str | Path, count: int = 3000, seed: int = 0, size: int = SIZE) -> list[np.ndarray]:
-    """A user's generic corpus: ``count`` log-uniform crops of the folder's images (see :func:`bundled_corpus`)."""
+CORPUS_MODES = ("crops", "whole")
+"""How a corpus folder is read: ``crops`` (log-uniform crops, for photographs: texture close-ups and whole
+scenes) or ``whole`` (each image's central square, for folders of whole objects or shapes, where a crop
+would cut the object apart and a victim would learn fragments)."""
+
+
+def folder_corpus(path: str | Path, count: int = 3000, seed: int = 0, size: int = SIZE,
+                  mode: str = "crops") -> list[np.ndarray]:
+    """A user's generic corpus: ``count`` log-uniform crops of the folder's images (see :func:`bundled_corpus`),
+    or (``mode='whole'``) each image's central square at ``size``: all of them when the folder has at most
+    ``count``, else a seeded random ``count`` of them in folder order (a whole image is never repeated)."""
     from .data import load_images
 
+    if mode not in CORPUS_MODES:
+        raise ValueError(f"corpus mode {mode!r}; choose from {', '.join(CORPUS_MODES)}")
     photos = [to_rgb(a) for a in load_images(str(path))]
     if not photos:
         raise ValueError(f"{path}: no images for a corpus")
-    return log_uniform_crops(photos, count, np.random.default_rng(seed), size)
+    if mode == "crops":
+        return log_uniform_crops(photos, count, np.random.default_rng(seed), size)
+    if len(photos) > count:
+        keep = np.sort(np.random.default_rng(seed).choice(len(photos), count, replace=False))
+        photos = [photos[i] for i in keep]
+    else:
+        logger.info("%s: a whole-image corpus of all %d images (%d asked)", path, len(photos), count)
+    return [square(a, size) for a in photos]
