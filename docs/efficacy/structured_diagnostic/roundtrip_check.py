@@ -13,31 +13,24 @@ copies are what this script adds (does colour keep the subject?).
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from udp_datasets.evaluate.experiments import fewshot as F
 from udp_datasets.evaluate.experiments import fewshot_tasks as T
-from udp_datasets.evaluate.experiments.fewshot_setup import prepare_classifier
 from udp_datasets.evaluate.experiments.protected_sets import protect_arrays
-from udp_datasets.evaluate.glyphs import glyph_corpus
 from udp_datasets.evaluate.metrics.arrays import hwc_to_nchw
-from udp_datasets.evaluate.subjects import any_subject
 from udp_datasets.evaluate.victims.fewshot import decode, encode, to_tensor
+
+from glyph_study import reopen  # beside this script
 
 PLAN = [("photoguard", 8), ("advdm", 8), ("photoguard", 32), ("photoguard_target", 32)]
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     study_dir, pretrained = Path(sys.argv[1]), Path(sys.argv[2])
-    s = replace(F.FewshotSettings(), seeds=(0,), modes=("full",), workers=1)
-    subjects = {n: any_subject(n, 0, s.size, s.n_train, s.n_heldout) for n in s.subjects}
-    corpus = glyph_corpus(s.pretrain.corpus_count, s.pretrain.corpus_seed, s.size)
-    study = F.Study(study_dir, pretrained, s, subjects, substitutes=corpus[-s.n_train:])
-    judge = prepare_classifier(study, corpus)
+    s, subjects, corpus, study, judge = reopen(study_dir, pretrained)
     vae = T.victim_codec(str(pretrained))
     target = str(study_dir / "targets" / "grey.png")
 
