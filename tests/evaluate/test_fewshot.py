@@ -270,13 +270,20 @@ def test_cli_fewshot_sub_mode_runs_tiny_on_a_subject_folder(tmp_path, monkeypatc
     folder.mkdir()
     for i, a in enumerate(photos64 + bundled_subject("cat", n_train=4, n_heldout=2, seed=1).train):
         Image.fromarray(a).save(folder / f"{i}.png")
+    corpus = tmp_path / "generic"  # a user's corpus folder, read whole (one central square per image)
+    corpus.mkdir()
+    for i, a in enumerate(bundled_corpus(TINY.pretrain.corpus_count, seed=5)):
+        Image.fromarray(a).save(corpus / f"{i:02d}.png")
     monkeypatch.setattr(fewshot, "REDUCED", replace(TINY, modes=("full",), purifications=(), sweep_levels=()))
     open_gates(monkeypatch)
     code = main(["evaluate", "--regime", "fewshot", "--subject", str(folder), "--out", str(tmp_path / "r"),
                  "--cache-dir", str(tmp_path / "cache"), "--seeds", "0", "--epsilon", "4/255",
-                 "--methods", "udp", "--modes", "full", "--judge", "texture"])
+                 "--methods", "udp", "--modes", "full", "--judge", "texture", "--corpus", str(corpus),
+                 "--corpus-mode", "whole"])
     assert code == EXIT_OK
     report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["pretrained"]["corpus_source"].endswith("the central square of each image (--corpus-mode whole)")
+    assert f"Corpus: {TINY.pretrain.corpus_count} images, folder {corpus}" in (tmp_path / "r" / "report.md").read_text()
     assert {row["set"] for row in report["tables"]["full"]} == {"clean", "noise", "udp"}  # noise always added
     assert report["subjects"]["me"]["train"] == 6 and report["subjects"]["me"]["heldout"] == 2
     assert report["settings"]["levels"] == 4 and report["settings"]["seeds"] == [0]

@@ -106,7 +106,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
 
     from ..evaluate.experiments import fewshot
     from ..evaluate.glyphs import STRUCTURED_SUBJECTS, glyph_corpus
-    from ..evaluate.subjects import SUBJECTS, any_subject, bundled_corpus, folder_corpus, folder_subject
+    from ..evaluate.subjects import (CORPUS_MODES, SUBJECTS, any_subject, bundled_corpus, folder_corpus,
+                                     folder_subject)
 
     if args.clean or args.protected:
         raise ConfigError("--regime fewshot protects the subject itself: give --subject FOLDER, not --clean/--protected")
@@ -159,13 +160,15 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         subjects = {n: any_subject(n, 0, settings.size, settings.n_train, settings.n_heldout) for n in settings.subjects}
     count, seed = settings.pretrain.corpus_count, settings.pretrain.corpus_seed
     if args.corpus:
-        corpus = folder_corpus(args.corpus, count, seed, settings.size, args.corpus_mode or "crops")
+        mode = args.corpus_mode or "crops"
+        corpus = folder_corpus(args.corpus, count, seed, settings.size, mode)
+        source = f"folder {args.corpus}, read as {CORPUS_MODES[mode]} (--corpus-mode {mode})"
     elif all(s.kind == "shape" for s in subjects.values()):
-        corpus = glyph_corpus(count, seed, settings.size)
+        corpus, source = glyph_corpus(count, seed, settings.size), "generated glyphs (letters and digits)"
     else:
-        corpus = bundled_corpus(count, seed, settings.size)
+        corpus, source = bundled_corpus(count, seed, settings.size), "bundled photographs (crops) and LFW faces"
     report = fewshot.run_fewshot(args.out, settings, subjects, corpus, fewshot_cache_dir(args),
-                                 judge_faces=args.judge == "faces")
+                                 judge_faces=args.judge == "faces", corpus_source=source)
     print(report["verdict"])
     print(f"report: {Path(args.out) / 'report.md'} ({report['timings']['total']:.0f} s)")
     # a harness that failed its controls measured nothing: a script around it must not read success

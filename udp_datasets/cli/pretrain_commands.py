@@ -11,30 +11,24 @@ from .exit_codes import EXIT_OK
 BUNDLED_CORPUS = "bundled"
 
 
-FOLDER_READERS = {
-    "crops": "udp_datasets.evaluate.subjects.folder_corpus: log-uniform crops of the folder's images",
-    "whole": "udp_datasets.evaluate.subjects.folder_corpus: the central square of each of the folder's images",
-}
-
-
 def read_corpus(source: str, count: int, seed: int, size: int, mode: str | None = None) -> tuple[list, dict]:
     """The corpus images and their description: the bundled photographs, or a folder's images (``count``
     log-uniform crops at ``size`` px, or with ``mode='whole'`` each image's central square, as
     ``evaluate --corpus`` reads them). A mode for the bundled photographs is a usage error: they are cropped."""
     from ..config import ConfigError
-    from ..evaluate.subjects import bundled_corpus, folder_corpus
+    from ..evaluate.subjects import CORPUS_MODES, bundled_corpus, folder_corpus
 
     if source == BUNDLED_CORPUS:
         if mode is not None:
             raise ConfigError(f"--corpus-mode applies to a corpus folder; '{BUNDLED_CORPUS}' is always cropped")
-        images = bundled_corpus(count, seed=seed, size=size)
+        mode, images = "crops", bundled_corpus(count, seed=seed, size=size)
         what = "udp_datasets.evaluate.subjects.bundled_corpus: crops of the scikit-image and matplotlib " \
                "photographs of CORPUS_PHOTOS plus 1 in 20 scikit-image LFW faces"
     else:
         mode = mode or "crops"
         images = folder_corpus(source, count=count, seed=seed, size=size, mode=mode)
-        what = FOLDER_READERS[mode]
-    return images, {"source": source, "reader": what, "mode": mode or "crops", "crop_seed": seed, "size": size}
+        what = f"udp_datasets.evaluate.subjects.folder_corpus: {CORPUS_MODES[mode]}"
+    return images, {"source": source, "reader": what, "mode": mode, "crop_seed": seed, "size": size}
 
 
 def _corpus_and_command(args: argparse.Namespace) -> tuple[list, dict, str]:

@@ -233,10 +233,10 @@ def folder_subject(path: str | Path, holdout_fraction: float = 0.25, seed: int =
     return Subject(label, [images[i] for i in train_idx], [images[i] for i in hold_idx], f"folder {path}", kind=kind)
 
 
-CORPUS_MODES = ("crops", "whole")
-"""How a corpus folder is read: ``crops`` (log-uniform crops, for photographs: texture close-ups and whole
-scenes) or ``whole`` (each image's central square, for folders of whole objects or shapes, where a crop
-would cut the object apart and a victim would learn fragments)."""
+CORPUS_MODES = {"crops": "log-uniform crops of its images", "whole": "the central square of each image"}
+"""How a corpus folder is read, and the words reports and provenance use for it: ``crops`` (for photographs:
+texture close-ups and whole scenes) or ``whole`` (for folders of whole objects or shapes, where a crop would
+cut the object apart and a victim would learn fragments)."""
 
 
 def folder_corpus(path: str | Path, count: int = 3000, seed: int = 0, size: int = SIZE,

@@ -290,9 +290,9 @@ NO_PICKS: dict[str, str | None] = {"best": None, "second": None, "ours": None, "
 
 def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, Subject],
                 corpus: Sequence[np.ndarray], cache_dir: str | Path, progress: bool = True,
-                judge_faces: bool = False) -> dict[str, Any]:
-    """Run (or resume) the whole study and write its report into ``out``; returns the report.
-    Stops after a failed gate (module docstring) with a report that says so first."""
+                judge_faces: bool = False, corpus_source: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the whole study and write its report into ``out``; returns the report. Stops after a
+    failed gate (module docstring) with a report that says so first. ``corpus_source``: see prepare_pretrained."""
     from .fewshot_report import write_fewshot_report
     from .fewshot_scores import Scores
     from .fewshot_setup import prepare_pretrained, prepare_classifier
@@ -303,7 +303,7 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
     stages: dict[str, list[str]] = {"done": [], "planned": planned_stages(settings)}
     with TaskPool(settings.workers, settings.threads, progress) as pool:
         t = time.perf_counter()
-        pretrained, pretrain_info = prepare_pretrained(corpus, settings, Path(cache_dir), pool, progress)
+        pretrained, pretrain_info = prepare_pretrained(corpus, settings, Path(cache_dir), pool, progress, corpus_source)
         timings["pretrain"] = time.perf_counter() - t
         study = Study(out, pretrained, settings, subjects, substitutes=corpus[-settings.n_train:])
         write_inputs(study)

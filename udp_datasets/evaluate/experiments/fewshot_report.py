@@ -319,6 +319,8 @@ def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
              "## Controls (checked before any verdict)", "", sections["controls"], "", "## Setup", "",
              "Subjects: " + "; ".join(f"**{k}** ({v['train']} training, {v['heldout']} held-out: {v['source']})"
                                       for k, v in report["subjects"].items()), "",
+             *([f"Corpus: {pre.get('corpus_count')} images, {pre['corpus_source']}.", ""]
+               if pre.get("corpus_source") else []),
              f"Pretrained victim: FD of its samples vs its corpus {fmt(q.get('samples_fd'), '{:.1f}')} (another corpus "
              f"split {fmt(q.get('corpus_split_fd'), '{:.1f}')}, TAEF2 round trips {fmt(q.get('round_trip_fd'), '{:.1f}')}, "
              f"uniform noise {fmt(q.get('uniform_noise_fd'), '{:.1f}')}).", "",

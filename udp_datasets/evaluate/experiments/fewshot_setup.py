@@ -35,15 +35,16 @@ def pretrain_folder(corpus: Sequence[np.ndarray], settings: Any, cache_dir: Path
 
 
 def prepare_pretrained(corpus: Sequence[np.ndarray], settings: Any, cache_dir: Path, pool: Any,
-                       progress: bool = True) -> tuple[Path, dict[str, Any]]:
+                       progress: bool = True, corpus_source: str | None = None) -> tuple[Path, dict[str, Any]]:
     """Encode the corpus and pretrain both UNets (cached, as tasks of ``pool``, a ``fewshot.TaskPool``);
-    returns the folder and what was measured."""
+    returns the folder and what was measured. ``corpus_source`` (where the corpus came from and how it was
+    read) goes into the report as is: the cache key holds only the corpus's hash."""
     folder = pretrain_folder(corpus, settings, cache_dir)
     state = encode_corpus(corpus, folder)
     pool.map([("pretrain", PretrainJob(str(folder), kind, settings.pretrain)) for kind in ("victim", "surrogate")],
                "pretrain")
-    info = {"folder": str(folder), "corpus_count": len(corpus), "corpus_encode_seconds": state["seconds"],
-            "latent_shift": state["shift"], "latent_scale": state["scale"],
+    info = {"folder": str(folder), "corpus_count": len(corpus), "corpus_source": corpus_source,
+            "corpus_encode_seconds": state["seconds"], "latent_shift": state["shift"], "latent_scale": state["scale"],
             **{kind: _training_summary(folder / f"{kind}_training.json") for kind in ("victim", "surrogate")}}
     quality = folder / "quality.json"
     if not quality.exists():
