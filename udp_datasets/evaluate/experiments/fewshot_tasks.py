@@ -24,7 +24,7 @@ import torch
 from ...config import ProtectionConfig
 from ..metrics.fidelity import linf_levels, psnr
 from ..metrics.arrays import hwc_to_nchw
-from ..victims.fewshot import TrainRecipe, decode, encode, finetune, latent_data, sample, to_tensor
+from ..victims.fewshot import TrainRecipe, decode, encode, finetune, latent_data, sample
 
 logger = logging.getLogger(__name__)
 
