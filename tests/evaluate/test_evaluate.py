@@ -102,6 +102,17 @@ def test_cli_evaluate_errors(tmp_path, capsys):
     assert "unknown attack" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, message", [(["--sample-steps", "1001"], "DDIM takes 1 to num_train_timesteps"),
+                                            (["--sample-steps", "0"], "DDIM takes 1 to num_train_timesteps"),
+                                            (["--sample-eta", "-1"], "sample_eta -1.0"),
+                                            (["--victim-steps", "0"], "train_steps 0")])
+def test_cli_evaluate_rejects_a_victim_recipe_before_training(tmp_path, capsys, flags, message):
+    """A sampler setting DDIM cannot take used to fail only after every victim had trained."""
+    assert main(["evaluate", *flags, "--out", str(tmp_path / "r")]) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_metrics_package_exports_the_metric_functions():
     import udp_datasets.evaluate.metrics as metrics
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...config import ConfigError
 from ...models.denoiser_training import epsilon_loss, run_steps
 from ...models.devices import resolve_device
 from ..data import Images
@@ -75,6 +76,16 @@ class VictimConfig:
     docs/efficacy.md), which would hide any effect of the data behind sampler artefacts."""
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self) -> None:
+        # checked here, not by the sampler: a bad value would otherwise fail only after every victim trained
+        if self.train_steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"victim train_steps {self.train_steps} and batch_size {self.batch_size}: both >= 1")
+        if not 1 <= self.sample_steps <= self.num_train_timesteps:
+            raise ConfigError(f"victim sample_steps {self.sample_steps}: DDIM takes 1 to num_train_timesteps "
+                              f"({self.num_train_timesteps}) steps")
+        if not self.sample_eta >= 0:
+            raise ConfigError(f"victim sample_eta {self.sample_eta}: >= 0 (0 deterministic DDIM, 1 ancestral)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
