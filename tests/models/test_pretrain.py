@@ -4,7 +4,6 @@ interrupted after a checkpoint that resumes to the same weights, bit for bit."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
