@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from udp_datasets.config import ConfigError
-from udp_datasets.evaluate.subjects import folder_corpus, square
+from udp_datasets.evaluate.subjects import BUNDLED_CORPUS, GLYPH_CORPUS, folder_corpus, read_corpus, square
 
 
 @pytest.fixture()
@@ -48,27 +48,28 @@ def test_crops_mode_is_the_default_and_gives_count_crops(folder):
 
 
 def test_read_corpus_records_the_mode_and_refuses_one_for_the_bundled_photographs(folder):
-    from udp_datasets.cli.pretrain_commands import BUNDLED_CORPUS, read_corpus
-
     path, images = folder
     got, record = read_corpus(str(path), count=100, seed=0, size=32, mode="whole")
     assert len(got) == len(images) and record["mode"] == "whole" and "central square" in record["reader"]
+    assert record["description"] == f"folder {path}, read as the central square of each image (--corpus-mode whole)"
     _, record = read_corpus(str(path), count=4, seed=0, size=32)
     assert record["mode"] == "crops" and "log-uniform crops" in record["reader"]
-    with pytest.raises(ConfigError, match="always cropped"):
-        read_corpus(BUNDLED_CORPUS, count=4, seed=0, size=32, mode="whole")
+    for source in (BUNDLED_CORPUS, GLYPH_CORPUS):
+        with pytest.raises(ConfigError, match="always read one way"):
+            read_corpus(source, count=4, seed=0, size=32, mode="whole")
 
 
-def test_cli_pretrain_reads_a_whole_image_corpus_and_says_so(folder, tmp_path):
-    import json
+def test_read_corpus_describes_the_generated_glyphs_as_the_report_and_the_provenance_both_say():
+    from udp_datasets.evaluate.glyphs import glyph_corpus
 
-    from udp_datasets.cli.app import main
-    from udp_datasets.models.pair_pretraining import PROVENANCE_FILE
+    got, record = read_corpus(GLYPH_CORPUS, count=3, seed=2, size=32)
+    assert [a.tobytes() for a in got] == [a.tobytes() for a in glyph_corpus(3, 2, 32)]
+    assert record["description"] == "generated glyphs (letters and digits)" and record["mode"] == "generated"
+    assert "glyph_corpus" in record["reader"] and record["crop_seed"] == 2 and record["size"] == 32
 
-    path, images = folder
-    out = tmp_path / "pair"
-    assert main(["pretrain", str(path), str(out), "--corpus-mode", "whole", "--size", "32", "--steps", "1",
-                 "--batch-size", "2"]) == 0
-    record = json.loads((out / PROVENANCE_FILE).read_text())
-    assert record["corpus"]["mode"] == "whole" and record["corpus"]["count"] == len(images)
-    assert main(["pretrain", "bundled", str(tmp_path / "b"), "--corpus-mode", "whole"]) == 2  # usage error
+
+def test_a_folder_named_like_a_built_in_corpus_is_ambiguous(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / GLYPH_CORPUS).mkdir()
+    with pytest.raises(ConfigError, match=r"write \./glyphs for the folder"):
+        read_corpus(GLYPH_CORPUS, count=3, seed=0, size=32)

@@ -105,9 +105,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..evaluate.experiments import fewshot
-    from ..evaluate.glyphs import STRUCTURED_SUBJECTS, glyph_corpus
-    from ..evaluate.subjects import (CORPUS_MODES, SUBJECTS, any_subject, bundled_corpus, folder_corpus,
-                                     folder_subject)
+    from ..evaluate.glyphs import STRUCTURED_SUBJECTS
+    from ..evaluate.subjects import BUNDLED_CORPUS, GLYPH_CORPUS, SUBJECTS, any_subject, folder_subject, read_corpus
 
     if args.clean or args.protected:
         raise ConfigError("--regime fewshot protects the subject itself: give --subject FOLDER, not --clean/--protected")
@@ -159,14 +158,9 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
                               "two studies")
         subjects = {n: any_subject(n, 0, settings.size, settings.n_train, settings.n_heldout) for n in settings.subjects}
     count, seed = settings.pretrain.corpus_count, settings.pretrain.corpus_seed
-    if args.corpus:
-        mode = args.corpus_mode or "crops"
-        corpus = folder_corpus(args.corpus, count, seed, settings.size, mode)
-        source = f"folder {args.corpus}, read as {CORPUS_MODES[mode]} (--corpus-mode {mode})"
-    elif all(s.kind == "shape" for s in subjects.values()):
-        corpus, source = glyph_corpus(count, seed, settings.size), "generated glyphs (letters and digits)"
-    else:
-        corpus, source = bundled_corpus(count, seed, settings.size), "bundled photographs (crops) and LFW faces"
+    kind = GLYPH_CORPUS if all(s.kind == "shape" for s in subjects.values()) else BUNDLED_CORPUS
+    corpus, record = read_corpus(args.corpus or kind, count, seed, settings.size, args.corpus_mode)
+    source = record["description"]
     report = fewshot.run_fewshot(args.out, settings, subjects, corpus, fewshot_cache_dir(args),
                                  judge_faces=args.judge == "faces", corpus_source=source)
     print(report["verdict"])
@@ -255,8 +249,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subjects", help="fewshot: comma list of bundled subjects, structured (ampersand, hash, percent: "
                    "the default) or texture (cat, ihc, retina), one kind per study")
     p.add_argument("--corpus", help="fewshot: a folder of generic images to pretrain on, read as --corpus-mode "
-                   "says (default: generated glyphs for structured subjects, bundled photos for texture subjects "
-                   "and --subject FOLDER)")
+                   "says, or 'glyphs' / 'bundled' for the generated glyphs / bundled photographs (default: glyphs for "
+                   "structured subjects, bundled photographs for texture subjects and --subject FOLDER)")
     add_corpus_mode(p)
     p.add_argument("--judge", choices=["auto", "shape", "texture", "faces"], default="auto",
                    help="fewshot --subject FOLDER: what recognises your subject: the CNN shape judge, the colour / "

@@ -6,35 +6,15 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from ..evaluate.subjects import BUNDLED_CORPUS, GLYPH_CORPUS
 from .exit_codes import EXIT_OK
-
-BUNDLED_CORPUS = "bundled"
-
-
-def read_corpus(source: str, count: int, seed: int, size: int, mode: str | None = None) -> tuple[list, dict]:
-    """The corpus images and their description: the bundled photographs, or a folder's images (``count``
-    log-uniform crops at ``size`` px, or with ``mode='whole'`` each image's central square, as
-    ``evaluate --corpus`` reads them). A mode for the bundled photographs is a usage error: they are cropped."""
-    from ..config import ConfigError
-    from ..evaluate.subjects import CORPUS_MODES, bundled_corpus, folder_corpus
-
-    if source == BUNDLED_CORPUS:
-        if mode is not None:
-            raise ConfigError(f"--corpus-mode applies to a corpus folder; '{BUNDLED_CORPUS}' is always cropped")
-        mode, images = "crops", bundled_corpus(count, seed=seed, size=size)
-        what = "udp_datasets.evaluate.subjects.bundled_corpus: crops of the scikit-image and matplotlib " \
-               "photographs of CORPUS_PHOTOS plus 1 in 20 scikit-image LFW faces"
-    else:
-        mode = mode or "crops"
-        images = folder_corpus(source, count=count, seed=seed, size=size, mode=mode)
-        what = f"udp_datasets.evaluate.subjects.folder_corpus: {CORPUS_MODES[mode]}"
-    return images, {"source": source, "reader": what, "mode": mode, "crop_seed": seed, "size": size}
 
 
 def _corpus_and_command(args: argparse.Namespace) -> tuple[list, dict, str]:
     """The corpus of ``args`` (:func:`read_corpus`; no images or mixed sizes is a usage error, exit 2) and the
     command line recorded in the provenance."""
     from ..config import ConfigError
+    from ..evaluate.subjects import read_corpus
 
     try:
         images, corpus = read_corpus(args.corpus, args.count, args.corpus_seed, args.size, args.corpus_mode)
@@ -92,8 +72,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     from ..models.denoiser_training import FEWSHOT_UNETS
 
     p = sub.add_parser("pretrain", help="train the latent UNet of a surrogate pair on your corpus (TAEF2 latents)")
-    p.add_argument("corpus", help=f"folder of images (or any source protect reads), or '{BUNDLED_CORPUS}' for the "
-                   "bundled photographs")
+    p.add_argument("corpus", help=f"folder of images (or any source protect reads), '{BUNDLED_CORPUS}' for the "
+                   f"bundled photographs or '{GLYPH_CORPUS}' for the generated glyphs")
     p.add_argument("out", help="folder of the latent pair (read by --surrogate OUT); an interrupted run keeps "
                    "its checkpoint in OUT.partial/ and the same command resumes it")
     p.add_argument("--count", type=int, default=3000, help="corpus crops (default 3000)")
@@ -115,7 +95,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train-generator", help="train a perturbation generator (--engine generator) against a "
                        "preset's objective on a corpus")
-    p.add_argument("corpus", help=f"folder of images, or '{BUNDLED_CORPUS}' for the bundled photographs")
+    p.add_argument("corpus", help=f"folder of images, '{BUNDLED_CORPUS}' for the bundled photographs or "
+                   f"'{GLYPH_CORPUS}' for the generated glyphs")
     p.add_argument("out", help="folder of the generator (read by --generator OUT); an interrupted run keeps its "
                    "checkpoint in OUT.partial/ and the same command resumes it")
     p.add_argument("--preset", choices=PRESET_NAMES, required=True,

@@ -30,7 +30,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -237,6 +237,49 @@ CORPUS_MODES = {"crops": "log-uniform crops of its images", "whole": "the centra
 """How a corpus folder is read, and the words reports and provenance use for it: ``crops`` (for photographs:
 texture close-ups and whole scenes) or ``whole`` (for folders of whole objects or shapes, where a crop would
 cut the object apart and a victim would learn fragments)."""
+
+
+BUNDLED_CORPUS = "bundled"
+"""The corpus source that names the bundled photographs (and LFW faces): texture subjects' domain."""
+GLYPH_CORPUS = "glyphs"
+"""The corpus source that names the generated glyphs (letters and digits): structured subjects' domain."""
+
+
+def read_corpus(source: str | Path, count: int, seed: int, size: int,
+                mode: str | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """A corpus and the one description of it that reports and provenance files both carry.
+
+    ``source``: :data:`BUNDLED_CORPUS`, :data:`GLYPH_CORPUS`, or a folder read as ``mode``
+    (:data:`CORPUS_MODES`, crops by default). The record holds ``description`` (one human line),
+    ``reader`` (the function and what it reads), ``mode``, ``crop_seed`` and ``size``. A mode for a
+    generated or bundled corpus is a usage error: those are always read one way.
+    """
+    from ..config import ConfigError
+
+    source = str(source)
+    if source in (BUNDLED_CORPUS, GLYPH_CORPUS) and Path(source).exists():
+        raise ConfigError(f"'{source}' names the {'bundled photographs' if source == BUNDLED_CORPUS else 'generated glyphs'}"
+                          f" and a folder here: write ./{source} for the folder")
+    if source in (BUNDLED_CORPUS, GLYPH_CORPUS) and mode is not None:
+        raise ConfigError(f"--corpus-mode applies to a corpus folder; '{source}' is always read one way")
+    if source == BUNDLED_CORPUS:
+        mode, images = "crops", bundled_corpus(count, seed=seed, size=size)
+        description = "bundled photographs (crops) and LFW faces"
+        reader = ("udp_datasets.evaluate.subjects.bundled_corpus: crops of the scikit-image and matplotlib "
+                  "photographs of CORPUS_PHOTOS plus 1 in 20 scikit-image LFW faces")
+    elif source == GLYPH_CORPUS:
+        from .glyphs import glyph_corpus
+
+        mode, images = "generated", glyph_corpus(count, seed, size)
+        description = "generated glyphs (letters and digits)"
+        reader = "udp_datasets.evaluate.glyphs.glyph_corpus: letters and digits in matplotlib's fonts"
+    else:
+        mode = mode or "crops"
+        images = folder_corpus(source, count=count, seed=seed, size=size, mode=mode)
+        description = f"folder {source}, read as {CORPUS_MODES[mode]} (--corpus-mode {mode})"
+        reader = f"udp_datasets.evaluate.subjects.folder_corpus: {CORPUS_MODES[mode]}"
+    return images, {"source": source, "description": description, "reader": reader, "mode": mode,
+                    "crop_seed": seed, "size": size}
 
 
 def folder_corpus(path: str | Path, count: int = 3000, seed: int = 0, size: int = SIZE,
