@@ -73,3 +73,6 @@ def test_a_folder_named_like_a_built_in_corpus_is_ambiguous(tmp_path, monkeypatc
     (tmp_path / GLYPH_CORPUS).mkdir()
     with pytest.raises(ConfigError, match=r"write \./glyphs for the folder"):
         read_corpus(GLYPH_CORPUS, count=3, seed=0, size=32)
+    # the default corpus of a study (the user named none) is never ambiguous
+    got, record = read_corpus(GLYPH_CORPUS, count=3, seed=0, size=32, named_by_user=False)
+    assert len(got) == 3 and record["mode"] == "generated"

@@ -159,7 +159,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         subjects = {n: any_subject(n, 0, settings.size, settings.n_train, settings.n_heldout) for n in settings.subjects}
     count, seed = settings.pretrain.corpus_count, settings.pretrain.corpus_seed
     kind = GLYPH_CORPUS if all(s.kind == "shape" for s in subjects.values()) else BUNDLED_CORPUS
-    corpus, record = read_corpus(args.corpus or kind, count, seed, settings.size, args.corpus_mode)
+    corpus, record = read_corpus(args.corpus or kind, count, seed, settings.size, args.corpus_mode,
+                                 named_by_user=bool(args.corpus))
     source = record["description"]
     report = fewshot.run_fewshot(args.out, settings, subjects, corpus, fewshot_cache_dir(args),
                                  judge_faces=args.judge == "faces", corpus_source=source)

@@ -245,19 +245,20 @@ GLYPH_CORPUS = "glyphs"
 """The corpus source that names the generated glyphs (letters and digits): structured subjects' domain."""
 
 
-def read_corpus(source: str | Path, count: int, seed: int, size: int,
-                mode: str | None = None) -> tuple[list[np.ndarray], dict[str, Any]]:
+def read_corpus(source: str | Path, count: int, seed: int, size: int, mode: str | None = None,
+                named_by_user: bool = True) -> tuple[list[np.ndarray], dict[str, Any]]:
     """A corpus and the one description of it that reports and provenance files both carry.
 
     ``source``: :data:`BUNDLED_CORPUS`, :data:`GLYPH_CORPUS`, or a folder read as ``mode``
     (:data:`CORPUS_MODES`, crops by default). The record holds ``description`` (one human line),
     ``reader`` (the function and what it reads), ``mode``, ``crop_seed`` and ``size``. A mode for a
-    generated or bundled corpus is a usage error: those are always read one way.
+    generated or bundled corpus is a usage error: those are always read one way. A built-in name the user
+    typed (``named_by_user``) that is also a folder here is ambiguous, and refused; a default is not.
     """
     from ..config import ConfigError
 
     source = str(source)
-    if source in (BUNDLED_CORPUS, GLYPH_CORPUS) and Path(source).exists():
+    if named_by_user and source in (BUNDLED_CORPUS, GLYPH_CORPUS) and Path(source).exists():
         raise ConfigError(f"'{source}' names the {'bundled photographs' if source == BUNDLED_CORPUS else 'generated glyphs'}"
                           f" and a folder here: write ./{source} for the folder")
     if source in (BUNDLED_CORPUS, GLYPH_CORPUS) and mode is not None:
