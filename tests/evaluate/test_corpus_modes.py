@@ -76,3 +76,18 @@ def test_a_folder_named_like_a_built_in_corpus_is_ambiguous(tmp_path, monkeypatc
     # the default corpus of a study (the user named none) is never ambiguous
     got, record = read_corpus(GLYPH_CORPUS, count=3, seed=0, size=32, named_by_user=False)
     assert len(got) == 3 and record["mode"] == "generated"
+
+
+def test_cli_pretrain_reads_a_whole_image_corpus_and_says_so(folder, tmp_path):
+    import json
+
+    from udp_datasets.cli.app import main
+    from udp_datasets.models.pair_pretraining import PROVENANCE_FILE
+
+    path, images = folder
+    out = tmp_path / "pair"
+    assert main(["pretrain", str(path), str(out), "--corpus-mode", "whole", "--size", "32", "--steps", "1",
+                 "--batch-size", "2"]) == 0
+    record = json.loads((out / PROVENANCE_FILE).read_text())
+    assert record["corpus"]["mode"] == "whole" and record["corpus"]["count"] == len(images)
+    assert main(["pretrain", "bundled", str(tmp_path / "b"), "--corpus-mode", "whole"]) == 2  # usage error
