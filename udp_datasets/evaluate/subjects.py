@@ -243,6 +243,8 @@ BUNDLED_CORPUS = "bundled"
 """The corpus source that names the bundled photographs (and LFW faces): texture subjects' domain."""
 GLYPH_CORPUS = "glyphs"
 """The corpus source that names the generated glyphs (letters and digits): structured subjects' domain."""
+BUILT_IN_CORPORA = {BUNDLED_CORPUS: "bundled photographs", GLYPH_CORPUS: "generated glyphs"}
+"""Every corpus name that is not a folder, and what it names (in messages)."""
 
 
 def read_corpus(source: str | Path, count: int, seed: int, size: int, mode: str | None = None,
@@ -258,10 +260,10 @@ def read_corpus(source: str | Path, count: int, seed: int, size: int, mode: str 
     from ..config import ConfigError
 
     source = str(source)
-    if named_by_user and source in (BUNDLED_CORPUS, GLYPH_CORPUS) and Path(source).exists():
-        raise ConfigError(f"'{source}' names the {'bundled photographs' if source == BUNDLED_CORPUS else 'generated glyphs'}"
-                          f" and a folder here: write ./{source} for the folder")
-    if source in (BUNDLED_CORPUS, GLYPH_CORPUS) and mode is not None:
+    if named_by_user and source in BUILT_IN_CORPORA and Path(source).exists():
+        raise ConfigError(f"'{source}' names the {BUILT_IN_CORPORA[source]} and a folder here: write ./{source} "
+                          "for the folder")
+    if source in BUILT_IN_CORPORA and mode is not None:
         raise ConfigError(f"--corpus-mode applies to a corpus folder; '{source}' is always read one way")
     if source == BUNDLED_CORPUS:
         mode, images = "crops", bundled_corpus(count, seed=seed, size=size)
