@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -45,7 +46,7 @@ from ..victims.fewshot_pretrain import PretrainRecipe
 from ...config import ProtectionConfig
 from .fewshot_scores import followup_methods
 from .fewshot_tasks import (FEWSHOT_PROTECTION, METHODS, OURS, PEERS, PURIFICATIONS, ProtectJob, PurifyJob,
-                            VictimJob, run_task, save_images, set_name, set_threads)
+                            VictimJob, run_task, save_images, set_name, start_worker)
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ class TaskPool:
     def __enter__(self) -> "TaskPool":
         if self.workers > 1:
             self.executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=set_threads, initargs=(self.threads,))
+                                                initializer=start_worker, initargs=(self.threads, os.getpid()))
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -46,9 +46,29 @@ def set_name(method: str, levels: int, study_levels: int) -> str:
     return method if levels == study_levels else f"{method}@{levels}"
 
 
-def set_threads(threads: int) -> None:
-    """Worker initialiser: intra-op threads per process (1 per worker on a shared 2-core machine)."""
+PARENT_POLL_SECONDS = 0.5
+"""How often a worker checks that the study that started it still runs."""
+
+
+def start_worker(threads: int, parent_pid: int) -> None:
+    """Worker initialiser: intra-op threads per process (1 per worker on a shared 2-core machine), and a
+    watchdog that ends the worker once its parent is gone.
+
+    Why the watchdog: a parent killed by SIGTERM or SIGKILL (a service manager, ``kill``, the OOM killer)
+    runs no clean-up, and ``ProcessPoolExecutor``'s workers would go on fine-tuning for minutes as
+    orphans, holding the cores the next run needs. A worker's outputs are written atomically, so ending
+    it mid-task loses only that task, which a resumed study runs again."""
+    import threading
+
     torch.set_num_threads(max(1, threads))
+
+    def exit_when_orphaned() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        logger.warning("the study's process %d is gone: worker %d stops", parent_pid, os.getpid())
+        os._exit(1)
+
+    threading.Thread(target=exit_when_orphaned, name="parent-watchdog", daemon=True).start()
 
 
 def save_images(path: Path, images: list[np.ndarray] | np.ndarray, **extra: Any) -> None:
