@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,8 +177,6 @@ def tiny_study(tmp_path_factory):
 
 
 def _study(root, subjects, report) -> fewshot.Study:
-    from pathlib import Path
-
     return fewshot.Study(root / "study", Path(report["pretrained"]["folder"]), TINY, subjects)
 
 
@@ -437,3 +436,31 @@ def test_a_failed_victim_check_stops_before_any_victim_and_says_so(tmp_path, mon
     assert not (tmp_path / "s" / "victims").exists()
     text = (tmp_path / "s" / "report.md").read_text()
     assert HARNESS_FAILED in text.splitlines()[0].lower() and "stopped by a failed control" in text
+
+
+@pytest.mark.slow
+def test_demo_evaluate_runs_the_default_method_against_noise_with_the_controls(tmp_path, monkeypatch, capsys):
+    """``demo --evaluate``: the few-shot study on one structured subject with the default method (the preset of
+    config version 2) beside noise, its report, grid and erasures in the demo's summary (tiny settings here)."""
+    from udp_datasets.cli.app import EXIT_OK, main
+    from udp_datasets.cli.demo import DEMO_SUBJECT, default_method_preset
+    from udp_datasets.config import LATENT_DEFAULTS_V2
+    from udp_datasets.method.presets import PRESETS
+
+    assert PRESETS[default_method_preset()] == LATENT_DEFAULTS_V2
+    monkeypatch.setattr(fewshot, "REDUCED", replace(TINY, n_train=4, n_heldout=4))
+    code = main(["demo", "--quick", "--evaluate", "--out", str(tmp_path / "demo"),
+                 "--cache-dir", str(tmp_path / "cache"), "--workers", "1"])
+    assert code == EXIT_OK
+    check = json.loads((tmp_path / "demo" / "summary.json").read_text())["evaluation"]
+    report = json.loads((tmp_path / "demo" / "evaluate" / "report.json").read_text())
+    assert check["subject"] == DEMO_SUBJECT and list(report["subjects"]) == [DEMO_SUBJECT]
+    assert check["method"] == default_method_preset()
+    assert set(check["erasure"]) == {"clean", "noise", default_method_preset()}
+    assert report["settings"]["seeds"] == [0] and report["settings"]["modes"] == ["full"]
+    assert report["settings"]["past_failed_controls"] is True
+    assert check["verdict"] == report["verdict"] and check["controls_passed"] == report["controls"]["passed"]
+    assert set(check["controls"]) >= {"positive", "substitution", "negative"}
+    assert Path(check["report"]).exists() and Path(check["samples_grid"]).exists()
+    out = capsys.readouterr().out
+    assert f"erasure of '{DEMO_SUBJECT}'" in out and check["report"] in out

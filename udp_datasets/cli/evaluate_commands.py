@@ -128,6 +128,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         changes["victim_check_factor"] = args.victim_check_factor
     if args.past_failed_controls:
         changes["past_failed_controls"] = True
+    if args.pretrain_from_scratch:
+        changes["shipped_pretraining"] = False
     for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora")),
                         ("purifications", fewshot.PURIFICATIONS), ("sweep_levels", None),
                         ("subjects", (*STRUCTURED_SUBJECTS, *SUBJECTS))):
@@ -264,6 +266,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--past-failed-controls", action="store_true",
                    help="fewshot: run the study's tables even when a control fails, as a labelled diagnostic (the "
                         "report still says the harness cannot see protection and gives no verdict; exit status 1)")
+    p.add_argument("--pretrain-from-scratch", action="store_true",
+                   help="fewshot: pretrain the victim and surrogate even when the package ships them (the default "
+                        "glyph corpus and recipe: about an hour at one thread)")
     p.add_argument("--latent-norm", choices=["channel", "scalar"], default="channel",
                    help="fewshot: the victim's latent normalisation: each channel standardised by its corpus "
                         "statistics (FLUX.2's convention, default) or one scalar shift and scale (SD's)")

@@ -50,10 +50,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    result = run_demo(args.out, quick=args.quick)
+    check = None
+    if args.evaluate:
+        from .evaluate_commands import fewshot_cache_dir
+
+        check = {"cache_dir": fewshot_cache_dir(args), "workers": args.workers}
+    result = run_demo(args.out, quick=args.quick, evaluate=check)
     print(f"side-by-side picture: {result['picture']}")
     print(f"summary:              {result['summary_path']}")
     print(f"protected dataset:    {result['dataset']}")
+    if check:
+        found = result["evaluation"]
+        erasure = ", ".join(f"{k} {'n/a' if v is None else f'{v:+.2f}'}" for k, v in found["erasure"].items())
+        print(f"few-shot check:       {found['verdict']}")
+        print(f"  erasure of '{found['subject']}' (1 = nothing learned, 0 = learned as from clean): {erasure}")
+        print(f"  report: {found['report']}   samples: {found['samples_grid']}")
     return EXIT_OK
 
 
@@ -103,6 +114,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="offline demo on photographs and faces shipped with scikit-image")
     p.add_argument("--out", default="udp-demo", help="output folder (default: ./udp-demo)")
     p.add_argument("--quick", action="store_true", help="smaller budget, for smoke tests")
+    p.add_argument("--evaluate", action="store_true",
+                   help="add a few-shot check: a victim fine-tuned on one structured subject, clean vs the default "
+                        "method vs noise, with the study's controls (the shipped victim; minutes on 2 cores)")
+    p.add_argument("--cache-dir", default=None, help="--evaluate: where the few-shot pretraining is kept (default: "
+                                                     "the user cache, shared with `evaluate --regime fewshot`)")
+    p.add_argument("--workers", type=int, default=2, help="--evaluate: fine-tunes run at once (default 2)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -26,6 +26,14 @@ def packaged_weights(name: str) -> Path:
     return Path(str(resources.files("udp_datasets.models") / "weights" / name))
 
 
+GLYPH_VICTIM = "glyph_victim"
+"""``weights/glyph_victim/``: the few-shot study's pretrained victim and surrogate UNets (float16) for its
+default corpus (3,000 generated glyphs, ``PretrainRecipe()``), so that ``evaluate --regime fewshot`` and
+``demo --evaluate`` need not pretrain for an hour first (``udp_datasets.evaluate.victims.fewshot_pretrain``)."""
+GLYPH_VICTIM_SHA256 = "b0f4adffc9b86cacaf31fe9f98f81685bd7f3efb66da7e2f6be990da0defcbe3"
+"""``weights_sha256`` of ``weights/glyph_victim`` (every safetensors file, path-ordered)."""
+
+
 def shipped_pair_folder() -> Path:
     """The folder of the shipped latent pair inside the installed package."""
     return packaged_weights("taef2_pair")

@@ -103,6 +103,9 @@ class FewshotSettings:
     """How many of ``seeds`` the positive and substitution controls run at (the first ones): a harness
     that cannot see a 32/255 push on one seed cannot see anything, and each seed costs 3 victims a subject."""
     pretrain: PretrainRecipe = field(default_factory=PretrainRecipe)
+    shipped_pretraining: bool = True
+    """Use the pretraining shipped in the package when its key is this study's (the default glyph corpus and
+    recipe), instead of pretraining again (``--pretrain-from-scratch`` sets False)."""
     protection: ProtectionConfig = FEWSHOT_PROTECTION
     """The base every preset is applied over (the product's defaults)."""
     workers: int = 2

@@ -301,6 +301,16 @@ def card_markdown(report: dict[str, Any], full_table: str) -> str:
                       f"0 = protection did nothing (mean ± sd over {len(s['seeds'])} seeds); budget {s['levels']}/255."])
 
 
+def pretraining_origin(pretrained: dict[str, Any]) -> str:
+    """Where the victim's weights came from, when they were not trained by this run: the shipped pretraining."""
+    victim = pretrained.get("victim") or {}
+    if victim.get("source") != "shipped":
+        return ""
+    return (f" Its weights are the pretraining shipped in the package ({victim.get('shipped')}; "
+            f"{victim['recipe']['steps']} steps, {victim['seconds']:.0f} s at one thread when it was trained), "
+            "checked here like any victim.")
+
+
 def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
     s, pre, val = report["settings"], report["pretrained"], report["classifier"]["validation"]
     q = pre.get("quality", {})
@@ -323,7 +333,7 @@ def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
                if pre.get("corpus_source") else []),
              f"Pretrained victim: FD of its samples vs its corpus {fmt(q.get('samples_fd'), '{:.1f}')} (another corpus "
              f"split {fmt(q.get('corpus_split_fd'), '{:.1f}')}, TAEF2 round trips {fmt(q.get('round_trip_fd'), '{:.1f}')}, "
-             f"uniform noise {fmt(q.get('uniform_noise_fd'), '{:.1f}')}).", "",
+             f"uniform noise {fmt(q.get('uniform_noise_fd'), '{:.1f}')}).{pretraining_origin(pre)}", "",
              "Judges (trained on clean images only), on images they never saw: " +
              ", ".join(f"{k} {v:.2f}" for k, v in val.items()), "",
              "Judge of each subject: " + ", ".join(f"{k}: {v}" for k, v in (report.get("judges") or {}).items()), "",

@@ -21,7 +21,7 @@ import torch
 
 from ..metrics.subject import FeatureSpace, SubjectClassifier, train_subject_classifier, validate_classifier
 from ..victims.fewshot import decode, encode, sample, to_tensor
-from ..victims.fewshot_pretrain import cache_key, encode_corpus, load_victim_unet
+from ..victims.fewshot_pretrain import cache_key, encode_corpus, install_shipped_pretraining, load_victim_unet
 from .fewshot_tasks import PretrainJob, load_images, victim_codec
 
 logger = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ def prepare_pretrained(corpus: Sequence[np.ndarray], settings: Any, cache_dir: P
     read) goes into the report as is: the cache key holds only the corpus's hash."""
     folder = pretrain_folder(corpus, settings, cache_dir)
     state = encode_corpus(corpus, folder)
+    if settings.shipped_pretraining:
+        install_shipped_pretraining(folder, settings.pretrain, state)
     pool.map([("pretrain", PretrainJob(str(folder), kind, settings.pretrain)) for kind in ("victim", "surrogate")],
                "pretrain")
     info = {"folder": str(folder), "corpus_count": len(corpus), "corpus_source": corpus_source,
@@ -55,7 +57,8 @@ def prepare_pretrained(corpus: Sequence[np.ndarray], settings: Any, cache_dir: P
 
 def _training_summary(path: Path) -> dict[str, Any]:
     record = json.loads(path.read_text())
-    return {k: record[k] for k in ("seconds", "final_loss", "parameters", "seed", "recipe")}
+    return {k: record[k] for k in ("seconds", "final_loss", "parameters", "seed", "recipe", "source", "shipped")
+            if k in record}
 
 
 def pretrained_quality(folder: Path, corpus: Sequence[np.ndarray], settings: Any) -> dict[str, Any]:

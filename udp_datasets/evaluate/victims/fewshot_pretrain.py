@@ -11,7 +11,11 @@ machine and any later run (or another study with the same recipe) reuses it:
   SD's scheduler; :func:`udp_datasets.models.latent.save_latent_pair`), so ``load_surrogate`` reads
   both: the protector attacks ``surrogate/``, DiffPure denoises with ``victim/``, and the few-shot
   victims start from ``victim/``'s UNet;
-- ``pretrain.json``: the recipe, the key, timings and final losses.
+- ``victim_training.json`` and ``surrogate_training.json``: each UNet's recipe, seed, timing and final loss.
+
+The default glyph pretraining (``PretrainRecipe()`` on the default corpus of 3,000 glyphs) ships in the
+package (``models/weights/glyph_victim``, float16): :func:`install_shipped_pretraining` puts it in a cache
+folder whose key is the shipped one, instead of an hour of pretraining at one thread.
 
 The victim and the surrogate differ in shape (:data:`~.fewshot.FEWSHOT_UNETS`), seed and length of
 pretraining, so a protection never attacks the model it is judged on; both know TAEF2 (the encoder
@@ -86,6 +90,39 @@ def encode_corpus(corpus: Sequence[np.ndarray], folder: Path) -> dict[str, Any]:
     logger.info("corpus: %d images encoded (with mirrors) in %.0f s; latent std %.3f", len(corpus),
                 state["seconds"], 1 / state["scale"])
     return state
+
+
+def install_shipped_pretraining(folder: Path, recipe: PretrainRecipe, state: dict[str, Any]) -> bool:
+    """Install the shipped victim and surrogate UNets into ``folder`` when its key is the shipped one (the
+    same recipe, corpus and TAEF2 weights), as the pairs :func:`pretrain_unet` would have saved; returns
+    whether it did. ``state``: the folder's encoded corpus (:func:`encode_corpus`), whose statistics the
+    pairs' TAEF2 carries. The training records are the shipped ones, marked ``"source": "shipped"``."""
+    from diffusers import UNet2DModel
+
+    from ...models import weights_sha256
+    from ...models.base import SurrogateError
+    from ...models.latent import save_latent_pair, sd_scheduler
+    from ...models.shipped import GLYPH_VICTIM, GLYPH_VICTIM_SHA256, packaged_weights
+
+    shipped = packaged_weights(GLYPH_VICTIM)
+    record = json.loads((shipped / "provenance.json").read_text())
+    if folder.name != f"fewshot-pretrain-{record['cache_key']}":
+        return False
+    if weights_sha256(shipped) != GLYPH_VICTIM_SHA256:
+        raise SurrogateError(f"{shipped}: the shipped pretraining's weights differ from the SHA-256 this version "
+                             "recorded (a damaged install): reinstall, or pretrain with --pretrain-from-scratch")
+    vae, _ = normalised_latent_data(state, recipe.per_channel, state["raw"][:1], state["raw_flip"][:1])
+    for kind in ("victim", "surrogate"):
+        target, log = folder / kind, folder / f"{kind}_training.json"
+        if (target / "model_index.json").exists() and log.exists():
+            continue
+        unet = UNet2DModel.from_pretrained(shipped / kind, use_safetensors=True, torch_dtype=torch.float32)
+        save_latent_pair(target, vae, unet, sd_scheduler())
+        log.write_text(json.dumps({**record["training"][kind], "source": "shipped",
+                                   "shipped": f"udp_datasets/models/weights/{GLYPH_VICTIM} ({record['dtype']})"}))
+    logger.info("pretraining: the shipped victim and surrogate (%s), trained in %.0f s and %.0f s at one thread",
+                GLYPH_VICTIM, record["training"]["victim"]["seconds"], record["training"]["surrogate"]["seconds"])
+    return True
 
 
 def pretrain_unet(kind: str, folder: Path, recipe: PretrainRecipe, progress: bool = True) -> dict[str, Any]:

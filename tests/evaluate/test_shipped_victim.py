@@ -1,0 +1,73 @@
+"""The few-shot study's shipped pretraining (models/weights/glyph_victim): intact, keyed to the default study,
+installed as the pairs pretraining would have saved, and used only where its key matches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from udp_datasets.evaluate.victims.fewshot_pretrain import (PretrainRecipe, cache_key, install_shipped_pretraining,
+                                                           load_victim_unet, pretrain_unet)
+from udp_datasets.models import load_surrogate, weights_sha256
+from udp_datasets.models.denoiser_training import latent_statistics
+from udp_datasets.models import shipped
+from udp_datasets.models.base import SurrogateError
+
+SHIPPED = shipped.packaged_weights(shipped.GLYPH_VICTIM)
+
+
+def provenance() -> dict:
+    return json.loads((SHIPPED / "provenance.json").read_text())
+
+
+def fake_corpus_state() -> dict:
+    """What ``encode_corpus`` returns, for a handful of made-up raw latents (only the statistics are used)."""
+    raw = torch.randn(4, 32, 8, 8, generator=torch.Generator().manual_seed(0))
+    return {"raw": raw, "raw_flip": raw.flip(-1), **latent_statistics(raw), "seconds": 0.0}
+
+
+def test_shipped_weights_match_their_recorded_sha256() -> None:
+    assert weights_sha256(SHIPPED) == shipped.GLYPH_VICTIM_SHA256 == provenance()["sha256"]
+
+
+def test_shipped_key_is_the_default_glyph_study_key() -> None:
+    """A change of the default recipe or corpus must ship new weights (or the study would pretrain again)."""
+    from udp_datasets.evaluate.subjects import read_corpus
+
+    recipe = PretrainRecipe()
+    corpus, _ = read_corpus("glyphs", recipe.corpus_count, recipe.corpus_seed, 64, named_by_user=False)
+    assert provenance()["cache_key"] == cache_key(recipe, corpus)
+    assert provenance()["recipe"] == recipe.to_dict()
+
+
+def test_install_writes_the_pairs_pretraining_would_and_skips_training(tmp_path: Path) -> None:
+    folder = tmp_path / f"fewshot-pretrain-{provenance()['cache_key']}"
+    assert install_shipped_pretraining(folder, PretrainRecipe(), fake_corpus_state())
+    shipped_victim = load_file(SHIPPED / "victim" / "diffusion_pytorch_model.safetensors")
+    installed = load_victim_unet(folder).state_dict()
+    assert set(installed) == set(shipped_victim)
+    assert all(torch.equal(installed[k], shipped_victim[k].float()) for k in shipped_victim)
+    surrogate = load_surrogate(str(folder / "surrogate"))  # a pair folder the protector reads
+    assert surrogate is not None
+    # pretrain_unet finds both and trains nothing: it returns the shipped record (no corpus.pt is needed)
+    for kind in ("victim", "surrogate"):
+        record = pretrain_unet(kind, folder, PretrainRecipe(), progress=False)
+        assert record["source"] == "shipped" and record["seconds"] == provenance()["training"][kind]["seconds"]
+
+
+def test_install_leaves_another_key_alone(tmp_path: Path) -> None:
+    folder = tmp_path / "fewshot-pretrain-0123456789abcdef"
+    assert not install_shipped_pretraining(folder, PretrainRecipe(), fake_corpus_state())
+    assert not folder.exists()
+
+
+def test_damaged_shipped_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shipped, "GLYPH_VICTIM_SHA256", "0" * 64)
+    folder = tmp_path / f"fewshot-pretrain-{provenance()['cache_key']}"
+    with pytest.raises(SurrogateError, match="differ from the SHA-256"):
+        install_shipped_pretraining(folder, PretrainRecipe(), fake_corpus_state())
+    assert not (folder / "victim").exists()
