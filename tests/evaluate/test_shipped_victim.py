@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from udp_datasets.evaluate.victims.fewshot_pretrain import (PretrainRecipe, cache_key, install_shipped_pretraining,
                                                            load_victim_unet, pretrain_unet)
 from udp_datasets.models import load_surrogate, weights_sha256
-from udp_datasets.models.denoiser_training import latent_statistics
 from udp_datasets.models import shipped
 from udp_datasets.models.base import SurrogateError
 
@@ -24,18 +23,14 @@ def provenance() -> dict:
     return json.loads((SHIPPED / "provenance.json").read_text())
 
 
-def fake_corpus_state() -> dict:
-    """What ``encode_corpus`` returns, for a handful of made-up raw latents (only the statistics are used)."""
-    raw = torch.randn(4, 32, 8, 8, generator=torch.Generator().manual_seed(0))
-    return {"raw": raw, "raw_flip": raw.flip(-1), **latent_statistics(raw), "seconds": 0.0}
-
-
 def test_shipped_weights_match_their_recorded_sha256() -> None:
     assert weights_sha256(SHIPPED) == shipped.GLYPH_VICTIM_SHA256 == provenance()["sha256"]
 
 
 def test_shipped_key_is_the_default_glyph_study_key() -> None:
-    """A change of the default recipe or corpus must ship new weights (or the study would pretrain again)."""
+    """A change of the default recipe or corpus must ship new weights (or the study would pretrain again). The
+    key also holds the TAEF2 weights' hash, so the shipped latent statistics (what encoding this corpus through
+    this TAEF2 measured: 0.737 std, as the study logs) stay the corpus's own."""
     from udp_datasets.evaluate.subjects import read_corpus
 
     recipe = PretrainRecipe()
@@ -46,7 +41,9 @@ def test_shipped_key_is_the_default_glyph_study_key() -> None:
 
 def test_install_writes_the_pairs_pretraining_would_and_skips_training(tmp_path: Path) -> None:
     folder = tmp_path / f"fewshot-pretrain-{provenance()['cache_key']}"
-    assert install_shipped_pretraining(folder, PretrainRecipe(), fake_corpus_state())
+    stats = install_shipped_pretraining(folder, PretrainRecipe())
+    assert stats is not None and stats["channel_std"] == provenance()["latent_statistics"]["channel_std"]
+    assert not (folder / "corpus.pt").exists()  # the corpus need not be encoded
     shipped_victim = load_file(SHIPPED / "victim" / "diffusion_pytorch_model.safetensors")
     installed = load_victim_unet(folder).state_dict()
     assert set(installed) == set(shipped_victim)
@@ -61,7 +58,7 @@ def test_install_writes_the_pairs_pretraining_would_and_skips_training(tmp_path:
 
 def test_install_leaves_another_key_alone(tmp_path: Path) -> None:
     folder = tmp_path / "fewshot-pretrain-0123456789abcdef"
-    assert not install_shipped_pretraining(folder, PretrainRecipe(), fake_corpus_state())
+    assert install_shipped_pretraining(folder, PretrainRecipe()) is None
     assert not folder.exists()
 
 
@@ -69,5 +66,5 @@ def test_damaged_shipped_weights_are_refused(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(shipped, "GLYPH_VICTIM_SHA256", "0" * 64)
     folder = tmp_path / f"fewshot-pretrain-{provenance()['cache_key']}"
     with pytest.raises(SurrogateError, match="differ from the SHA-256"):
-        install_shipped_pretraining(folder, PretrainRecipe(), fake_corpus_state())
+        install_shipped_pretraining(folder, PretrainRecipe())
     assert not (folder / "victim").exists()

@@ -5,8 +5,8 @@
 
 The folder must be the pretraining of the default glyph study (``PretrainRecipe()`` on
 ``glyph_corpus(3000, 0, 64)``: its name's key is checked). Each UNet is saved in float16 as a diffusers
-``UNet2DModel`` folder, beside ``provenance.json`` (key, recipe, corpus, training records, the victim check
-measured on the float32 weights, versions). ``fewshot_pretrain.install_shipped_pretraining`` reads it back.
+``UNet2DModel`` folder, beside ``provenance.json`` (key, recipe, corpus, the latent statistics the UNets were
+trained under, training records, the victim check measured on the float32 weights, versions). ``fewshot_pretrain.install_shipped_pretraining`` reads it back.
 """
 import json
 import sys
@@ -38,7 +38,9 @@ if __name__ == "__main__":
         "what": "the few-shot study's pretrained victim and surrogate UNets for its default glyph corpus",
         "cache_key": key, "recipe": recipe.to_dict(), "corpus": {**record, "count": len(corpus)},
         "training": training, "victim_check": json.loads((source / "quality.json").read_text()),
-        "dtype": "float16", "source_folder": source.name, "udp_datasets": udp_datasets.__version__,
+        "latent_statistics": {k: v for k, v in torch.load(source / "corpus.pt", weights_only=True).items()
+                              if k in ("shift", "scale", "channel_mean", "channel_std")},
+        "dtype": "float16", "source_folder": source.name, "exported_by": f"udp-datasets {udp_datasets.__version__}",
         "torch": torch.__version__, "sha256": weights_sha256(target),
     }
     (target / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")

@@ -40,9 +40,9 @@ def prepare_pretrained(corpus: Sequence[np.ndarray], settings: Any, cache_dir: P
     returns the folder and what was measured. ``corpus_source`` (where the corpus came from and how it was
     read) goes into the report as is: the cache key holds only the corpus's hash."""
     folder = pretrain_folder(corpus, settings, cache_dir)
-    state = encode_corpus(corpus, folder)
-    if settings.shipped_pretraining:
-        install_shipped_pretraining(folder, settings.pretrain, state)
+    state = install_shipped_pretraining(folder, settings.pretrain) if settings.shipped_pretraining else None
+    if state is None:
+        state = encode_corpus(corpus, folder)
     pool.map([("pretrain", PretrainJob(str(folder), kind, settings.pretrain)) for kind in ("victim", "surrogate")],
                "pretrain")
     info = {"folder": str(folder), "corpus_count": len(corpus), "corpus_source": corpus_source,

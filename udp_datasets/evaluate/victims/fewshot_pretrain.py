@@ -15,7 +15,8 @@ machine and any later run (or another study with the same recipe) reuses it:
 
 The default glyph pretraining (``PretrainRecipe()`` on the default corpus of 3,000 glyphs) ships in the
 package (``models/weights/glyph_victim``, float16): :func:`install_shipped_pretraining` puts it in a cache
-folder whose key is the shipped one, instead of an hour of pretraining at one thread.
+folder whose key is the shipped one, instead of an hour of pretraining at one thread (and of encoding the
+corpus: its latent statistics ship with the weights, and no ``corpus.pt`` is written).
 
 The victim and the surrogate differ in shape (:data:`~.fewshot.FEWSHOT_UNETS`), seed and length of
 pretraining, so a protection never attacks the model it is judged on; both know TAEF2 (the encoder
@@ -34,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ...models.denoiser_training import mirrored_raw_latents, normalised_latent_data
+from ...models.denoiser_training import mirrored_raw_latents, normalised_latent_data, normalised_taef2
 from ..data import data_hash
 from .fewshot import TrainRecipe, build_unet, latent_statistics, to_tensor, train_unet
 
@@ -92,11 +93,12 @@ def encode_corpus(corpus: Sequence[np.ndarray], folder: Path) -> dict[str, Any]:
     return state
 
 
-def install_shipped_pretraining(folder: Path, recipe: PretrainRecipe, state: dict[str, Any]) -> bool:
+def install_shipped_pretraining(folder: Path, recipe: PretrainRecipe) -> dict[str, Any] | None:
     """Install the shipped victim and surrogate UNets into ``folder`` when its key is the shipped one (the
-    same recipe, corpus and TAEF2 weights), as the pairs :func:`pretrain_unet` would have saved; returns
-    whether it did. ``state``: the folder's encoded corpus (:func:`encode_corpus`), whose statistics the
-    pairs' TAEF2 carries. The training records are the shipped ones, marked ``"source": "shipped"``."""
+    same recipe, corpus and TAEF2 weights), as the pairs :func:`pretrain_unet` would have saved, and return
+    the corpus latents' statistics they were trained under (what :func:`encode_corpus` would measure, so the
+    corpus need not be encoded); None for another key. The training records are the shipped ones, marked
+    ``"source": "shipped"``."""
     from diffusers import UNet2DModel
 
     from ...models import weights_sha256
@@ -107,11 +109,12 @@ def install_shipped_pretraining(folder: Path, recipe: PretrainRecipe, state: dic
     shipped = packaged_weights(GLYPH_VICTIM)
     record = json.loads((shipped / "provenance.json").read_text())
     if folder.name != f"fewshot-pretrain-{record['cache_key']}":
-        return False
+        return None
     if weights_sha256(shipped) != GLYPH_VICTIM_SHA256:
         raise SurrogateError(f"{shipped}: the shipped pretraining's weights differ from the SHA-256 this version "
                              "recorded (a damaged install): reinstall, or pretrain with --pretrain-from-scratch")
-    vae, _ = normalised_latent_data(state, recipe.per_channel, state["raw"][:1], state["raw_flip"][:1])
+    stats = {**record["latent_statistics"], "seconds": 0.0}
+    vae = normalised_taef2(stats, recipe.per_channel)
     for kind in ("victim", "surrogate"):
         target, log = folder / kind, folder / f"{kind}_training.json"
         if (target / "model_index.json").exists() and log.exists():
@@ -119,10 +122,10 @@ def install_shipped_pretraining(folder: Path, recipe: PretrainRecipe, state: dic
         unet = UNet2DModel.from_pretrained(shipped / kind, use_safetensors=True, torch_dtype=torch.float32)
         save_latent_pair(target, vae, unet, sd_scheduler())
         log.write_text(json.dumps({**record["training"][kind], "source": "shipped",
-                                   "shipped": f"udp_datasets/models/weights/{GLYPH_VICTIM} ({record['dtype']})"}))
+                                   "shipped": f"udp_datasets/models/weights/{GLYPH_VICTIM}, {record['dtype']}"}))
     logger.info("pretraining: the shipped victim and surrogate (%s), trained in %.0f s and %.0f s at one thread",
                 GLYPH_VICTIM, record["training"]["victim"]["seconds"], record["training"]["surrogate"]["seconds"])
-    return True
+    return stats
 
 
 def pretrain_unet(kind: str, folder: Path, recipe: PretrainRecipe, progress: bool = True) -> dict[str, Any]:
