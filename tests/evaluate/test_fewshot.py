@@ -464,3 +464,19 @@ def test_demo_evaluate_runs_the_default_method_against_noise_with_the_controls(t
     assert Path(check["report"]).exists() and Path(check["samples_grid"]).exists()
     out = capsys.readouterr().out
     assert f"erasure of '{DEMO_SUBJECT}'" in out and check["report"] in out
+
+
+def test_controls_table_marks_each_positive_level_on_its_own():
+    """A control that fails at 16/255 and passes at 32/255 must not read '0.87 (FAIL)' (seen on a shapes study)."""
+    from udp_datasets.evaluate.experiments.fewshot_report import controls_text
+
+    controls = {"passed": False, "victim_learned_corpus": True, "victim_quality": {"samples_fd": 60.2,
+                "round_trip_fd": 12.8, "corpus_split_fd": 2.5},
+                "thresholds": {"victim_fd_factor": 10.0, "victim_fd_factor_default": 10.0, "min_lift": 0.2,
+                               "positive_min": 0.8, "substitution_min": 0.8, "negative_max": 0.5,
+                               "positive_levels": [16, 32]},
+                "per_subject": {"heart": {"learned": True, "positive": {"16": 0.71, "32": 0.87}, "positive_passed": False,
+                                          "positive_latent_score": {}, "substitution": 1.0, "substitution_passed": True,
+                                          "negative": -0.24, "negative_passed": True}}}
+    row = next(line for line in controls_text(controls).splitlines() if line.startswith("| heart | pass"))
+    assert "| 0.71 (**FAIL**) | 0.87 (pass) |" in row

@@ -168,8 +168,11 @@ def controls_text(controls: dict[str, Any]) -> str:
              f" | substitution erasure (>= {th['substitution_min']}) | negative: noise erasure (< {th['negative_max']}) |",
              "|---" * (4 + len(th["positive_levels"])) + "|"]
     for subject, c in controls["per_subject"].items():
-        pos = " | ".join(f"{fmt(c['positive'].get(str(lv)), '{:.2f}')}" for lv in th["positive_levels"])
-        lines.append(f"| {subject} | {flag(c['learned'])} | {pos} ({flag(c['positive_passed'])}) | "
+        # each level marked on its own: the control passes only if every level does (one flag after the last
+        # column read as that level's verdict, e.g. "0.87 (FAIL)" when 32/255 passed and 16/255 failed)
+        pos = " | ".join(f"{fmt(v, '{:.2f}')} ({flag(None if v is None else v >= th['positive_min'])})"
+                         for v in (c["positive"].get(str(lv)) for lv in th["positive_levels"]))
+        lines.append(f"| {subject} | {flag(c['learned'])} | {pos} | "
                      f"{fmt(c['substitution'], '{:.2f}')} ({flag(c['substitution_passed'])}) | "
                      f"{fmt(c['negative'], '{:.2f}')} ({flag(c['negative_passed'])}) |")
     lines += ["", "The subject's judge on the victim VAE's round trips of the training sets (the latents a victim "
