@@ -49,8 +49,8 @@ measured not to protect (docs/efficacy.md). Fit 4 rounds x 20 steps: benchmarks/
 same surrogate gap and victim effect as 0.1's 8 x 40 at a third of the fit time (docs/performance.md)."""
 
 DEMO_SUBJECT = "hash"
-"""The check's subject: the bundled structured subject whose clean fine-tunes learn it best (lift 0.92-0.94 on
-the shipped victim's recipe, docs/efficacy.md), so an erasure has the most room to show."""
+"""The check's subject: the bundled structured subject whose clean fine-tunes learn it best (lift 0.90-0.93 on
+the shipped victim, docs/efficacy.md), so an erasure has the most room to show."""
 
 COLUMNS = ("clean", "protected", "perturbation x{amp}", "TAEF2 decode: clean", "TAEF2 decode: protected")
 
