@@ -68,3 +68,25 @@ def test_damaged_shipped_weights_are_refused(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(SurrogateError, match="differ from the SHA-256"):
         install_shipped_pretraining(folder, PretrainRecipe())
     assert not (folder / "victim").exists()
+
+
+def test_pretraining_from_scratch_gets_its_own_cache_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the package ships the pretraining, --pretrain-from-scratch must not reuse (or be reused by) the
+    installed weights, nor the sets and victims a study keyed by that folder's name."""
+    from dataclasses import replace
+
+    from udp_datasets.evaluate.experiments import fewshot, fewshot_setup
+    from udp_datasets.evaluate.subjects import bundled_corpus
+
+    settings = replace(fewshot.FewshotSettings(), pretrain=PretrainRecipe(corpus_count=8))
+    corpus = bundled_corpus(8)
+    key = cache_key(settings.pretrain, corpus)
+    shipped_default = fewshot_setup.pretrain_folder(corpus, settings, tmp_path)
+    assert shipped_default.name == f"fewshot-pretrain-{key}"  # not the shipped key: one folder either way
+    assert fewshot_setup.pretrain_folder(corpus, replace(settings, shipped_pretraining=False), tmp_path) == shipped_default
+    monkeypatch.setattr(fewshot_setup, "shipped_pretraining_key", lambda: key)  # as if this were the shipped study
+    assert fewshot_setup.pretrain_folder(corpus, settings, tmp_path) == shipped_default
+    scratch = fewshot_setup.pretrain_folder(corpus, replace(settings, shipped_pretraining=False), tmp_path)
+    assert scratch.name == f"fewshot-pretrain-{key}-scratch"
+    real_scratch = tmp_path / f"fewshot-pretrain-{provenance()['cache_key']}-scratch"
+    assert install_shipped_pretraining(real_scratch, PretrainRecipe()) is None and not real_scratch.exists()

@@ -25,7 +25,7 @@ if __name__ == "__main__":
     recipe = PretrainRecipe()
     corpus, record = read_corpus("glyphs", recipe.corpus_count, recipe.corpus_seed, 64, named_by_user=False)
     key = cache_key(recipe, corpus)
-    if source.name != f"fewshot-pretrain-{key}":
+    if source.name not in (f"fewshot-pretrain-{key}", f"fewshot-pretrain-{key}-scratch"):
         sys.exit(f"{source} is not the default glyph pretraining (fewshot-pretrain-{key})")
     training = {}
     for kind in ("victim", "surrogate"):

@@ -21,7 +21,8 @@ import torch
 
 from ..metrics.subject import FeatureSpace, SubjectClassifier, train_subject_classifier, validate_classifier
 from ..victims.fewshot import decode, encode, sample, to_tensor
-from ..victims.fewshot_pretrain import cache_key, encode_corpus, install_shipped_pretraining, load_victim_unet
+from ..victims.fewshot_pretrain import (cache_key, encode_corpus, install_shipped_pretraining, load_victim_unet,
+                                        shipped_pretraining_key)
 from .fewshot_tasks import PretrainJob, load_images, victim_codec
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,12 @@ CLASSIFIER_CORPUS = 600
 
 
 def pretrain_folder(corpus: Sequence[np.ndarray], settings: Any, cache_dir: Path) -> Path:
-    return Path(cache_dir) / f"fewshot-pretrain-{cache_key(settings.pretrain, corpus)}"
+    """The cache folder of this pretraining. Pretrained from scratch where the package ships it
+    (``shipped_pretraining`` off), it gets a folder of its own (``-scratch``): the two are the same recipe but
+    not the same weights, and every protected set and victim of a study is keyed by this folder's name."""
+    key = cache_key(settings.pretrain, corpus)
+    scratch = not settings.shipped_pretraining and key == shipped_pretraining_key()
+    return Path(cache_dir) / f"fewshot-pretrain-{key}{'-scratch' if scratch else ''}"
 
 
 def prepare_pretrained(corpus: Sequence[np.ndarray], settings: Any, cache_dir: Path, pool: Any,

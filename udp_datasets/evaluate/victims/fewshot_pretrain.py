@@ -108,13 +108,14 @@ def install_shipped_pretraining(folder: Path, recipe: PretrainRecipe) -> dict[st
 
     shipped = packaged_weights(GLYPH_VICTIM)
     record = json.loads((shipped / "provenance.json").read_text())
-    if folder.name != f"fewshot-pretrain-{record['cache_key']}":
+    if folder.name != f"fewshot-pretrain-{record['cache_key']}":  # a "-scratch" folder never gets them
         return None
     if weights_sha256(shipped) != GLYPH_VICTIM_SHA256:
         raise SurrogateError(f"{shipped}: the shipped pretraining's weights differ from the SHA-256 this version "
                              "recorded (a damaged install): reinstall, or pretrain with --pretrain-from-scratch")
     stats = {**record["latent_statistics"], "seconds": 0.0}
     vae = normalised_taef2(stats, recipe.per_channel)
+    installed = []
     for kind in ("victim", "surrogate"):
         target, log = folder / kind, folder / f"{kind}_training.json"
         if (target / "model_index.json").exists() and log.exists():
@@ -123,9 +124,18 @@ def install_shipped_pretraining(folder: Path, recipe: PretrainRecipe) -> dict[st
         save_latent_pair(target, vae, unet, sd_scheduler())
         log.write_text(json.dumps({**record["training"][kind], "source": "shipped",
                                    "shipped": f"udp_datasets/models/weights/{GLYPH_VICTIM}, {record['dtype']}"}))
-    logger.info("pretraining: the shipped victim and surrogate (%s), trained in %.0f s and %.0f s at one thread",
-                GLYPH_VICTIM, record["training"]["victim"]["seconds"], record["training"]["surrogate"]["seconds"])
+        installed.append(kind)
+    if installed:
+        logger.info("pretraining: installed the shipped %s (%s) instead of training", " and ".join(installed),
+                    GLYPH_VICTIM)
     return stats
+
+
+def shipped_pretraining_key() -> str:
+    """The cache key the shipped pretraining was made under (the default glyph study's)."""
+    from ...models.shipped import GLYPH_VICTIM, packaged_weights
+
+    return json.loads((packaged_weights(GLYPH_VICTIM) / "provenance.json").read_text())["cache_key"]
 
 
 def pretrain_unet(kind: str, folder: Path, recipe: PretrainRecipe, progress: bool = True) -> dict[str, Any]:
