@@ -30,7 +30,7 @@ TINY_TRAIN = TrainRecipe(steps=3, learning_rate=1e-3, batch_size=4)
 TINY = fewshot.FewshotSettings(
     subjects=("cat",), methods=("noise", "photoguard", "udp"), seeds=(0,), modes=("full", "lora"),
     purifications=("jpeg75",), sweep_levels=(4,), full=TINY_TRAIN, lora=replace(TINY_TRAIN, lora_rank=2),
-    num_samples=4, sample_steps=2, quality_samples=8, n_train=4, n_heldout=4, workers=1, judge_steps=5,
+    num_samples=4, sample_steps=2, quality_samples=8, n_train=4, n_heldout=4, n_judge=16, workers=1, judge_steps=5,
     pretrain=PretrainRecipe(corpus_count=24, victim=replace(TINY_TRAIN, batch_size=8),
                             surrogate=replace(TINY_TRAIN, batch_size=8)),
     protection=ProtectionConfig(steps=2, batch_size=8, fit_rounds=1, fit_surrogate_steps=2, fit_pgd_steps=1,
@@ -455,6 +455,7 @@ def test_demo_evaluate_runs_the_default_method_against_noise_with_the_controls(t
     check = json.loads((tmp_path / "demo" / "summary.json").read_text())["evaluation"]
     report = json.loads((tmp_path / "demo" / "evaluate" / "report.json").read_text())
     assert check["subject"] == DEMO_SUBJECT and list(report["subjects"]) == [DEMO_SUBJECT]
+    assert report["subjects"][DEMO_SUBJECT]["judge"] == TINY.n_judge  # the settings' judge drawings, not 160
     assert check["method"] == default_method_preset()
     assert set(check["erasure"]) == {"clean", "noise", default_method_preset()}
     assert report["settings"]["seeds"] == [0] and report["settings"]["modes"] == ["full"]

@@ -158,7 +158,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
             raise ConfigError(f"--subjects {','.join(settings.subjects)}: structured subjects ({', '.join(STRUCTURED_SUBJECTS)}) "
                               f"and texture ones ({', '.join(SUBJECTS)}) pretrain on different corpora; run them as "
                               "two studies")
-        subjects = {n: any_subject(n, 0, settings.size, settings.n_train, settings.n_heldout) for n in settings.subjects}
+        subjects = {n: any_subject(n, 0, settings.size, settings.n_train, settings.n_heldout, settings.n_judge)
+                    for n in settings.subjects}
     count, seed = settings.pretrain.corpus_count, settings.pretrain.corpus_seed
     kind = GLYPH_CORPUS if all(s.kind == "shape" for s in subjects.values()) else BUNDLED_CORPUS
     corpus, record = read_corpus(args.corpus or kind, count, seed, settings.size, args.corpus_mode,

@@ -163,12 +163,13 @@ def structured_subject(name: str, n_train: int = 12, n_heldout: int = 24, seed: 
                    "position and colours", kind="shape", judge=sets["judge"])
 
 
-def any_subject(name: str, seed: int = 0, size: int = SIZE, n_train: int = 12, n_heldout: int = 24) -> Subject:
-    """A bundled subject by name: structured (glyphs) or texture (photo crops)."""
+def any_subject(name: str, seed: int = 0, size: int = SIZE, n_train: int = 12, n_heldout: int = 24,
+                n_judge: int = 160) -> Subject:
+    """A bundled subject by name: structured (glyphs, with ``n_judge`` judge drawings) or texture (photo crops)."""
     from .glyphs import STRUCTURED_SUBJECTS
 
     if name in STRUCTURED_SUBJECTS:
-        return structured_subject(name, n_train, n_heldout, seed, size)
+        return structured_subject(name, n_train, n_heldout, seed, size, n_judge)
     if name in SUBJECTS:
         return bundled_subject(name, n_train, n_heldout, seed, size)
     raise ValueError(f"unknown bundled subject {name!r}; choose from {sorted([*STRUCTURED_SUBJECTS, *SUBJECTS])}")

@@ -85,6 +85,9 @@ class FewshotSettings:
     """Samples of the pretrained victim scored against its corpus (its sample quality)."""
     n_train: int = 12
     n_heldout: int = 24
+    n_judge: int = 160
+    """Extra clean drawings of each generated subject that only the shape judge learns from (a folder
+    subject has none: its judge learns from its training images)."""
     size: int = 64
     """Image side: 64 (8 x 8 TAEF2 latents) or 128 (16 x 16)."""
     judge_steps: int = 600
