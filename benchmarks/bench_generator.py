@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "surrogate_objective_change": "the objective all three optimise (photoguard's ||E(x+d) - E(x)||^2 through "
                                       "TAEF2, mean over latent elements, 8 draws) on each arm's 8-bit outputs, "
                                       "minus the clean images': orientation only, NOT a measure of protection "
-                                      "(the few-shot evaluation is; not run on the generator yet)"}
+                                      "(the few-shot evaluation is: docs/efficacy.md, where every engine's "
+                                      "erasure is noise's)"}
     result["seconds"] = round(time.perf_counter() - t0, 1)
     write_result(result, args.out or RESULTS / f"generator_{'gpu' if args.gpu else 'cpu'}.json")
     return result
