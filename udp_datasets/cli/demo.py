@@ -212,7 +212,7 @@ def run_demo_evaluation(out: str | Path, cache_dir: str | Path, workers: int = 2
     settings = replace(fewshot.REDUCED, subjects=(DEMO_SUBJECT,), methods=("noise", method), seeds=(0,),
                        modes=("full",), purifications=(), followup_sets=(), past_failed_controls=True, workers=workers)
     subjects = {DEMO_SUBJECT: any_subject(DEMO_SUBJECT, 0, settings.size, settings.n_train, settings.n_heldout,
-                                              settings.n_judge)}
+                                          settings.n_judge)}
     corpus, record = read_corpus(GLYPH_CORPUS, settings.pretrain.corpus_count, settings.pretrain.corpus_seed,
                                  settings.size, named_by_user=False)
     report = fewshot.run_fewshot(out, settings, subjects, corpus, cache_dir, corpus_source=record["description"])

@@ -38,6 +38,8 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 SIZE = 64
+N_JUDGE = 160
+"""Clean drawings of a generated subject that only the shape judge learns from (besides train and held-out)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ def bundled_subject(name: str, n_train: int = 12, n_heldout: int = 16, seed: int
 
 
 def structured_subject(name: str, n_train: int = 12, n_heldout: int = 24, seed: int = 0, size: int = SIZE,
-                       n_judge: int = 160) -> Subject:
+                       n_judge: int = N_JUDGE) -> Subject:
     """A generated structured subject (:data:`~.glyphs.STRUCTURED_SUBJECTS`): its character in
     ``n_train`` training drawings, ``n_heldout`` held-out ones and ``n_judge`` more for the judge,
     each set from its own random stream (no drawing is shared)."""
@@ -164,7 +166,7 @@ def structured_subject(name: str, n_train: int = 12, n_heldout: int = 24, seed: 
 
 
 def any_subject(name: str, seed: int = 0, size: int = SIZE, n_train: int = 12, n_heldout: int = 24,
-                n_judge: int = 160) -> Subject:
+                n_judge: int = N_JUDGE) -> Subject:
     """A bundled subject by name: structured (glyphs, with ``n_judge`` judge drawings) or texture (photo crops)."""
     from .glyphs import STRUCTURED_SUBJECTS
 

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..subjects import Subject
+from ..subjects import N_JUDGE, Subject
 from ..victims.fewshot import TrainRecipe
 from ..victims.fewshot_pretrain import PretrainRecipe
 from ...config import ProtectionConfig
@@ -85,7 +85,7 @@ class FewshotSettings:
     """Samples of the pretrained victim scored against its corpus (its sample quality)."""
     n_train: int = 12
     n_heldout: int = 24
-    n_judge: int = 160
+    n_judge: int = N_JUDGE
     """Extra clean drawings of each generated subject that only the shape judge learns from (a folder
     subject has none: its judge learns from its training images)."""
     size: int = 64

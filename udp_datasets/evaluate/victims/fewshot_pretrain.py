@@ -107,7 +107,7 @@ def install_shipped_pretraining(folder: Path, recipe: PretrainRecipe) -> dict[st
     from ...models.shipped import GLYPH_VICTIM, GLYPH_VICTIM_SHA256, packaged_weights
 
     shipped = packaged_weights(GLYPH_VICTIM)
-    record = json.loads((shipped / "provenance.json").read_text())
+    record = shipped_pretraining_record()
     if folder.name != f"fewshot-pretrain-{record['cache_key']}":  # a "-scratch" folder never gets them
         return None
     if weights_sha256(shipped) != GLYPH_VICTIM_SHA256:
@@ -131,11 +131,16 @@ def install_shipped_pretraining(folder: Path, recipe: PretrainRecipe) -> dict[st
     return stats
 
 
-def shipped_pretraining_key() -> str:
-    """The cache key the shipped pretraining was made under (the default glyph study's)."""
+def shipped_pretraining_record() -> dict[str, Any]:
+    """The shipped pretraining's ``provenance.json`` (cache key, recipe, training records, latent statistics)."""
     from ...models.shipped import GLYPH_VICTIM, packaged_weights
 
-    return json.loads((packaged_weights(GLYPH_VICTIM) / "provenance.json").read_text())["cache_key"]
+    return json.loads((packaged_weights(GLYPH_VICTIM) / "provenance.json").read_text())
+
+
+def shipped_pretraining_key() -> str:
+    """The cache key the shipped pretraining was made under (the default glyph study's)."""
+    return shipped_pretraining_record()["cache_key"]
 
 
 def pretrain_unet(kind: str, folder: Path, recipe: PretrainRecipe, progress: bool = True) -> dict[str, Any]:
