@@ -2,6 +2,8 @@
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from udp_datasets.evaluate.experiments.evaluate_command import evaluate_pair
 from udp_datasets.evaluate.experiments.victim_runs import EvalSettings
 from udp_datasets.evaluate.metrics.fidelity import perturbation_cost
 from udp_datasets.evaluate.purify.filters import ATTACKS
-from udp_datasets.evaluate.report import results_table, verdict
+from udp_datasets.evaluate.report import relative_to_folder, results_table, verdict
 from udp_datasets.evaluate.victims.pixel import VictimConfig, sample_victim, train_victim
 
 TINY_VICTIM = VictimConfig(resolution=16, train_steps=12, batch_size=8, warmup_steps=2, sample_steps=5)
@@ -49,6 +51,32 @@ def test_perturbation_cost_and_holdout_split(photos32):
         perturbation_cost(photos32[:4], noisy[:3])
 
 
+def linked_files(files) -> list[str]:
+    """Every path in a report's ``files`` block (nested dicts, None left out)."""
+    if isinstance(files, dict):
+        return [p for v in files.values() for p in linked_files(v)]
+    return [] if files is None else [files]
+
+
+def assert_report_moves_with_its_links(folder: Path, moved: Path) -> None:
+    """report.json names its files relative to its folder, so a moved (copied, published) report still
+    finds every one of them, and it records no path of the machine that wrote it."""
+    shutil.move(str(folder), str(moved))
+    saved = json.loads((moved / "report.json").read_text())
+    links = linked_files(saved["files"])
+    assert links and str(folder) not in (moved / "report.json").read_text()
+    for link in links:
+        assert not Path(link).is_absolute() and (moved / link).is_file(), link
+
+
+def test_relative_to_folder_keeps_outside_paths_and_non_paths(tmp_path):
+    inside, outside = tmp_path / "report" / "grids" / "a.png", tmp_path / "cache" / "weights"
+    files = {"grids": {"a": str(inside), "b": None}, "cache": outside, "list": [inside], "count": 3}
+    assert relative_to_folder(files, tmp_path / "report") == {
+        "grids": {"a": "grids/a.png", "b": None}, "cache": str(outside), "list": ["grids/a.png"], "count": 3}
+    assert relative_to_folder(str(tmp_path / "report" / ".." / "report" / "x.md"), tmp_path / "report") == "x.md"
+
+
 def test_evaluate_pair_writes_a_consistent_report(photos32, tmp_path):
     from udp_datasets.sources.bundled import photo_patches
 
@@ -75,6 +103,7 @@ def test_evaluate_pair_writes_a_consistent_report(photos32, tmp_path):
     assert results_table({k: v for k, v in saved["victims"].items() if k != "reference"}) in card
     assert "| protected+jpeg75 |" in card and "| reference |" not in card
     assert f"Victim `victim-tiny`, {TINY_VICTIM.train_steps} training steps at 16 px" in card
+    assert_report_moves_with_its_links(tmp_path / "r", tmp_path / "published")
 
 
 @pytest.mark.slow

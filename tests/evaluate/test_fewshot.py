@@ -199,6 +199,8 @@ def test_driver_runs_every_stage_and_writes_the_report(tiny_study):
     assert report["picks"]["ours"] in ("udp", None) and report["goal"] is not None
     assert report["stages"]["done"] == report["stages"]["planned"] == fewshot.planned_stages(TINY)
     assert "Partial report" not in (out / "report.md").read_text()
+    assert report["files"]["grids"]["cat_full"] == "grids/samples_cat_full.png"
+    assert "](grids/samples_cat_full.png)" in (out / "report.md").read_text()
 
 
 def test_latent_score_is_the_judge_on_the_training_sets_round_trips(tiny_study):

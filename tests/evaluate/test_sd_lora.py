@@ -19,6 +19,7 @@ from udp_datasets.evaluate.victims.sd_lora import (LORA_WEIGHT_NAME, DreamBoothE
                                                    load_components, load_subject_images, resolve_precision)
 from udp_datasets.evaluate.victims.sd_lora_training import make_accelerator, train_lora_victim
 from udp_datasets.evaluate.report import fmt
+from test_evaluate import assert_report_moves_with_its_links
 
 PROMPT = "a photo of sks person"
 TINY = DreamBoothSettings(resolution=32, train_steps=4, batch_size=2, learning_rate=1e-3, num_samples=4,
@@ -137,6 +138,8 @@ def test_evaluate_dreambooth_writes_grid_and_consistent_report(tiny_sd, subject,
     card = saved["card_markdown"]  # what the dataset card embeds: verdict, then the victims' table
     assert card.startswith(saved["verdict"] + "\n\n") and card == report["card_markdown"]
     assert "| training set | FD | FD / clean |" in card and "| protected |" in card
+    assert saved["victims"]["clean"]["lora_weights"] == f"victims/clean/{LORA_WEIGHT_NAME}"
+    assert_report_moves_with_its_links(out, tmp_path / "published")
 
 
 def test_cli_evaluate_sd_end_to_end(tiny_sd, subject, tmp_path, capsys, one_torch_thread):

@@ -218,9 +218,10 @@ def run_demo_evaluation(out: str | Path, cache_dir: str | Path, workers: int = 2
     report = fewshot.run_fewshot(out, settings, subjects, corpus, cache_dir, corpus_source=record["description"])
     rows = {row["set"]: row["per_subject"][DEMO_SUBJECT] for row in report["tables"].get("full", [])}
     controls = report["controls"]
+    grid = report["files"]["grids"].get(f"{DEMO_SUBJECT}_full")  # relative to the report's folder
     return {"subject": DEMO_SUBJECT, "method": method, "verdict": report["verdict"],
             "controls_passed": controls["passed"], "controls": controls["per_subject"].get(DEMO_SUBJECT),
             "erasure": {name: row["erasure"] for name, row in rows.items()},
             "subject_score": {name: row["score"] for name, row in rows.items()},
-            "report": str(Path(out) / "report.md"), "samples_grid": report["files"]["grids"].get(f"{DEMO_SUBJECT}_full"),
+            "report": str(Path(out) / "report.md"), "samples_grid": str(Path(out) / grid) if grid else None,
             "seconds": round(report["timings"]["total"], 1)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -136,10 +136,39 @@ def write_report(report: dict[str, Any], samples: dict[str, np.ndarray], losses:
     panels = {"held-out real": holdout, **{f"victim: {k}": v for k, v in samples.items()}}
     side_by_side_grids(panels, Path(files["samples"]))
     loss_plot(losses, Path(files["loss_curves"]))
-    report = {**report, "files": files}
-    Path(files["json"]).write_text(json.dumps(report, indent=2, default=json_default))
+    report = write_report_json({**report, "files": files}, out_dir)
     Path(files["markdown"]).write_text(render_markdown(report))
     return files
+
+
+def relative_to_folder(value: Any, root: Path) -> Any:
+    """``value`` (a path, or dicts and lists of them) with each path under ``root`` written relative to it.
+
+    Why: a report folder gets copied into docs, zipped or published beside a dataset; its links must
+    resolve from wherever it lands, and it should not record this machine's directory layout. Paths
+    outside ``root`` (a user's model, a shared cache) are kept as given; anything else is left alone."""
+    if isinstance(value, Mapping):
+        return {k: relative_to_folder(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_to_folder(v, root) for v in value]
+    if not isinstance(value, (str, Path)):
+        return value
+    try:
+        return Path(value).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(value)
+
+
+def write_report_json(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Write ``out_dir/report.json`` with ``report["files"]`` relative to ``out_dir``; returns that report.
+
+    The one writer of every evaluation's report.json (evaluate, evaluate-sd, the few-shot study)."""
+    if "files" in report:
+        report = {**report, "files": relative_to_folder(report["files"], out_dir)}
+    tmp = out_dir / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2, default=json_default))
+    tmp.replace(out_dir / "report.json")
+    return report
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ subject images (:mod:`..metrics.faces`, the ``faces`` extra).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -24,8 +23,8 @@ from ...models.devices import resolve_device
 from ..metrics.faces import FaceJudge, face_scores
 from ..metrics.fidelity import perturbation_cost
 from ..metrics.scorer import Scorer
-from ..report import (card_markdown, fmt, json_default, loss_plot, results_table, run_versions, side_by_side_grids,
-                      verdict)
+from ..report import (card_markdown, fmt, loss_plot, relative_to_folder, results_table, run_versions, side_by_side_grids,
+                      verdict, write_report_json)
 from ..victims.sd_lora import (LORA_WEIGHT_NAME, DreamBoothError, DreamBoothSettings, ImageInput, load_subject_images,
                                peak_memory, reset_peak_memory, resolve_precision, training_view)
 from ..victims.sd_lora_sampling import sample_lora_victim, sample_prompts
@@ -188,7 +187,7 @@ def _train_and_sample(model: str, training_sets: dict[str, list[np.ndarray]], pr
                          "seconds": round(time.perf_counter() - victim_start, 1),
                          "peak_memory_train_mib": result.memory["peak_mib"],
                          "peak_memory_sample_mib": sampling_memory["peak_mib"],
-                         "lora_weights": str(Path(result.lora_dir) / LORA_WEIGHT_NAME)}
+                         "lora_weights": relative_to_folder(Path(result.lora_dir) / LORA_WEIGHT_NAME, out_dir)}
     return victims, samples, losses
 
 
@@ -197,12 +196,11 @@ def _write_files(report: dict[str, Any], out_dir: Path, views: dict[str, list[np
     """report.json, report.md, comparison.png and loss_curves.png; ``report`` gains ``files``."""
     files = {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"),
              "comparison": str(out_dir / "comparison.png"), "loss_curves": str(out_dir / "loss_curves.png")}
-    report["files"] = files
     _grid({"training: clean": np.stack(views["clean"][:n]), "training: protected": np.stack(views["protected"][:n]),
            "victim: clean-trained": samples["clean"], "victim: protected-trained": samples["protected"]},
           Path(files["comparison"]))
     loss_plot(losses, Path(files["loss_curves"]), window=window)
-    Path(files["json"]).write_text(json.dumps(report, indent=2, default=json_default))
+    report.update(write_report_json({**report, "files": files}, out_dir))
     Path(files["markdown"]).write_text(render_markdown(report))
 
 

@@ -8,13 +8,12 @@ the issue's Goal tested in plain words.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..report import fmt, json_default, labelled_rows, line_plot, run_versions
+from ..report import fmt, labelled_rows, line_plot, run_versions, write_report_json
 from .fewshot_scores import GOAL_ARTIFACTS, GOAL_ERASURE, HARNESS_FAILED, Scores, followup_methods
 from .fewshot_tasks import OURS, PEERS, load_images, set_name
 
@@ -290,8 +289,8 @@ def write_fewshot_report(study: Any, scores: Scores, picks: dict[str, str | None
     report["card_markdown"] = card_markdown(report, tables["full"][0] if "full" in tables else "")
     sections = {"learned": learned_md, "controls": controls_text(controls), "tables": {m: md for m, (md, _) in tables.items()}, "purification": pur_md,
                 "sweep": sweep_md}
+    report = write_report_json(report, out)
     (out / "report.md").write_text(render_markdown(report, sections))
-    (out / "report.json").write_text(json.dumps(report, indent=1, default=json_default))
     return report
 
 
@@ -352,7 +351,7 @@ def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
     goal = ("Not judged: a control failed, so these figures cannot say whether the goal is met." if stopped
             else goal_text(report["goal"]))
     lines += ["## The goal", "", goal, "", "## Grids", ""]
-    lines += [f"![{k}]({Path(v).relative_to(Path(v).parents[1])})" for k, v in report["files"]["grids"].items()]
+    lines += [f"![{k}]({v})" for k, v in report["files"]["grids"].items()]
     t = report["timings"]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in t.items()), ""]
     return "\n".join(lines)
