@@ -169,7 +169,8 @@ class ProtectionConfig:
     """EUDP exponent: p(t) proportional to sqrt(alpha_bar_t) ** gamma."""
     t_min: int = 0
     t_max: int | None = None
-    """Inclusive bounds for ``timesteps='range'`` (``None`` = last timestep)."""
+    """Inclusive bounds for ``timesteps='range'`` (``None`` = last timestep). At the defaults (0 to the
+    last) a range is every timestep, so ``range`` draws exactly what ``uniform`` draws: set a bound."""
     snr_clip: float = 5.0
     """Upper clip of the SNR weight for ``timesteps='snr'``."""
     timestep_mode: TimestepMode = "sample"
