@@ -129,3 +129,28 @@ def test_cli_fills_version_2_defaults_on_a_latent_surrogate(tmp_path):
     old_file = tmp_path / "old.json"  # a 0.2 config file: no config_version
     old_file.write_text(json.dumps({"steps": 5}))
     assert read("--config-file", str(old_file)) == ProtectionConfig(surrogate=pair, steps=5, config_version=1)
+
+
+def test_default_config_is_what_protect_runs_with_no_flags(tmp_path):
+    """``default_config()`` in Python equals the config ``udp-datasets protect SRC DST`` resolves with no
+    flags (the shipped pair, version 2's method); fields set over it win, and another surrogate is refused."""
+    import argparse
+
+    from udp_datasets import default_config
+    from udp_datasets.cli.config_flags import add_config_arguments, protect_config_from_args
+    from udp_datasets.config import LATENT_DEFAULTS_V2, SHIPPED_SURROGATE
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert default_config() == protect_config_from_args(parser.parse_args([]))
+    assert default_config().surrogate == SHIPPED_SURROGATE and default_config() != ProtectionConfig()
+    assert all(getattr(default_config(), k) == v for k, v in LATENT_DEFAULTS_V2.items())
+    assert default_config(steps=5) == protect_config_from_args(parser.parse_args(["--steps", "5"]))
+    mine = default_config(objective="adversarial")  # naming the objective chooses the method
+    assert mine == ProtectionConfig(surrogate=SHIPPED_SURROGATE, objective="adversarial")
+    for field in LATENT_DEFAULTS_V2:
+        if field != "objective":  # a version-2 field you set keeps your value
+            value = getattr(ProtectionConfig(), field)
+            assert getattr(default_config(**{field: value}), field) == value
+    with pytest.raises(ConfigError, match="apply_version_defaults"):
+        default_config(surrogate="my/pair")

@@ -1,12 +1,11 @@
 """udp-datasets: make image datasets unlearnable for diffusion models (UDP / EUDP).
 
-    from udp_datasets import ProtectionConfig, Protector
-    protector = Protector(ProtectionConfig(epsilon=8/255))
-    protector.fit(train_subset)
+    from udp_datasets import Protector, default_config
+    protector = Protector(default_config(epsilon=8/255))  # what `udp-datasets protect` runs: the shipped pair
     protected = ds.map(protector, batched=True, batch_size=32)
 """
 
-from .config import ConfigError, ProtectionConfig, parse_epsilon
+from .config import ConfigError, ProtectionConfig, default_config, parse_epsilon
 from .images import ImageError
 from .method.budget import BudgetError
 from .protector import Protector
@@ -35,5 +34,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "BudgetError", "ColumnError", "ConfigError", "ImageError", "ProtectionConfig", "Protector",
-    "Surrogate", "SurrogateError", "SurrogateRef", "load_surrogate", "parse_epsilon", "publish", "__version__",
+    "Surrogate", "SurrogateError", "SurrogateRef", "default_config", "load_surrogate", "parse_epsilon", "publish",
+    "__version__",
 ]

@@ -526,6 +526,22 @@ def apply_version_defaults(config: ProtectionConfig, latent: bool,
     return config.replace(**changes) if changes else config
 
 
+def default_config(**fields: Any) -> ProtectionConfig:
+    """The config ``udp-datasets protect SRC DST`` runs with no flags, for Python: version 2's method on the
+    shipped latent pair, with ``fields`` set over it (a field you set is never replaced by a version-2
+    value; setting ``objective`` or ``preset`` chooses the method yourself).
+
+    Why: ``ProtectionConfig()`` is the dataclass defaults (no surrogate, so the pixel fit, the combination
+    measured not to protect); a Python user should reach the CLI's default in one call, not by knowing
+    :func:`apply_version_defaults`. Another surrogate: ``apply_version_defaults(ProtectionConfig(surrogate=...),
+    latent=...)``, since only loading it tells whether it is latent."""
+    if "surrogate" in fields:
+        raise ConfigError("default_config() is the shipped pair's (surrogate='taef2'); for another surrogate use "
+                          "apply_version_defaults(ProtectionConfig(surrogate=...), latent=True or False)")
+    return apply_version_defaults(ProtectionConfig(surrogate=SHIPPED_SURROGATE, **fields), latent=True,
+                                  explicit=set(fields))
+
+
 def config_mapping(path: str | Path) -> dict[str, Any]:
     """The fields a config file sets (JSON or YAML), as written: what :meth:`ProtectionConfig.from_file`
     reads, without the defaults (the CLI needs to know which fields a file sets)."""

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import LATENT_DEFAULTS_V2, SHIPPED_SURROGATE, ProtectionConfig, apply_version_defaults
+from ..config import LATENT_DEFAULTS_V2, ProtectionConfig, default_config
 from ..evaluate.report import side_by_side_grids
 from ..images import decode_png_pixels
 from ..protector import Protector
@@ -37,7 +37,7 @@ from ..sources.bundled import faces, photo_crops
 
 logger = logging.getLogger(__name__)
 
-LATENT_CONFIG = apply_version_defaults(ProtectionConfig(surrogate=SHIPPED_SURROGATE, batch_size=16), latent=True)
+LATENT_CONFIG = default_config(batch_size=16)
 """What the demo runs: ``protect``'s default since 0.3 (config version 2, no flags): the shipped latent pair
 with ``LATENT_DEFAULTS_V2`` at 8/255, 40 PGD steps."""
 QUICK_CONFIG = LATENT_CONFIG.replace(steps=5)
