@@ -33,6 +33,7 @@ def test_protect_folder_quarantines_bad_files(image_folder, tmp_path, capsys):
     assert code == EXIT_QUARANTINED
     printed = capsys.readouterr().out
     assert "protected   6 images" in printed and "quarantined 2" in printed
+    assert f"({dst}/data, Arrow)" in printed and "--format imagefolder" in printed  # pictures in, not out: said
     errors = [json.loads(line) for line in (dst / "errors.jsonl").read_text().splitlines()]
     assert sorted(e["key"].rsplit("/", 1)[-1] for e in errors) == ["broken.jpg", "empty.png"]
     ds = load_protected(dst)
@@ -48,11 +49,11 @@ def test_protect_folder_quarantines_bad_files(image_folder, tmp_path, capsys):
     assert not list(tmp_path.glob(".out.tmp-*"))  # no temporary left behind
 
 
-def test_imagefolder_output_keeps_relative_paths(image_folder, tmp_path):
+def test_imagefolder_output_keeps_relative_paths(image_folder, tmp_path, capsys):
     dst = tmp_path / "png"
     code = main(["protect", str(image_folder), str(dst), "--format", "imagefolder", "--allow-errors", *PIXEL,
                  *FLAGS])
-    assert code == 0
+    assert code == 0 and "--format imagefolder" not in capsys.readouterr().out
     files = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*.png"))
     assert files == ["cats/photo0.png", "cats/photo1.png", "cats/photo2.png", "cats/photo3.png",
                      "faces/face0.png", "faces/face1.png"]
@@ -107,7 +108,7 @@ def test_saved_dataset_source_and_console_script(tmp_path, photos32):
                            str(tmp_path / "out"), "--image-column", "picture", *PIXEL, *FLAGS],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "protected   3 images" in proc.stdout
+    assert "protected   3 images" in proc.stdout and "--format imagefolder" not in proc.stdout  # a dataset in
     assert load_protected(tmp_path / "out")["i"] == [1, 2, 3]
 
 

@@ -29,7 +29,20 @@ def cmd_protect(args: argparse.Namespace) -> int:
                               fit_output=args.fit_output, num_proc=args.num_proc,
                               overwrite=args.overwrite, drop_columns=drop_columns(args), sign_key=key)
     print(format_summary(summary))
+    if args.format is None and is_image_folder(args.src):
+        print(f"output      a datasets folder ({args.dst}/data, Arrow); for image files at the folder's own paths, "
+              "run again with --format imagefolder")
     return exit_code(summary, args.allow_errors)
+
+
+def is_image_folder(src: str) -> bool:
+    """A local folder that is not a ``save_to_disk`` dataset: pictures, whose owner may expect pictures back
+    (the default output is a datasets folder, which the summary then says)."""
+    from pathlib import Path
+
+    from ..sources.hf import is_saved_dataset
+
+    return Path(src).is_dir() and not is_saved_dataset(Path(src))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
