@@ -280,9 +280,11 @@ def test_cli_fewshot_sub_mode_runs_tiny_on_a_subject_folder(tmp_path, monkeypatc
     code = main(["evaluate", "--regime", "fewshot", "--subject", str(folder), "--out", str(tmp_path / "r"),
                  "--cache-dir", str(tmp_path / "cache"), "--seeds", "0", "--epsilon", "4/255",
                  "--methods", "udp", "--modes", "full", "--judge", "texture", "--corpus", str(corpus),
-                 "--corpus-mode", "whole"])
+                 "--corpus-mode", "whole", "--finetune-lr", "3e-4"])
     assert code == EXIT_OK
     report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["settings"]["full"]["learning_rate"] == 3e-4  # the rate the victims were fine-tuned at
+    assert report["settings"]["full"]["steps"] == TINY.full.steps and report["settings"]["lora"] == TINY.lora.to_dict()
     assert report["pretrained"]["corpus_source"].endswith("the central square of each image (--corpus-mode whole)")
     assert f"Corpus: {TINY.pretrain.corpus_count} images, folder {corpus}" in (tmp_path / "r" / "report.md").read_text()
     assert {row["set"] for row in report["tables"]["full"]} == {"clean", "noise", "udp"}  # noise always added
@@ -340,12 +342,24 @@ def test_a_harness_that_fails_its_controls_says_so_first_and_gives_no_verdict(tm
     (["--subjects", "cat,hash"], "two studies"), (["--judge", "shape"], "--subject FOLDER"),
     (["--methods", "advdm:timesteps=sometimes"], "choose from"), (["--methods", "advdm:no_such_field=1"], "choose from"),
     (["--methods", "advdm:timesteps"], "choose from"), (["--methods", "glaze:steps=10"], "choose from"),
-    (["--corpus-mode", "whole"], "give --corpus FOLDER")])
+    (["--corpus-mode", "whole"], "give --corpus FOLDER"), (["--finetune-lr", "0"], "positive learning rate")])
 def test_cli_fewshot_refuses_unknown_methods_and_modes(tmp_path, flags, message, capsys):
     from udp_datasets.cli.app import EXIT_USAGE, main
 
     assert main(["evaluate", "--regime", "fewshot", "--out", str(tmp_path / "r"), *flags]) == EXIT_USAGE
     assert message in capsys.readouterr().err
+
+
+def test_another_finetune_rate_never_reuses_a_victim(tmp_path):
+    """``--finetune-lr`` changes the full recipe; the victims' cache path holds the recipe's hash, so a resumed
+    study at another rate fine-tunes its own victims instead of reading those of the default rate."""
+    subjects = {"cat": bundled_subject("cat", n_train=2, n_heldout=1, seed=0)}
+    study = fewshot.Study(tmp_path, tmp_path / "pretrained", TINY, subjects)
+    gentler = fewshot.Study(tmp_path, tmp_path / "pretrained", replace(TINY, full=replace(TINY.full, learning_rate=3e-4)),
+                            subjects)
+    assert study.victim_path("cat", "udp", "full", 0) != gentler.victim_path("cat", "udp", "full", 0)
+    assert study.victim_path("cat", "udp", "lora", 0) == gentler.victim_path("cat", "udp", "lora", 0)
+    assert study.set_path("cat", "udp", 0) == gentler.set_path("cat", "udp", 0)  # the protected sets are shared
 
 
 def test_study_list_flags():

@@ -128,6 +128,10 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         changes["victim_check_factor"] = args.victim_check_factor
     if args.past_failed_controls:
         changes["past_failed_controls"] = True
+    if args.finetune_lr is not None:  # the victims' cache key holds the recipe: another rate, other victims
+        if not args.finetune_lr > 0:
+            raise ConfigError(f"--finetune-lr {args.finetune_lr}: a positive learning rate (default 1e-3)")
+        changes["full"] = replace(settings.full, learning_rate=args.finetune_lr)
     if args.pretrain_from_scratch:
         changes["shipped_pretraining"] = False
     for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora")),
@@ -273,6 +277,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-norm", choices=["channel", "scalar"], default="channel",
                    help="fewshot: the victim's latent normalisation: each channel standardised by its corpus "
                         "statistics (FLUX.2's convention, default) or one scalar shift and scale (SD's)")
+    p.add_argument("--finetune-lr", type=float,
+                   help="fewshot: the full fine-tune's learning rate (default 1e-3). An unauthorised fine-tune picks "
+                        "its own: erasure on one subject measured 0.78 at 3e-4 and 0.40 at 1e-3 (docs/efficacy.md)")
     p.add_argument("--size", type=int, choices=[64, 128], default=64,
                    help="fewshot: image side (64: 8x8 TAEF2 latents; 128: 16x16, about 4x the CPU time)")
     p.add_argument("--full", action="store_true",
