@@ -10,3 +10,5 @@ udp-datasets evaluate --regime fewshot --subject $DATA/heart --corpus $DATA/corp
   --holdout-fraction 0.667 --seeds 0,1,2 --modes full --purifications none --sweep none \
   --methods photoguard,advdm,advdm:timesteps=eudp,udp,mist2 --past-failed-controls --out $OUT --cache-dir $CACHE \
   --workers 2 --finetune-lr 3e-4
+# ../star_lr3e-4 and ../spiral_lr3e-4: the same command for $DATA/star and $DATA/spiral (--out star / spiral),
+# with --seeds 0 --workers 1, the two run side by side (about 700 s each); both fail the positive control.
