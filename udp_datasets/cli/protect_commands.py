@@ -38,11 +38,11 @@ def cmd_protect(args: argparse.Namespace) -> int:
 def is_image_folder(src: str) -> bool:
     """A local folder that is not a ``save_to_disk`` dataset: pictures, whose owner may expect pictures back
     (the default output is a datasets folder, which the summary then says)."""
-    from pathlib import Path
-
     from ..sources.hf import is_saved_dataset
+    from ..sources.paths import local_root
 
-    return Path(src).is_dir() and not is_saved_dataset(Path(src))
+    root = local_root(src)
+    return root is not None and not is_saved_dataset(root)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..sinks.atomic import write_bytes_atomic
+
 COLUMNS = [("fd", "FD", "{:.3f}"), ("fd_ratio_vs_clean", "FD / clean", "{:.2f}x"),
            ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
            ("artifact_ratio", "HF energy ratio", "{:.2f}"), ("colour_noise_ratio", "colour noise ratio", "{:.2f}"),
@@ -165,9 +167,7 @@ def write_report_json(report: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     The one writer of every evaluation's report.json (evaluate, evaluate-sd, the few-shot study)."""
     if "files" in report:
         report = {**report, "files": relative_to_folder(report["files"], out_dir)}
-    tmp = out_dir / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=json_default))
-    tmp.replace(out_dir / "report.json")
+    write_bytes_atomic(out_dir / "report.json", json.dumps(report, indent=2, default=json_default).encode())
     return report
 
 
