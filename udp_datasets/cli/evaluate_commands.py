@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from ..config import ConfigError
 from .config_flags import add_config_arguments, config_from_args
@@ -128,10 +128,9 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         changes["victim_check_factor"] = args.victim_check_factor
     if args.past_failed_controls:
         changes["past_failed_controls"] = True
-    if args.finetune_lr is not None:  # the victims' cache key holds the recipe: another rate, other victims
-        if not args.finetune_lr > 0:
-            raise ConfigError(f"--finetune-lr {args.finetune_lr}: a positive learning rate (default 1e-3)")
-        changes["full"] = replace(settings.full, learning_rate=args.finetune_lr)
+    rates = finetune_rates(args.finetune_lr)
+    if len(rates) == 1:  # the victims' cache key holds the recipe: another rate, other victims
+        changes["full"] = replace(settings.full, learning_rate=rates[0])
     if args.pretrain_from_scratch:
         changes["shipped_pretraining"] = False
     for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora")),
@@ -168,13 +167,43 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
     kind = GLYPH_CORPUS if all(s.kind == "shape" for s in subjects.values()) else BUNDLED_CORPUS
     corpus, record = read_corpus(args.corpus or kind, count, seed, settings.size, args.corpus_mode,
                                  named_by_user=bool(args.corpus))
-    source = record["description"]
+    return run_fewshot_study(args, settings, rates, subjects, corpus, record["description"])
+
+
+def run_fewshot_study(args: argparse.Namespace, settings: Any, rates: list[float], subjects: dict[str, Any],
+                      corpus: list[Any], source: str) -> int:
+    """Run the study (one per rate when ``--finetune-lr`` lists several), print its verdict; the exit code."""
+    from ..evaluate.experiments import fewshot
+
+    if len(rates) > 1:
+        from ..evaluate.experiments.fewshot_rates import run_rate_sweep
+
+        summary = run_rate_sweep(args.out, settings, rates, subjects, corpus, fewshot_cache_dir(args),
+                                 judge_faces=args.judge == "faces", corpus_source=source)
+        print(summary["verdict"])
+        print(f"report: {Path(args.out) / 'report.md'} (one study per rate beside it)")
+        # a rate whose controls failed is a rate the attacker may pick where nothing was measured
+        return EXIT_FAILED if summary["failed_rates"] else EXIT_OK
     report = fewshot.run_fewshot(args.out, settings, subjects, corpus, fewshot_cache_dir(args),
                                  judge_faces=args.judge == "faces", corpus_source=source)
     print(report["verdict"])
     print(f"report: {Path(args.out) / 'report.md'} ({report['timings']['total']:.0f} s)")
     # a harness that failed its controls measured nothing: a script around it must not read success
     return EXIT_FAILED if report["controls"]["passed"] is False else EXIT_OK
+
+
+def finetune_rates(value: str | None) -> list[float]:
+    """``--finetune-lr``: one learning rate, or a comma list to sweep (the attacker picks the rate)."""
+    if value is None:
+        return []
+    try:
+        rates = [float(v) for v in value.split(",")]
+    except ValueError:
+        rates = []
+    if not rates or not all(0 < r < float("inf") for r in rates) or len(set(rates)) != len(rates):
+        raise ConfigError(f"--finetune-lr {value!r}: a positive learning rate, or a comma list of distinct ones "
+                          "to sweep, e.g. 3e-4,1e-3 (default 1e-3)")
+    return rates
 
 
 def cmd_ablation(args: argparse.Namespace) -> int:
@@ -277,9 +306,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latent-norm", choices=["channel", "scalar"], default="channel",
                    help="fewshot: the victim's latent normalisation: each channel standardised by its corpus "
                         "statistics (FLUX.2's convention, default) or one scalar shift and scale (SD's)")
-    p.add_argument("--finetune-lr", type=float,
-                   help="fewshot: the full fine-tune's learning rate (default 1e-3). An unauthorised fine-tune picks "
-                        "its own: erasure on one subject measured 0.78 at 3e-4 and 0.40 at 1e-3 (docs/efficacy.md)")
+    p.add_argument("--finetune-lr",
+                   help="fewshot: the full fine-tune's learning rate (default 1e-3), or a comma list to sweep, e.g. "
+                        "3e-4,1e-3: one study per rate in OUT/lr-RATE/ and a summary with each method's worst case "
+                        "over the rates. An unauthorised fine-tune picks its own rate (docs/efficacy.md: in a "
+                        "diagnostic on one subject, PhotoGuard erased 0.78 at 3e-4 and 0.40 at 1e-3)")
     p.add_argument("--size", type=int, choices=[64, 128], default=64,
                    help="fewshot: image side (64: 8x8 TAEF2 latents; 128: 16x16, about 4x the CPU time)")
     p.add_argument("--full", action="store_true",

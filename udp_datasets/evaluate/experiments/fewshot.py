@@ -173,6 +173,13 @@ class Study:
     subjects: dict[str, Subject]
     substitutes: Sequence[np.ndarray] = ()
     """Corpus images for the substitution control of a one-subject study."""
+    report_dir: Path | None = None
+    """Where report.md / report.json, grids and plots go (``None``: ``out``). A sweep over the attacker's
+    fine-tuning rate shares one ``out`` (sets, judge, victims) and writes one report folder per rate."""
+
+    @property
+    def reports(self) -> Path:
+        return self.out if self.report_dir is None else self.report_dir
 
     def set_key(self, subject: str) -> str:
         """What a subject's protected sets depend on: its clean images, the protection base, the surrogate."""
@@ -296,10 +303,10 @@ NO_PICKS: dict[str, str | None] = {"best": None, "second": None, "ours": None, "
 
 
 def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, Subject],
-                corpus: Sequence[np.ndarray], cache_dir: str | Path, progress: bool = True,
-                judge_faces: bool = False, corpus_source: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the whole study and write its report into ``out``; returns the report. Stops after a
-    failed gate (module docstring) with a report that says so first. ``corpus_source``: see prepare_pretrained."""
+                corpus: Sequence[np.ndarray], cache_dir: str | Path, progress: bool = True, judge_faces: bool = False,
+                corpus_source: str | None = None, report_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run (or resume) the study in ``out``, its report into ``report_dir`` (default ``out``); returns the report.
+    Stops after a failed gate (module docstring) with a report that says so first."""
     from .fewshot_report import write_fewshot_report
     from .fewshot_scores import Scores
     from .fewshot_setup import prepare_pretrained, prepare_classifier
@@ -312,7 +319,7 @@ def run_fewshot(out: str | Path, settings: FewshotSettings, subjects: dict[str, 
         t = time.perf_counter()
         pretrained, pretrain_info = prepare_pretrained(corpus, settings, Path(cache_dir), pool, progress, corpus_source)
         timings["pretrain"] = time.perf_counter() - t
-        study = Study(out, pretrained, settings, subjects, substitutes=corpus[-settings.n_train:])
+        study = Study(out, pretrained, settings, subjects, corpus[-settings.n_train:], report_dir and Path(report_dir))
         write_inputs(study)
         t = time.perf_counter()
         judge = prepare_classifier(study, corpus)

@@ -266,7 +266,8 @@ def write_fewshot_report(study: Any, scores: Scores, picks: dict[str, str | None
                          timings: dict[str, float], stages: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Write report.json, report.md, grids and plots into the study folder; returns the report.
     ``stages`` (done / planned) says how far the study got: a partial report says so on top."""
-    s, out = study.settings, study.out
+    s, out = study.settings, study.reports
+    out.mkdir(parents=True, exist_ok=True)
     names = ordered(["clean", *s.methods])
     followups = followup_methods(s, picks)
     learned_md, learned = learned_table(scores, s.modes)
