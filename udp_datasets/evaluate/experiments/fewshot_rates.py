@@ -89,8 +89,8 @@ def sweep_verdict(summary: dict[str, Any]) -> str:
     """One paragraph: no verdict where no rate passed its controls; protection shown only at every rate."""
     rates, failed = summary["rates"], summary["failed_rates"]
     if len(failed) == len(rates):
-        return (f"**{HARNESS_FAILED[0].upper()}{HARNESS_FAILED[1:]}** at any of the rates swept "
-                f"({', '.join(rates)}): no verdict is given.")
+        return (f"**{HARNESS_FAILED[0].upper()}{HARNESS_FAILED[1:]}.** No rate swept ({', '.join(rates)}) "
+                "passed its controls: no verdict is given.")
     if summary["protects_at_every_rate"]:
         return ("Protection is measured as effective at every fine-tuning rate swept (" + ", ".join(rates) +
                 "): the erasure below is the attacker's worst case over these rates.")
@@ -110,7 +110,7 @@ def rates_markdown(summary: dict[str, Any]) -> str:
     for name, r in rates.items():
         for subject, c in r["controls"].items():
             positive = ", ".join(f"{lv}/255 {fmt(v, '{:.2f}')}" for lv, v in (c.get("positive") or {}).items())
-            state = {True: "pass", False: "**FAIL**", None: "not run"}[r["controls_passed"]]
+            state = {True: "pass", False: "**FAIL**", None: "**not passed** (not run or undefined)"}[r["controls_passed"]]
             lines.append(f"| {r['learning_rate']:g} ({subject}) | {state} | {positive or 'n/a'} | "
                          f"{fmt(c.get('substitution'), '{:.2f}')} | {fmt(c.get('negative'), '{:.2f}')} | "
                          f"[{name}]({r['report']}) |")
