@@ -411,6 +411,26 @@ def test_goal_says_not_measured_until_the_purifications_ran():
     assert scores.goal("udp", None, ())["keeps_half_after_jpeg_and_noise"] is None
 
 
+def test_a_study_with_no_method_of_the_other_side_compares_with_nothing():
+    """PhotoGuard and AdvDM are both peers: with no method of ours in the study there is nothing to compare
+    the best with, which is "not measured", not a "no" (a report once said "at least as strong as `None`: no")."""
+    from types import SimpleNamespace
+
+    from udp_datasets.evaluate.experiments.fewshot_report import goal_text
+    from udp_datasets.evaluate.experiments.fewshot_scores import Scores
+
+    scores = object.__new__(Scores)
+    scores.study = SimpleNamespace(subjects={"heart": None})
+    rows = {"photoguard": dict(erasure=0.7, erasure_sd=0.06, erasure_n=3),
+            "noise": dict(erasure=0.13, erasure_sd=0.13, erasure_n=3), "udp": dict(erasure=0.1, erasure_sd=0.1, erasure_n=3)}
+    scores.summary = lambda subject, name, mode, clean="clean": rows.get(name, {})
+    alone = scores.goal("photoguard", None, ())
+    assert alone["at_least_peer_on_every_subject"] is None
+    text = goal_text(alone)
+    assert "artifacts n/a clean-ft" in text and "compared with no method: the study has none" in text and "not measured (nothing to compare with)" in text and "None" not in text
+    assert scores.goal("photoguard", "udp", ())["at_least_peer_on_every_subject"] is True
+
+
 def test_goal_needs_two_seeds_to_claim_a_method_beats_noise():
     from types import SimpleNamespace
 

@@ -135,17 +135,20 @@ def goal_text(goal: dict[str, Any]) -> str:
     parts = []
     for subject, g in goal["per_subject"].items():
         parts.append(f"{subject}: erasure {pm(g['erasure'], g['erasure_sd'])} (noise {pm(g['noise_erasure'], g['noise_erasure_sd'])}"
-                     f", {peer} {fmt(g['peer_erasure'], '{:.2f}')}), artifacts {fmt(g['artifact_vs_clean'], '{:.2f}x')} "
-                     f"clean-ft, kept after " + ", ".join(f"{p} {fmt(v, '{:.2f}')}" for p, v in g["kept_after"].items()))
+                     + (f", {peer} {fmt(g['peer_erasure'], '{:.2f}')}" if peer else "") + f"), artifacts {fmt(g['artifact_vs_clean'], '{:.2f}x')} "
+                     "clean-ft, kept after " + ", ".join(f"{p} {fmt(v, '{:.2f}')}" for p, v in g["kept_after"].items()))
     yes = lambda flag, why="needs 2+ seeds": f"not measured ({why})" if flag is None else ("yes" if flag else "**no**")  # noqa: E731
+    other = f"`{peer}`" if peer else "the other side"
     return "\n".join([
-        f"Best method: `{best}`; compared with `{peer}` (the best of the other side: ours vs the peers); "
-        "full fine-tuning, the study's budget.", "",
+        f"Best method: `{best}`; compared with " + (f"{other} (the best of the other side: ours vs the peers)" if peer
+                                                    else "no method: the study has none of the other side (ours vs "
+                                                         "the peers)") + "; full fine-tuning, the study's budget.", "",
         f"- erasure >= {GOAL_ERASURE} or artifacts >= {GOAL_ARTIFACTS:.0f}x the clean fine-tune on every subject: "
         f"{yes(goal['reaches_goal_on_every_subject'])}",
         f"- beats random noise of the same budget by more than the seed spread on every subject: "
         f"{yes(goal['beats_noise_on_every_subject'])}",
-        f"- at least as strong as `{peer}` on every subject: {yes(goal['at_least_peer_on_every_subject'])}",
+        f"- at least as strong as {other} on every subject: "
+        f"{yes(goal['at_least_peer_on_every_subject'], 'an erasure was undefined' if peer else 'nothing to compare with')}",
         f"- keeps at least half its erasure after JPEG 75 and Gaussian noise 0.05: "
         f"{yes(goal['keeps_half_after_jpeg_and_noise'], 'purifications not run, or erasure undefined or <= 0')}", "",
         *[f"  - {p}" for p in parts]])

@@ -257,8 +257,9 @@ class Scores:
                 "artifact_vs_clean": b.get("artifact_vs_clean"), "noise_erasure": n.get("erasure"),
                 "noise_erasure_sd": n.get("erasure_sd"), "peer_erasure": p.get("erasure"), "spread": spread,
                 "reaches_goal": reaches, "beats_noise_by_more_than_spread": beats_noise,
-                "at_least_peer": (b.get("erasure") is not None and p.get("erasure") is not None
-                                  and b["erasure"] >= p["erasure"]),
+                # not measured (None) without both erasures, e.g. a study with no method of the other side
+                "at_least_peer": (None if b.get("erasure") is None or p.get("erasure") is None
+                                  else b["erasure"] >= p["erasure"]),
                 "kept_after": kept}
         def everywhere(key: str) -> bool | None:
             """True on every subject; None when some subject could not be measured and none failed."""
