@@ -94,7 +94,7 @@ def sweep_verdict(summary: dict[str, Any]) -> str:
     if summary["protects_at_every_rate"]:
         return ("Protection is measured as effective at every fine-tuning rate swept (" + ", ".join(rates) +
                 "): the erasure below is the attacker's worst case over these rates.")
-    parts = [f"{k}: " + ("the controls did not pass, so what this rate's attacker learns is not measured" if k in failed
+    parts = [f"{k}: " + ("the controls did not pass, so what this rate's attacker learns is not measured." if k in failed
                          else verdict(v["goal"])) for k, v in rates.items() if not v["protects"]]
     return ("Protection is not shown at every fine-tuning rate an attacker may pick. " + " ".join(parts) +
             (" The worst case below leaves those rates out, so it is only an upper bound." if failed else ""))
