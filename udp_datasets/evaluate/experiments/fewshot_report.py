@@ -79,8 +79,11 @@ def learned_table(scores: Scores, modes: Sequence[str]) -> tuple[str, dict[str, 
 
 
 def purification_table(scores: Scores, names: Sequence[str], purifications: Sequence[str]) -> tuple[str, list[dict]]:
-    lines = ["| purification | set | subject score | erasure vs clean-ft | erasure vs purified-clean-ft | "
-             "kept share of erasure | artifacts / purified-clean-ft |", "|---|---|---|---|---|---|---|"]
+    """Markdown rows per purification and set. An erasure is its mean ± sd over seeds (each averaged over subjects,
+    as the budget sweep's); the kept share is the ratio of the mean erasures, after over before, so it has no sd."""
+    lines = ["| purification | set | subject score | erasure vs clean-ft (± sd over seeds) | erasure vs "
+             "purified-clean-ft (± sd over seeds) | kept share of erasure (ratio of means) | "
+             "artifacts / purified-clean-ft |", "|---|---|---|---|---|---|---|"]
     rows = []
     for pur in purifications:
         for name in names:
@@ -90,17 +93,18 @@ def purification_table(scores: Scores, names: Sequence[str], purifications: Sequ
             if not any(a for a, _ in per.values()):
                 continue
             avg = lambda vals: float(np.mean(vals)) if vals else None  # noqa: E731
+            over = lambda which, key: avg([p[which][key] for p in per.values()  # noqa: E731
+                                           if p[which].get(key) is not None])
             kept = [scores.kept_after(s, name, pur) for s in scores.study.subjects] if name != "clean" else []
-            row = {"purification": pur, "set": name,
-                   "score": avg([a["score"] for a, _ in per.values() if a.get("score") is not None]),
-                   "erasure_vs_clean": avg([a["erasure"] for a, _ in per.values() if a.get("erasure") is not None]),
-                   "erasure": avg([b["erasure"] for _, b in per.values() if b.get("erasure") is not None]),
+            row = {"purification": pur, "set": name, "score": over(0, "score"),
+                   "erasure_vs_clean": over(0, "erasure"), "erasure_vs_clean_sd": over(0, "erasure_sd"),
+                   "erasure": over(1, "erasure"), "erasure_sd": over(1, "erasure_sd"),
                    "kept": avg([k for k in kept if k is not None]),
-                   "artifact_vs_clean": avg([b["artifact_vs_clean"] for _, b in per.values()
-                                             if b.get("artifact_vs_clean") is not None])}
+                   "artifact_vs_clean": over(1, "artifact_vs_clean")}
             rows.append(row)
-            same = "—" if name == "clean" else fmt(row["erasure"], "{:.2f}")
-            lines.append(f"| {pur} | {name} | {fmt(row['score'], '{:.3f}')} | {fmt(row['erasure_vs_clean'], '{:.2f}')} | "
+            same = "—" if name == "clean" else pm(row["erasure"], row["erasure_sd"])
+            lines.append(f"| {pur} | {name} | {fmt(row['score'], '{:.3f}')} | "
+                         f"{pm(row['erasure_vs_clean'], row['erasure_vs_clean_sd'])} | "
                          f"{same} | {fmt(row['kept'], '{:.2f}')} | {fmt(row['artifact_vs_clean'], '{:.2f}x')} |")
     return "\n".join(lines), rows
 
