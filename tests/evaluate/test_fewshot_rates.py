@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def _report(passed: bool | None, erasure: dict[str, float], protects: bool = False) -> dict:
     """The parts of a few-shot report the summary reads (one subject, ``heart``)."""
     goal = {"method": "photoguard", "per_subject": {}, "reaches_goal_on_every_subject": protects,
-            "beats_noise_on_every_subject": protects}
+            "beats_noise_on_every_subject": protects, "by_erasure_on_every_subject": protects}
     return {"controls": {"passed": passed, "per_subject": {"heart": {"positive": {"16": 0.9}, "substitution": 1.0,
                                                                      "negative": 0.1}}},
             "verdict": "v", "goal": goal,

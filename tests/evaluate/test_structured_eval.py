@@ -110,10 +110,11 @@ def test_report_verdict_only_after_the_controls_pass():
     from udp_datasets.evaluate.experiments.fewshot_report import harness_verdict
     from udp_datasets.evaluate.experiments.fewshot_scores import HARNESS_FAILED
 
-    goal = {"method": "udp", "reaches_goal_on_every_subject": True, "beats_noise_on_every_subject": True}
+    goal = {"method": "udp", "reaches_goal_on_every_subject": True, "beats_noise_on_every_subject": True,
+            "by_erasure_on_every_subject": True}
     assert HARNESS_FAILED in harness_verdict({"passed": False}, goal).lower()
     assert "no verdict" in harness_verdict({"passed": None}, goal)
-    assert "reaches the goal" in harness_verdict({"passed": True}, goal)
+    assert "measured as effective" in harness_verdict({"passed": True}, goal)
 
 
 def test_judges_are_trained_on_clean_images_only(tmp_path, monkeypatch):

@@ -286,10 +286,11 @@ def write_inputs(study: Study) -> None:
 
 
 def pick(scores: Any, methods: Sequence[str]) -> dict[str, str | None]:
-    """By goal progress, mean over subjects and seeds at full fine-tuning: max(mean erasure / 0.8, mean
-    artifact ratio to clean-ft / 2) (1 = the goal): ``best`` and ``second`` (the two best methods, noise
-    excluded), ``ours`` (the best of ours) and ``peer`` (the best peer). Fixed before any result was seen;
-    the follow-ups (purification, budget sweep) and the goal's tests run on them."""
+    """By goal progress, mean over subjects and seeds at full fine-tuning (:meth:`Scores.goal_progress`: erasure
+    first, the artifact ratio breaking ties): ``best`` and ``second`` (the two best methods, noise excluded),
+    ``ours`` (the best of ours) and ``peer`` (the best peer). The follow-ups (purification, budget sweep) and the
+    goal's tests run on them. The rule was fixed before any result was seen, then changed once (0.3.7), after it
+    ranked artifacts equal to erasure and picked a method that erased 0.32 over one that erased 0.70."""
     progress = {m: scores.goal_progress(m, "full") for m in methods if m != "noise"}
     progress = {m: v for m, v in progress.items() if v is not None}
     ranked = sorted(progress, key=progress.get, reverse=True)

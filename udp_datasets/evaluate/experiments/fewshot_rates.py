@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..report import write_report_json
-from .fewshot_report import HARNESS_FAILED, fmt, pm, verdict
+from .fewshot_report import HARNESS_FAILED, fmt, pm, shown_effective, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +61,7 @@ def summarise_rates(reports: dict[float, dict[str, Any]]) -> dict[str, Any]:
     per_rate = {rate_folder(rate): {
         "learning_rate": rate, "controls_passed": r["controls"]["passed"], "controls": r["controls"]["per_subject"],
         "verdict": r["verdict"], "goal": r["goal"],
-        "protects": passed[rate] and bool(r["goal"].get("method")) and bool(
-            r["goal"]["reaches_goal_on_every_subject"] and r["goal"]["beats_noise_on_every_subject"]),
+        "protects": passed[rate] and shown_effective(r["goal"]),
         "report": str(Path(rate_folder(rate)) / "report.md")} for rate, r in reports.items()}
     erasure: dict[str, dict[str, dict[str, Any]]] = {}
     for rate, r in reports.items():

@@ -148,8 +148,10 @@ def goal_text(goal: dict[str, Any]) -> str:
                                                     else "no method: the study has none of the other side (ours vs "
                                                          "the peers)") + "; full fine-tuning, the study's budget.", "",
         f"- erasure >= {GOAL_ERASURE} or artifacts >= {GOAL_ARTIFACTS:.0f}x the clean fine-tune on every subject: "
-        f"{yes(goal['reaches_goal_on_every_subject'])}",
-        f"- beats random noise of the same budget by more than the seed spread on every subject: "
+        f"{yes(goal['reaches_goal_on_every_subject'])}" + ("" if not goal['reaches_goal_on_every_subject'] else
+        " (by erasure)" if goal.get("by_erasure_on_every_subject") else " (**by artifacts** on some subject)"),
+        f"- beats random noise of the same budget by more than the seed spread, on the measure that reached the "
+        f"goal, on every subject: "
         f"{yes(goal['beats_noise_on_every_subject'])}",
         f"- at least as strong as {other} on every subject: "
         f"{yes(goal['at_least_peer_on_every_subject'], 'an erasure was undefined' if peer else 'nothing to compare with')}",
@@ -202,16 +204,42 @@ def harness_verdict(controls: dict[str, Any], goal: dict[str, Any]) -> str:
     return verdict(goal)
 
 
+def shown_effective(goal: dict[str, Any]) -> bool:
+    """Whether a report may say protection works: the goal reached *by erasure* on every subject, beyond random
+    noise by more than the seed spread, and not lost to JPEG 75 or Gaussian noise where those were measured.
+    The one place this is decided, for a study's verdict and for the sweep over the attacker's rate."""
+    return bool(goal.get("method") and goal.get("reaches_goal_on_every_subject")
+                and goal.get("beats_noise_on_every_subject") and goal.get("by_erasure_on_every_subject")
+                and goal.get("keeps_half_after_jpeg_and_noise") is not False)
+
+
 def verdict(goal: dict[str, Any]) -> str:
-    if not goal.get("method"):
+    method = goal.get("method")
+    if not method:
         return "No protection method was measured."
-    if goal["reaches_goal_on_every_subject"] and goal["beats_noise_on_every_subject"]:
-        return (f"`{goal['method']}` reaches the goal on every subject and beats random noise by more than the "
-                "seed spread: protection measured as effective in this few-shot regime.")
-    if goal["reaches_goal_on_every_subject"] and goal["beats_noise_on_every_subject"] is None:
-        return (f"`{goal['method']}` reaches the erasure / artifact goal on every subject, but with one seed the "
+    reached, beats = goal["reaches_goal_on_every_subject"], goal["beats_noise_on_every_subject"]
+    if shown_effective(goal):
+        unmeasured = ("" if goal.get("keeps_half_after_jpeg_and_noise") else
+                      " Its robustness to JPEG 75 and Gaussian noise 0.05 is not measured (--purifications "
+                      "jpeg75,noise0.05).")
+        return (f"`{method}` erases >= {GOAL_ERASURE} on every subject and beats random noise by more than the "
+                f"seed spread: protection measured as effective in this few-shot regime.{unmeasured}")
+    if reached and beats and not goal.get("by_erasure_on_every_subject"):
+        per = "; ".join(f"{s}: {fmt(g.get('artifact_vs_clean'), '{:.2f}x')} (noise "
+                        f"{fmt(g.get('noise_artifact_vs_clean'), '{:.2f}x')}), erasure {fmt(g.get('erasure'), '{:.2f}')}"
+                        for s, g in goal.get("per_subject", {}).items() if g.get("reached_by") == "artifacts")
+        return (f"`{method}` reaches the goal only by its artifacts where it does not erase >= {GOAL_ERASURE} "
+                f"({per}; artifacts against the clean fine-tune's): the fine-tunes still learn the subject, with "
+                "more artifacts than noise leaves. That is not counted as protection shown; issue 12 counts "
+                "artifacts only where they are plainly visible, so look at the grids.")
+    if reached and beats:
+        return (f"`{method}` erases >= {GOAL_ERASURE} on every subject and beats random noise by more than the seed "
+                "spread, but keeps less than half of its erasure after JPEG 75 or Gaussian noise 0.05: not robust "
+                "to purification, so the protection is not shown to work.")
+    if reached and beats is None:
+        return (f"`{method}` reaches the erasure / artifact goal on every subject, but with one seed the "
                 "seed spread is unknown, so beating random noise is not shown: run 3 or more seeds (--seeds 0,1,2).")
-    return (f"The goal is not reached: the best method, `{goal['method']}`, does not both reach erasure >= "
+    return (f"The goal is not reached: the best method, `{method}`, does not both reach erasure >= "
             f"{GOAL_ERASURE} (or {GOAL_ARTIFACTS:.0f}x artifacts) and beat random noise by more than the seed "
             "spread on every subject. On this setup the protection is not shown to work.")
 

@@ -181,8 +181,11 @@ class Scores:
                 "clean": mean_sd([r["clean"] for r in rows])[0], "never": mean_sd([r["never"] for r in rows])[0],
                 "min_lift": MIN_LIFT}
 
-    def goal_progress(self, name: str, mode: str) -> float | None:
-        """max(mean erasure / 0.8, mean artifact ratio to clean-ft / 2) over subjects (1 = goal)."""
+    def goal_progress(self, name: str, mode: str) -> tuple[float, float] | None:
+        """The pick's sort key, over subjects: (mean erasure / 0.8, mean artifact ratio to clean-ft / 2); 1 is the
+        goal. Erasure ranks first, as issue 17's goal is erasure; the artifact ratio only breaks ties and ranks
+        the methods whose erasure is undefined. (Until 0.3.7 the key was the larger of the two, and the pick
+        chose a generator at erasure 0.32 and 2.01x artifacts over PhotoGuard's 0.70: noise alone made 1.65x.)"""
         er, ar = [], []
         for subject in self.study.subjects:
             s = self.summary(subject, name, mode)
@@ -192,7 +195,8 @@ class Scores:
                 ar.append(s["artifact_vs_clean"])
         if not er and not ar:
             return None
-        return max(np.mean(er) / GOAL_ERASURE if er else -math.inf, np.mean(ar) / GOAL_ARTIFACTS if ar else -math.inf)
+        return (float(np.mean(er)) / GOAL_ERASURE if er else -math.inf,
+                float(np.mean(ar)) / GOAL_ARTIFACTS if ar else -math.inf)
 
     # ------------------------------------------------------------ the controls
     def victim_factor(self) -> float:
@@ -245,18 +249,27 @@ class Scores:
         for subject in self.study.subjects:
             b, n = self.summary(subject, best, "full"), self.summary(subject, "noise", "full")
             p = self.summary(subject, peer, "full") if peer else {}
-            spread = max(b.get("erasure_sd") or 0.0, n.get("erasure_sd") or 0.0)
+            # the goal is reached by erasure (issue 17's goal) or, failing that, by artifacts (issue 12's
+            # alternative); "beats noise" is tested on the measure that reached it, since random noise makes
+            # artifacts too (1.65x the clean fine-tune's on the grey heart): until 0.3.7 an artifact-reached goal
+            # was tested on erasure, and a generator that let the fine-tune learn 68 % of the heart (erasure
+            # 0.32) at 2.01x artifacts (noise 1.65x) read as "protection measured as effective"
+            by_erasure = (b.get("erasure") or -math.inf) >= GOAL_ERASURE
+            reached_by = "erasure" if by_erasure else (
+                "artifacts" if (b.get("artifact_vs_clean") or 0.0) >= GOAL_ARTIFACTS else None)
+            key = "artifact_vs_clean" if reached_by == "artifacts" else "erasure"
+            spread = max(b.get(f"{key}_sd") or 0.0, n.get(f"{key}_sd") or 0.0)
             # a spread needs at least two seeds of both; with one, "beats noise" is not measurable (None)
-            measured = min(b.get("erasure_n") or 0, n.get("erasure_n") or 0) >= 2
-            reaches = ((b.get("erasure") or -math.inf) >= GOAL_ERASURE
-                       or (b.get("artifact_vs_clean") or 0.0) >= GOAL_ARTIFACTS)
-            beats_noise = (None if not measured else b["erasure"] - n["erasure"] > spread)
+            measured = min(b.get(f"{key}_n") or 0, n.get(f"{key}_n") or 0) >= 2
+            beats_noise = None if not measured else b[key] - n[key] > spread
             kept = {pur: self.kept_after(subject, best, pur) for pur in purifications}
             per_subject[subject] = {
                 "erasure": b.get("erasure"), "erasure_sd": b.get("erasure_sd"),
                 "artifact_vs_clean": b.get("artifact_vs_clean"), "noise_erasure": n.get("erasure"),
-                "noise_erasure_sd": n.get("erasure_sd"), "peer_erasure": p.get("erasure"), "spread": spread,
-                "reaches_goal": reaches, "beats_noise_by_more_than_spread": beats_noise,
+                "noise_erasure_sd": n.get("erasure_sd"), "noise_artifact_vs_clean": n.get("artifact_vs_clean"),
+                "peer_erasure": p.get("erasure"), "spread": spread,
+                "reaches_goal": reached_by is not None, "reached_by": reached_by,
+                "beats_noise_by_more_than_spread": beats_noise,
                 # not measured (None) without both erasures, e.g. a study with no method of the other side
                 "at_least_peer": (None if b.get("erasure") is None or p.get("erasure") is None
                                   else b["erasure"] >= p["erasure"]),
@@ -276,6 +289,7 @@ class Scores:
                    else None if any(k is None for k in kept_values) else True)
         return {"method": best, "peer": peer, "per_subject": per_subject,
                 "reaches_goal_on_every_subject": everywhere("reaches_goal"),
+                "by_erasure_on_every_subject": all(v["reached_by"] == "erasure" for v in per_subject.values()),
                 "beats_noise_on_every_subject": everywhere("beats_noise_by_more_than_spread"),
                 "at_least_peer_on_every_subject": everywhere("at_least_peer"),
                 "keeps_half_after_jpeg_and_noise": kept_ok if kept_values else None}
