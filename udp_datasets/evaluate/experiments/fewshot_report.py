@@ -150,8 +150,8 @@ def goal_text(goal: dict[str, Any]) -> str:
         f"- erasure >= {GOAL_ERASURE} or artifacts >= {GOAL_ARTIFACTS:.0f}x the clean fine-tune on every subject: "
         f"{yes(goal['reaches_goal_on_every_subject'])}" + ("" if not goal['reaches_goal_on_every_subject'] else
         " (by erasure)" if goal.get("by_erasure_on_every_subject") else " (**by artifacts** on some subject)"),
-        f"- beats random noise of the same budget by more than the seed spread, on the measure that reached the "
-        f"goal, on every subject: "
+        f"- beats random noise of the same budget by more than the seed spread (on erasure, or on the artifacts "
+        f"where they alone reached the goal) on every subject: "
         f"{yes(goal['beats_noise_on_every_subject'])}",
         f"- at least as strong as {other} on every subject: "
         f"{yes(goal['at_least_peer_on_every_subject'], 'an erasure was undefined' if peer else 'nothing to compare with')}",
