@@ -1,4 +1,5 @@
-"""The few-shot report's tables on hand-made summaries: every erasure shown with its seed spread."""
+"""The few-shot report's tables and grids on hand-made inputs: every erasure shown with its seed spread, every
+row of a grid named in full."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -6,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from udp_datasets.evaluate.experiments.fewshot_report import purification_table
+from udp_datasets.evaluate.report import label_lines, labelled_rows
 
 
 class StubScores:
@@ -34,3 +36,26 @@ def test_purification_rows_give_each_erasure_its_seed_spread():
     assert row["erasure"] == pytest.approx(0.4) and row["erasure_sd"] == pytest.approx(0.1)
     assert row["kept"] == pytest.approx(0.5) and row["artifact_vs_clean"] == pytest.approx(1.5)
     assert "| jpeg75 | photoguard | 0.500 | 0.40 ± 0.20 | 0.40 ± 0.10 | 0.50 | 1.50x |" in md
+
+
+def test_a_grid_names_each_variant_in_full():
+    """Variants differ at the end of their names; a grid row must show all of it (a cut-off label made four
+    generator rows read alike)."""
+    names = ["photoguard:engine=generator:generator=gen_shapes1500",
+             "photoguard:engine=generator:generator=gen_bundled1500", "clean-ft"]
+    for name in names:
+        lines = label_lines(name, 25, 5)
+        assert "".join(lines) == name and all(len(line) <= 25 for line in lines)
+    assert label_lines("x" * 200, 25, 5)[-1].endswith("…") and len(label_lines("x" * 200, 25, 5)) == 5
+
+
+def test_labelled_rows_draws_a_long_label_on_several_lines(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    tile = np.full((8, 8, 3), 255, np.uint8)
+    short = np.asarray(Image.open(labelled_rows([("ab", [tile])], tmp_path / "a.png")).convert("L"))
+    long = np.asarray(Image.open(labelled_rows([("photoguard:engine=generator:generator=gen_shapes1500", [tile])],
+                                               tmp_path / "b.png")).convert("L"))
+    ink_rows = lambda img: int((img[:, :150] < 128).any(axis=1).sum())  # noqa: E731
+    assert ink_rows(long) > 2 * ink_rows(short)  # three lines of text, not one

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -52,13 +53,41 @@ def side_by_side_grids(panels: dict[str, np.ndarray], path: Path, rows: int = 4,
     return path
 
 
+def label_lines(label: str, chars: int, max_lines: int) -> list[str]:
+    """A row label in lines of at most ``chars`` characters, broken after ``:`` / ``=`` / ``+`` where it can be:
+    a variant's name (``photoguard:engine=generator:generator=gen_shapes``) differs from its siblings only at its
+    end, which one cut-off line hid (0.3.6 grids showed four rows labelled ``photoguard:engine=generat``). Past
+    ``max_lines`` the last line ends in ``…``."""
+    pieces = re.findall(r"[^:=+]*[:=+]?", label)
+    lines: list[str] = [""]
+    for piece in (p for p in pieces if p):
+        while piece:
+            room = chars - len(lines[-1])
+            if len(piece) <= room:
+                lines[-1] += piece
+                piece = ""
+            elif lines[-1]:
+                lines.append("")
+            else:
+                lines[-1], piece = piece[:chars], piece[chars:]
+                lines.append("")
+    lines = [line for line in lines if line]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: chars - 1] + "…"
+    return lines
+
+
 def labelled_rows(rows: Sequence[tuple[str, np.ndarray]], path: Path, cell: int = 64, label_width: int = 150) -> Path:
     """One row of images per label (e.g. held-out real | clean fine-tune | each protected fine-tune)."""
     width = label_width + cell * max(len(images) for _, images in rows)
     canvas = Image.new("RGB", (width, cell * len(rows)), "white")
     draw = ImageDraw.Draw(canvas)
     for r, (label, images) in enumerate(rows):
-        draw.text((4, r * cell + cell // 2 - 6), label[: label_width // 6], fill="black")
+        lines = label_lines(label, label_width // 6, max(1, cell // 12))
+        top = r * cell + cell // 2 - 6 * len(lines)
+        for i, line in enumerate(lines):
+            draw.text((4, top + 12 * i), line, fill="black")
         for c, a in enumerate(images):
             tile = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a).convert("RGB")
             canvas.paste(tile.resize((cell, cell), Image.Resampling.NEAREST), (label_width + c * cell, r * cell))
