@@ -590,3 +590,29 @@ def test_the_pick_ranks_erasure_before_artifacts():
     picks = fewshot.pick(scores, list(rows))
     assert picks == {"best": "photoguard", "second": "photoguard:engine=generator", "ours": "udp",
                      "peer": "photoguard"}
+
+
+def test_diffpure_takes_its_starting_time_from_its_name(tmp_path, monkeypatch):
+    """``diffpureT``: DiffPure from t* = T (the default 300 purifies thin grey strokes out of clean images too);
+    a flag, a set name and a purify task all read it."""
+    from udp_datasets.cli.evaluate_commands import study_list
+    from udp_datasets.config import ConfigError
+    from udp_datasets.evaluate.experiments import fewshot_tasks
+    from udp_datasets.evaluate.experiments.fewshot import PURIFICATIONS
+    from udp_datasets.evaluate.purify import diffpure as diffpure_module
+    from udp_datasets.evaluate.victims import fewshot_pretrain
+
+    assert study_list("purifications", "jpeg75,diffpure100", PURIFICATIONS) == ("jpeg75", "diffpure100")
+    for bad in ("diffpure0", "diffpure1000", "diffpure-5", "diffpurex"):
+        with pytest.raises(ConfigError, match="diffpureT"):
+            study_list("purifications", bad, PURIFICATIONS)
+    assert fewshot_tasks.training_set("photoguard+diffpure100") == "photoguard"
+    calls = []
+    monkeypatch.setattr(diffpure_module, "diffpure", lambda images, model, **kw: calls.append(kw) or list(images))
+    monkeypatch.setattr(fewshot_pretrain, "load_pair", lambda folder, which: None)
+    images = [np.full((8, 8, 3), 100, np.uint8)] * 2
+    fewshot_tasks.save_images(tmp_path / "clean.npz", images)
+    for name, t_star in (("diffpure100", {"t_star": 100}), ("diffpure", {})):
+        fewshot_tasks.purify_task(fewshot_tasks.PurifyJob(str(tmp_path / "clean.npz"), name, 0,
+                                                          str(tmp_path / f"{name}.npz"), str(tmp_path)))
+        assert calls.pop() == {"seed": 0, **t_star}

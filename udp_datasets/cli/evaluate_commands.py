@@ -74,6 +74,7 @@ def study_list(flag: str, value: str, known: Sequence[str] | None) -> tuple:
                                  else not (v.isdigit() and 0 < int(v) < 256))]
     if bad or not chosen:
         choices = ", ".join(known) if known is not None else "levels 1-255"
+        choices += ", diffpureT (DiffPure from t* = T, 1-999)" if flag == "purifications" else ""
         raise ConfigError(f"--{flag.replace('_levels', '').replace('_', '-')} {value!r}: choose from {choices}"
                           + (" (or none)" if optional else ""))
     if flag == "sweep_levels":
@@ -87,6 +88,10 @@ def _known_name(flag: str, value: str, known: Sequence[str]) -> bool:
     """A known name; for ``--methods`` also a variant ``PRESET:field=value:...`` whose fields are config fields."""
     if value in known:
         return True
+    if flag == "purifications":
+        from ..evaluate.experiments.fewshot_tasks import is_purification
+
+        return is_purification(value)
     if flag != "methods" or ":" not in value:
         return False
     from ..config import ProtectionConfig
@@ -324,7 +329,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "e.g. advdm:timesteps=eudp; default: the reduced or --full study's")
     p.add_argument("--modes", help="fewshot: fine-tuning modes, comma list of full,lora")
     p.add_argument("--purifications", help="fewshot: comma list of jpeg75,noise0.05,diffpure,impress, or none "
-                   "(default: the reduced or --full study's)")
+                   "(default: the reduced or --full study's); diffpureT is DiffPure from t* = T (default 300), "
+                   "e.g. diffpure100")
     p.add_argument("--sweep", dest="sweep_levels", help="fewshot: budget sweep levels in 8-bit steps, e.g. 4,16, "
                    "or none")
     p.add_argument("--cache-dir", help="fewshot: where the pretrained models are kept "
