@@ -16,8 +16,13 @@ class StubScores:
     SUMMARIES = {  # (subject, set, clean) -> summary
         ("a", "photoguard+jpeg75", "clean"): {"score": 0.4, "erasure": 0.5, "erasure_sd": 0.1},
         ("b", "photoguard+jpeg75", "clean"): {"score": 0.6, "erasure": 0.3, "erasure_sd": 0.3},
-        ("a", "photoguard+jpeg75", "clean+jpeg75"): {"erasure": 0.6, "erasure_sd": 0.05, "artifact_vs_clean": 1.0},
-        ("b", "photoguard+jpeg75", "clean+jpeg75"): {"erasure": 0.2, "erasure_sd": 0.15, "artifact_vs_clean": 2.0},
+        ("a", "photoguard+jpeg75", "clean+jpeg75"): {"erasure": 0.6, "erasure_sd": 0.05, "artifact_vs_clean": 1.0,
+                                                     "erasure_n": 3, "seeds": 3},
+        ("b", "photoguard+jpeg75", "clean+jpeg75"): {"erasure": 0.2, "erasure_sd": 0.15, "artifact_vs_clean": 2.0,
+                                                     "erasure_n": 3, "seeds": 3},
+        # a purified clean fine-tune that learned too little on two seeds of three: one erasure, no sd
+        ("a", "photoguard+diffpure200", "clean"): {"score": 0.1, "erasure": 0.8},
+        ("a", "photoguard+diffpure200", "clean+diffpure200"): {"erasure": 0.24, "erasure_n": 1, "seeds": 3},
     }
 
     study = SimpleNamespace(subjects=("a", "b"))
@@ -36,6 +41,11 @@ def test_purification_rows_give_each_erasure_its_seed_spread():
     assert row["erasure"] == pytest.approx(0.4) and row["erasure_sd"] == pytest.approx(0.1)
     assert row["kept"] == pytest.approx(0.5) and row["artifact_vs_clean"] == pytest.approx(1.5)
     assert "| jpeg75 | photoguard | 0.500 | 0.40 ± 0.20 | 0.40 ± 0.10 | 0.50 | 1.50x |" in md
+
+
+def test_purification_rows_say_on_how_many_seeds_an_erasure_was_defined():
+    md, rows = purification_table(StubScores(), ["photoguard"], ["diffpure200"])
+    assert rows[0]["erasure_seeds"] == (1, 3) and "| 0.24 (1/3) |" in md
 
 
 def test_a_grid_names_each_variant_in_full():

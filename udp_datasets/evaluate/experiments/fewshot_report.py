@@ -101,8 +101,14 @@ def purification_table(scores: Scores, names: Sequence[str], purifications: Sequ
                    "erasure": over(1, "erasure"), "erasure_sd": over(1, "erasure_sd"),
                    "kept": avg([k for k in kept if k is not None]),
                    "artifact_vs_clean": over(1, "artifact_vs_clean")}
+            # seeds with an erasure, where a purified clean fine-tune learned too little on some (as the main table)
+            defined = [(b["erasure_n"], b["seeds"]) for _, b in per.values()
+                       if b.get("erasure_n") is not None and b.get("seeds") is not None]
+            row["erasure_seeds"] = min(defined) if defined else None
+            short = (f" ({row['erasure_seeds'][0]}/{row['erasure_seeds'][1]})"
+                     if row["erasure_seeds"] and row["erasure_seeds"][0] != row["erasure_seeds"][1] else "")
             rows.append(row)
-            same = "—" if name == "clean" else pm(row["erasure"], row["erasure_sd"])
+            same = "—" if name == "clean" else pm(row["erasure"], row["erasure_sd"]) + short
             lines.append(f"| {pur} | {name} | {fmt(row['score'], '{:.3f}')} | "
                          f"{pm(row['erasure_vs_clean'], row['erasure_vs_clean_sd'])} | "
                          f"{same} | {fmt(row['kept'], '{:.2f}')} | {fmt(row['artifact_vs_clean'], '{:.2f}x')} |")
