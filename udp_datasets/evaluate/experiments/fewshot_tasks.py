@@ -46,6 +46,7 @@ def is_purification(name: str) -> bool:
     can be measured against them; a gentler t* keeps the subject."""
     return name in PURIFICATIONS or DIFFPURE_AT.fullmatch(name) is not None
 
+
 FEWSHOT_PROTECTION = ProtectionConfig(batch_size=16)
 """The study's protection base: the product's defaults (40 PGD steps of epsilon / 8, fit 10 rounds of
 40 surrogate steps and 10 PGD steps); each preset sets its own fields over it."""
