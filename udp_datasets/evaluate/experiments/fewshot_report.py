@@ -26,6 +26,12 @@ def pm(mean: float | None, sd: float | None, pattern: str = "{:.2f}") -> str:
     return fmt(mean, pattern) + (f" ± {fmt(sd, pattern)}" if sd is not None else "")
 
 
+def seeds_mark(defined: int | None, seeds: int | None) -> str:
+    """`` (1/3)`` after an erasure defined on fewer seeds than the study ran (a clean fine-tune learned too little
+    on the others); nothing when it is defined on all."""
+    return f" ({defined}/{seeds})" if defined is not None and seeds is not None and defined != seeds else ""
+
+
 def ordered(names: Sequence[str]) -> list[str]:
     order = ["clean", "noise", *PEERS, *OURS]
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
@@ -51,9 +57,9 @@ def method_table(scores: Scores, names: Sequence[str], mode: str, clean: str = "
             "erasure", "score", "artifact", "artifact_vs_clean", "fd", "psnr_db", "latent_shift", "latent_score",
             *(f"erasure_{kind}" for kind in kinds))}}
         rows.append(row)
-        cells = [pm(per[s].get("erasure"), per[s].get("erasure_sd")) +
-                 (f" ({per[s].get('erasure_n')}/{per[s].get('seeds')})" if per[s].get("erasure_n") != per[s].get("seeds")
-                  else "") for s in subjects]
+        cells = [pm(per[s].get("erasure"), per[s].get("erasure_sd")) + seeds_mark(per[s].get("erasure_n"),
+                                                                                 per[s].get("seeds"))
+                 for s in subjects]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {fmt(row['erasure'], '{:.2f}')} | "
                      + "".join(f"{fmt(row[f'erasure_{kind}'], '{:.2f}')} | " for kind in kinds) +
                      f"{fmt(row['score'], '{:.3f}')} | {fmt(row['artifact'], '{:.2f}')} | "
@@ -105,10 +111,9 @@ def purification_table(scores: Scores, names: Sequence[str], purifications: Sequ
             defined = [(b["erasure_n"], b["seeds"]) for _, b in per.values()
                        if b.get("erasure_n") is not None and b.get("seeds") is not None]
             row["erasure_seeds"] = min(defined) if defined else None
-            short = (f" ({row['erasure_seeds'][0]}/{row['erasure_seeds'][1]})"
-                     if row["erasure_seeds"] and row["erasure_seeds"][0] != row["erasure_seeds"][1] else "")
             rows.append(row)
-            same = "—" if name == "clean" else pm(row["erasure"], row["erasure_sd"]) + short
+            same = "—" if name == "clean" else pm(row["erasure"], row["erasure_sd"]) + seeds_mark(
+                *(row["erasure_seeds"] or (None, None)))
             lines.append(f"| {pur} | {name} | {fmt(row['score'], '{:.3f}')} | "
                          f"{pm(row['erasure_vs_clean'], row['erasure_vs_clean_sd'])} | "
                          f"{same} | {fmt(row['kept'], '{:.2f}')} | {fmt(row['artifact_vs_clean'], '{:.2f}x')} |")
