@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from udp_datasets.config import ProtectionConfig
+from udp_datasets.config import ConfigError, ProtectionConfig
 from udp_datasets.evaluate.experiments import fewshot
 from udp_datasets.evaluate.experiments.fewshot_scores import mean_sd
 from udp_datasets.evaluate.metrics.subject import MIN_LIFT, erasure
@@ -351,8 +351,9 @@ def test_a_harness_that_fails_its_controls_says_so_first_and_gives_no_verdict(tm
     (["--seeds", "0,one"], "non-negative integers"), (["--subjects", "dog"], "choose from"),
     (["--subjects", "cat", "--subject", "x"], "exclude each other"),
     (["--subjects", "cat,hash"], "two studies"), (["--judge", "shape"], "--subject FOLDER"),
-    (["--methods", "advdm:timesteps=sometimes"], "choose from"), (["--methods", "advdm:no_such_field=1"], "choose from"),
-    (["--methods", "advdm:timesteps"], "choose from"), (["--methods", "glaze:steps=10"], "choose from"),
+    (["--methods", "advdm:timesteps=sometimes"], "must be one of ['uniform'"),
+    (["--methods", "advdm:no_such_field=1"], "['no_such_field'] not ProtectionConfig fields"),
+    (["--methods", "advdm:timesteps"], "field=value"), (["--methods", "glaze:steps=10"], "choose from"),
     (["--corpus-mode", "whole"], "give --corpus FOLDER"), (["--finetune-lr", "0"], "positive learning rate")])
 def test_cli_fewshot_refuses_unknown_methods_and_modes(tmp_path, flags, message, capsys):
     from udp_datasets.cli.app import EXIT_USAGE, main
@@ -382,6 +383,10 @@ def test_study_list_flags():
     assert study_list("purifications", "jpeg75, diffpure", PURIFICATIONS) == ("jpeg75", "diffpure")
     assert study_list("sweep_levels", "4,16", None) == (4, 16) and study_list("sweep_levels", "none", None) == ()
     assert study_list("methods", "advdm:timesteps=eudp", ("noise", "advdm")) == ("noise", "advdm:timesteps=eudp")
+    assert study_list("methods", "photoguard:eot=noise+jpeg,advdm", ("noise", "photoguard", "advdm")) == (
+        "noise", "photoguard:eot=noise+jpeg", "advdm")
+    with pytest.raises(ConfigError, match="'photoguard:eot=noise\\+bogus'.*unknown transform.*bogus"):
+        study_list("methods", "photoguard:eot=noise+bogus", ("noise", "photoguard"))
 
 
 def test_method_variants_are_presets_with_fields_over_them():
@@ -403,6 +408,10 @@ def test_method_variants_are_presets_with_fields_over_them():
     assert training_set("udp+jpeg75") == "udp" and training_set("photoguard:engine=generator+pgd") == \
         "photoguard:engine=generator+pgd" and training_set("photoguard:engine=generator+pgd+noise0.05") == \
         "photoguard:engine=generator+pgd"
+    assert parse_method("photoguard:eot=noise+jpeg") == ("photoguard", {"eot": "noise,jpeg"})
+    assert method_config("photoguard:eot=noise+jpeg", "s", 8, 0, "g.png").eot_transforms == ("noise", "jpeg")
+    assert training_set("photoguard:eot=jpeg+noise") == "photoguard:eot=jpeg+noise"  # 'noise' is not a purification
+    assert training_set("photoguard:eot=jpeg+noise+noise0.05") == "photoguard:eot=jpeg+noise"
     with pytest.raises(ValueError, match="field=value"):
         parse_method("advdm:eudp")
 

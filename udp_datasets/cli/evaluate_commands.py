@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -85,7 +86,8 @@ def study_list(flag: str, value: str, known: Sequence[str] | None) -> tuple:
 
 
 def _known_name(flag: str, value: str, known: Sequence[str]) -> bool:
-    """A known name; for ``--methods`` also a variant ``PRESET:field=value:...`` whose fields are config fields."""
+    """A known name; for ``--methods`` also a variant ``PRESET:field=value:...`` whose fields are config fields
+    (a variant whose fields the config refuses fails here with the config's own reason)."""
     if value in known:
         return True
     if flag == "purifications":
@@ -99,9 +101,12 @@ def _known_name(flag: str, value: str, known: Sequence[str]) -> bool:
 
     try:
         preset, overrides = parse_method(value)
+        unknown = sorted(set(overrides) - {f.name for f in fields(ProtectionConfig)})
+        if unknown:
+            raise ValueError(f"{unknown} not ProtectionConfig fields (the README's configuration table lists them)")
         ProtectionConfig().replace(**overrides)
-    except (ValueError, TypeError):  # ConfigError is a ValueError
-        return False
+    except ValueError as error:  # ConfigError is a ValueError
+        raise ConfigError(f"--methods {value!r}: {error}") from error
     return preset in known and preset != "noise"
 
 
@@ -326,7 +331,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="fewshot: worker processes (default 2, one thread each)")
     p.add_argument("--methods", help="fewshot: comma list of the methods to compare, e.g. photoguard,udp (noise, "
                    "the baseline, is always added); a preset with config fields over it is PRESET:field=value:..., "
-                   "e.g. advdm:timesteps=eudp; default: the reduced or --full study's")
+                   "e.g. advdm:timesteps=eudp (eot's list is +-joined: photoguard:eot=noise+jpeg); "
+                   "default: the reduced or --full study's")
     p.add_argument("--modes", help="fewshot: fine-tuning modes, comma list of full,lora")
     p.add_argument("--purifications", help="fewshot: comma list of jpeg75,noise0.05,diffpure,impress, or none "
                    "(default: the reduced or --full study's); diffpureT is DiffPure from t* = T (default 300), "

@@ -122,15 +122,21 @@ def parse_method(method: str) -> tuple[str, dict[str, Any]]:
     """A study method: a preset name, optionally with config fields over it, ``PRESET:field=value:...``
     (``advdm:timesteps=eudp`` is AdvDM's max side with EUDP's timesteps, ``photoguard:engine=generator``
     PhotoGuard through the generator engine): variants measured beside the presets, through the same
-    product config, so that a table row says exactly what it ran."""
+    product config, so that a table row says exactly what it ran. A field whose config value is a comma list
+    (:data:`PLUS_LIST_FIELDS`) joins its items with ``+`` here, since ``,`` separates the methods of
+    ``--methods``: ``photoguard:eot=noise+jpeg`` is ``eot="noise,jpeg"``."""
     preset, *fields = method.split(":")
     overrides: dict[str, Any] = {}
     for field_spec in fields:
         key, sep, raw = field_spec.partition("=")
         if not sep or not key:
             raise ValueError(f"method {method!r}: each field after the preset is field=value")
-        overrides[key] = _field_value(raw)
+        overrides[key] = raw.replace("+", ",") if key in PLUS_LIST_FIELDS else _field_value(raw)
     return preset, overrides
+
+
+PLUS_LIST_FIELDS = ("eot",)
+"""Config fields spelled as a comma list (``eot="noise,jpeg"``), written ``+``-joined in a method spec."""
 
 
 def _field_value(raw: str) -> Any:
