@@ -625,3 +625,31 @@ def test_diffpure_takes_its_starting_time_from_its_name(tmp_path, monkeypatch):
         fewshot_tasks.purify_task(fewshot_tasks.PurifyJob(str(tmp_path / "clean.npz"), name, 0,
                                                           str(tmp_path / f"{name}.npz"), str(tmp_path)))
         assert calls.pop() == {"seed": 0, **t_star}
+
+
+def test_followups_name_picks_methods_or_all():
+    """``--followups`` chooses what the purifications and the sweep run on: picks (best, second, ...), a
+    method of the study by name (an EOT variant beside the best), or all; a name the study does not run is refused."""
+    from udp_datasets.cli.evaluate_commands import study_list
+    from udp_datasets.evaluate.experiments.fewshot_scores import FOLLOWUP_KEYS, followup_methods
+
+    methods = ("noise", "photoguard", "advdm", "photoguard:eot=noise")
+    picks = {"best": "photoguard", "second": "advdm", "ours": None, "peer": "photoguard"}
+    settings = replace(fewshot.REDUCED, methods=methods, followup_sets=("best", "photoguard:eot=noise"))
+    assert followup_methods(settings, picks) == ["photoguard", "photoguard:eot=noise"]
+    assert followup_methods(replace(settings, followup_sets=("ours", "noise")), picks) == ["noise"]  # no 'ours' pick
+    assert followup_methods(replace(settings, followup_sets=("best", "all")), picks) == [
+        "photoguard", "noise", "advdm", "photoguard:eot=noise"]
+    assert study_list("followups", "best,photoguard:eot=noise", (*FOLLOWUP_KEYS, *methods)) == (
+        "best", "photoguard:eot=noise")
+    with pytest.raises(ConfigError, match="--followups 'mist'"):
+        study_list("followups", "mist", (*FOLLOWUP_KEYS, *methods))
+
+
+def test_cli_followups_must_name_a_method_of_the_study(tmp_path, capsys):
+    from udp_datasets.cli.app import EXIT_USAGE, main
+
+    flags = ["--methods", "photoguard", "--followups", "best,advdm"]
+    assert main(["evaluate", "--regime", "fewshot", "--out", str(tmp_path / "r"), *flags]) == EXIT_USAGE
+    assert "--followups 'best,advdm': choose from noise, best, second, ours, peer, all, photoguard" in \
+        capsys.readouterr().err

@@ -115,6 +115,7 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..evaluate.experiments import fewshot
+    from ..evaluate.experiments.fewshot_scores import FOLLOWUP_KEYS
     from ..evaluate.glyphs import STRUCTURED_SUBJECTS
     from ..evaluate.subjects import BUNDLED_CORPUS, GLYPH_CORPUS, SUBJECTS, any_subject, folder_subject, read_corpus
 
@@ -149,6 +150,9 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value:
             changes[flag] = study_list(flag, value, known)
+    if args.followups:  # after --methods: a method named here must be one the study runs
+        changes["followup_sets"] = study_list("followups", args.followups,
+                                              tuple(dict.fromkeys((*FOLLOWUP_KEYS, *changes.get("methods", settings.methods)))))
     if args.subject and args.subjects:
         raise ConfigError("--subject FOLDER (your images) and --subjects (bundled ones) exclude each other")
     if args.judge != "auto" and not args.subject:
@@ -337,6 +341,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--purifications", help="fewshot: comma list of jpeg75,noise0.05,diffpure,impress, or none "
                    "(default: the reduced or --full study's); diffpureT is DiffPure from t* = T (default 300), "
                    "e.g. diffpure100")
+    p.add_argument("--followups", help="fewshot: what the purifications and the budget sweep run on, a comma list "
+                   "of best, second, ours, peer (picked by the table), noise, all, or method names from --methods "
+                   "(default: the reduced or --full study's: best; noise,best,second)")
     p.add_argument("--sweep", dest="sweep_levels", help="fewshot: budget sweep levels in 8-bit steps, e.g. 4,16, "
                    "or none")
     p.add_argument("--cache-dir", help="fewshot: where the pretrained models are kept "

@@ -44,13 +44,19 @@ def victim_reference_fd(quality: dict[str, Any]) -> float:
     return max(quality["corpus_split_fd"], quality.get("round_trip_fd") or 0.0)
 
 
+FOLLOWUP_KEYS = ("noise", "best", "second", "ours", "peer", "all")
+"""What ``followup_sets`` may name besides a study method itself: ``best`` / ``second`` / ``ours`` / ``peer``
+resolved by the picks, ``all`` for every method of the study."""
+
+
 def followup_methods(settings: Any, picks: dict[str, str | None]) -> list[str]:
-    """The methods the purifications and the sweep run on: ``settings.followup_sets`` resolved by the picks."""
+    """The methods the purifications and the sweep run on: ``settings.followup_sets`` resolved by the picks
+    (:data:`FOLLOWUP_KEYS`); a method's own name stands for itself (``--followups photoguard:eot=noise``)."""
     chosen = {"noise": "noise", **picks}
     out: list[str] = []
     for key in settings.followup_sets:
-        if chosen.get(key) in settings.methods and chosen[key] not in out:
-            out.append(chosen[key])
+        names = settings.methods if key == "all" else [chosen.get(key, key)]
+        out.extend(n for n in names if n in settings.methods and n not in out)
     return out
 
 
