@@ -57,6 +57,30 @@ def test_the_shape_judge_is_colour_blind_and_deterministic():
     assert np.array_equal(back.proba(corpus[:4]), one.proba(corpus[:4]))
 
 
+def test_the_strong_judge_augments_more_deterministically_and_is_cached_apart():
+    """``--judge-augment strong`` bends, thickens and textures the clean training images (what a person still
+    reads as the shape); the 0.3.7 judge's cache key is unchanged, so its cached judges are still read."""
+    from udp_datasets.evaluate.experiments.fewshot_setup import judge_augment_key
+    from udp_datasets.evaluate.metrics.shape_judge import augment_shapes, restroke, shape_input, train_shape_judge
+
+    x = shape_input(to_tensor(glyph_corpus(8, seed=2)))
+    warp = augment_shapes(x, torch.Generator().manual_seed(0))
+    strong = augment_shapes(x, torch.Generator().manual_seed(0), "strong")
+    again = augment_shapes(x, torch.Generator().manual_seed(0), "strong")
+    assert torch.equal(strong, again) and strong.shape == x.shape and torch.isfinite(strong).all()
+    assert (strong - x).abs().mean() > (warp - x).abs().mean()
+    thick = restroke(x, torch.Generator().manual_seed(1))
+    changed = [i for i in range(8) if not torch.equal(thick[i], x[i])]
+    assert changed and all((thick[i] <= x[i] + 1e-6).all() for i in changed)  # dark glyphs: strokes only grow
+    with pytest.raises(ValueError, match="choose from warp, strong"):
+        augment_shapes(x, torch.Generator(), "elastic")
+    assert judge_augment_key("warp") == {} and judge_augment_key("strong") == {"judge_augment": "strong"}
+    corpus, judge = to_tensor(glyph_corpus(16, seed=1)), {"hash": to_tensor(structured_subject("hash", 2, 2, n_judge=8).judge)}
+    one = train_shape_judge(corpus, judge, lambda t: t, steps=2, seed=3, augment="strong")
+    two = train_shape_judge(corpus, judge, lambda t: t, steps=2, seed=3, augment="strong")
+    assert np.array_equal(one.proba(corpus[:4]), two.proba(corpus[:4]))
+
+
 def test_per_channel_normalisation_round_trips_through_a_saved_pair(tmp_path):
     from udp_datasets.models import load_surrogate
     from udp_datasets.models.latent import save_latent_pair, sd_scheduler

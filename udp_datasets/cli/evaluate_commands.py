@@ -144,6 +144,8 @@ def cmd_evaluate_fewshot(args: argparse.Namespace) -> int:
         changes["full"] = replace(settings.full, learning_rate=rates[0])
     if args.pretrain_from_scratch:
         changes["shipped_pretraining"] = False
+    if args.judge_augment != "warp":
+        changes["judge_augment"] = args.judge_augment
     for flag, known in (("methods", fewshot.METHODS), ("modes", ("full", "lora")),
                         ("purifications", fewshot.PURIFICATIONS), ("sweep_levels", None),
                         ("subjects", (*STRUCTURED_SUBJECTS, *SUBJECTS))):
@@ -353,6 +355,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="udp-report", help="report folder (default: ./udp-report)")
     p.add_argument("--image-column", default="image")
     p.add_argument("--limit", type=int, help="use only the first N images of each dataset")
+    p.add_argument("--judge-augment", choices=["warp", "strong"], default="warp",
+                   help="fewshot: the shape judge's training augmentations: warp (rotation, scale, shift, blur; "
+                        "0.3.7's) or strong (also bent and thicker strokes and a blotchy texture): how much of an "
+                        "erasure is the judge's own strictness")
     p.add_argument("--holdout-fraction", type=float, default=0.25,
                    help="share of clean images held out as the reference (never trained on)")
     p.add_argument("--bundled-count", type=int, default=1200, help="bundled photo patches to use")

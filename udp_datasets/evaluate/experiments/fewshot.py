@@ -92,6 +92,10 @@ class FewshotSettings:
     """Image side: 64 (8 x 8 TAEF2 latents) or 128 (16 x 16)."""
     judge_steps: int = 600
     """Training steps of the CNN shape judge (class-balanced batches of 64)."""
+    judge_augment: str = "warp"
+    """The shape judge's training augmentations (:data:`~..metrics.shape_judge.JUDGE_AUGMENTS`): ``strong``
+    also bends, re-strokes and textures the clean images, to measure how much of an erasure is the
+    ``warp`` judge's strictness (``--judge-augment``)."""
     control_levels: tuple[int, ...] = (16, 32)
     """Budgets (8-bit levels) of the positive control, PhotoGuard's plainly visible push."""
     victim_check_factor: float | None = None

@@ -385,7 +385,8 @@ def render_markdown(report: dict[str, Any], sections: dict[str, Any]) -> str:
              f"uniform noise {fmt(q.get('uniform_noise_fd'), '{:.1f}')}).{pretraining_origin(pre)}", "",
              "Judges (trained on clean images only), on images they never saw: " +
              ", ".join(f"{k} {v:.2f}" for k, v in val.items()), "",
-             "Judge of each subject: " + ", ".join(f"{k}: {v}" for k, v in (report.get("judges") or {}).items()), "",
+             "Judge of each subject: " + ", ".join(f"{k}: {v}" for k, v in (report.get("judges") or {}).items())
+             + f" (the shape judge's training augmentations: {s.get('judge_augment', 'warp')})", "",
              "## Did the victims learn the subject?", "", sections["learned"], ""]
     for mode, md in sections["tables"].items():
         lines += [f"## {mode} fine-tuning, {s['levels']}/255", "",

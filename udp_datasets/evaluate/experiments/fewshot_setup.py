@@ -127,6 +127,12 @@ def judge_kinds(subjects: dict[str, Any], validation: dict[str, float], shape_tr
     return kinds
 
 
+def judge_augment_key(augment: str) -> dict[str, str]:
+    """The judge's augmentations in its cache key; ``warp`` (0.3.7's) adds nothing, so judges cached by 0.3.7
+    are still read."""
+    return {} if augment == "warp" else {"judge_augment": augment}
+
+
 def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
     """Train (or load) the study's judges on clean images only (the subject's judge images, or its
     training images when it has none; corpus images; their TAEF2 round trips), validated on held-out
@@ -144,7 +150,7 @@ def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
 
     key = {"subjects": sorted(subjects), "pretrained": str(study.pretrained), "corpus": len(corpus),
            "data": data_hash([a for s in study.subjects.values() for a in (s.judge or s.train)]), "shape": needs_shape,
-           "judge_steps": study.settings.judge_steps}
+           "judge_steps": study.settings.judge_steps, **judge_augment_key(study.settings.judge_augment)}
     if path.exists():
         state = torch.load(path, weights_only=True)
         if json.loads(state["key"]) == key:
@@ -160,7 +166,8 @@ def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
     validation = {f"texture/{k}": v for k, v in validate_classifier(clf, val_corpus, heldout, round_trip).items()}
     shape = None
     if needs_shape:
-        shape = train_shape_judge(train_corpus, subjects, round_trip, steps=study.settings.judge_steps)
+        shape = train_shape_judge(train_corpus, subjects, round_trip, steps=study.settings.judge_steps,
+                                  augment=study.settings.judge_augment)
         validation.update({f"shape/{k}": v for k, v in validate_classifier(shape, val_corpus, heldout, round_trip).items()})
     seconds = time.perf_counter() - start
     state = {"key": json.dumps(key), "classifier": clf.state(), "features": torch.from_numpy(features),
