@@ -423,6 +423,7 @@ def test_goal_says_not_measured_until_the_purifications_ran():
 
     scores = object.__new__(Scores)
     scores.study = SimpleNamespace(subjects={"cat": None})
+    scores.judge = SimpleNamespace(check_for=lambda subject: None)  # no second judge
     rows = {"udp": dict(erasure=0.5, erasure_sd=0.1, erasure_n=3), "noise": dict(erasure=0.1, erasure_sd=0.1, erasure_n=3)}
     scores.summary = lambda subject, name, mode, clean="clean": rows.get(name, {})
     for after, expected in ((None, None), (0.4, True), (0.1, False)):  # kept share: not run, 0.8, 0.2
@@ -441,6 +442,7 @@ def test_a_study_with_no_method_of_the_other_side_compares_with_nothing():
 
     scores = object.__new__(Scores)
     scores.study = SimpleNamespace(subjects={"heart": None})
+    scores.judge = SimpleNamespace(check_for=lambda subject: None)  # no second judge
     rows = {"photoguard": dict(erasure=0.7, erasure_sd=0.06, erasure_n=3),
             "noise": dict(erasure=0.13, erasure_sd=0.13, erasure_n=3), "udp": dict(erasure=0.1, erasure_sd=0.1, erasure_n=3)}
     scores.summary = lambda subject, name, mode, clean="clean": rows.get(name, {})
@@ -463,6 +465,7 @@ def test_goal_needs_two_seeds_to_claim_a_method_beats_noise():
                 "photoguard": dict(erasure=0.5, erasure_sd=best_sd, erasure_n=n_seeds)}
         scores = object.__new__(Scores)
         scores.study = SimpleNamespace(subjects={"cat": None, "ihc": None})
+        scores.judge = SimpleNamespace(check_for=lambda subject: None)  # no second judge
         scores.summary = lambda subject, name, mode, clean="clean": rows[name]
         return scores.goal("udp", "photoguard", ())
 
@@ -539,14 +542,16 @@ def test_controls_table_marks_each_positive_level_on_its_own():
     assert "| 0.71 (**FAIL**) | 0.87 (pass) |" in row
 
 
-def _goal_of(rows: dict[str, dict], purifications: tuple[str, ...] = (), kept: float | None = None) -> dict:
-    """Scores.goal for ``best`` over hand-made summaries of one subject (``heart``)."""
+def _goal_of(rows: dict[str, dict], purifications: tuple[str, ...] = (), kept: float | None = None,
+             check: str | None = None) -> dict:
+    """Scores.goal for ``best`` over hand-made summaries of one subject (``heart``); ``check`` names a second judge."""
     from types import SimpleNamespace
 
     from udp_datasets.evaluate.experiments.fewshot_scores import Scores
 
     scores = object.__new__(Scores)
     scores.study = SimpleNamespace(subjects={"heart": None})
+    scores.judge = SimpleNamespace(check_for=lambda subject: check)
     scores.summary = lambda subject, name, mode, clean="clean": rows.get(name, {})
     scores.kept_after = lambda subject, name, purification: kept
     return scores.goal("best", None, purifications)
@@ -595,6 +600,7 @@ def test_the_pick_ranks_erasure_before_artifacts():
             "udp": dict(erasure=0.08, artifact_vs_clean=2.38), "noise": dict(erasure=0.13, artifact_vs_clean=1.65)}
     scores = object.__new__(Scores)
     scores.study = SimpleNamespace(subjects={"heart": None})
+    scores.judge = SimpleNamespace(check_for=lambda subject: None)  # no second judge
     scores.summary = lambda subject, name, mode, clean="clean": rows[name]
     picks = fewshot.pick(scores, list(rows))
     assert picks == {"best": "photoguard", "second": "photoguard:engine=generator", "ours": "udp",
@@ -653,3 +659,23 @@ def test_cli_followups_must_name_a_method_of_the_study(tmp_path, capsys):
     assert main(["evaluate", "--regime", "fewshot", "--out", str(tmp_path / "r"), *flags]) == EXIT_USAGE
     assert "--followups 'best,advdm': choose from noise, best, second, ours, peer, all, photoguard" in \
         capsys.readouterr().err
+
+
+def test_protection_must_hold_under_the_second_shape_judge():
+    """The measured case behind 0.3.8's rule (grey heart, fine-tune rate 2e-4, 3 seeds): PhotoGuard 0.83 +- 0.02 by
+    the warp judge, 0.50 +- 0.05 by the strong one (noise 0.30 and 0.11): not shown, and the verdict says why."""
+    from udp_datasets.evaluate.experiments.fewshot_report import goal_text, shown_effective, verdict
+
+    rows = {"best": dict(erasure=0.83, erasure_sd=0.02, erasure_n=3, erasure_shape_strong=0.50, erasure_shape_strong_sd=0.05),
+            "noise": dict(erasure=0.30, erasure_sd=0.07, erasure_n=3, erasure_shape_strong=0.11)}
+    split = _goal_of(rows, check="shape_strong")
+    assert split["holds_under_check_judge"] is False and split["per_subject"]["heart"]["check_erasure"] == 0.50
+    assert not shown_effective(split) and "depends on the judge's strictness" in verdict(split)
+    assert "heart: 0.83 by `shape`, 0.50 ± 0.05 by `shape_strong` (noise 0.11)" in verdict(split)
+    assert "by the second shape judge too, where erasure reached the goal: **no**" in goal_text(split)
+    rows["best"]["erasure_shape_strong"] = 0.81
+    agreed = _goal_of(rows, check="shape_strong")
+    assert agreed["holds_under_check_judge"] is True and shown_effective(agreed)
+    assert _goal_of(rows)["holds_under_check_judge"] is None and shown_effective(_goal_of(rows))  # no second judge
+    rows["best"].update(erasure=0.70)  # the goal not reached by erasure: the second judge has nothing to confirm
+    assert _goal_of(rows, check="shape_strong")["holds_under_check_judge"] is None

@@ -93,9 +93,9 @@ class FewshotSettings:
     judge_steps: int = 600
     """Training steps of the CNN shape judge (class-balanced batches of 64)."""
     judge_augment: str = "warp"
-    """The shape judge's training augmentations (:data:`~..metrics.shape_judge.JUDGE_AUGMENTS`): ``strong``
-    also bends, re-strokes and textures the clean images, to measure how much of an erasure is the
-    ``warp`` judge's strictness (``--judge-augment``)."""
+    """The deciding shape judge's training augmentations (:data:`~..metrics.shape_judge.JUDGE_AUGMENTS`,
+    ``--judge-augment``); the other ones train the second shape judge, under which a protection must hold too
+    (``strong`` also bends, re-strokes and textures the clean images)."""
     control_levels: tuple[int, ...] = (16, 32)
     """Budgets (8-bit levels) of the positive control, PhotoGuard's plainly visible push."""
     victim_check_factor: float | None = None

@@ -150,7 +150,9 @@ def goal_text(goal: dict[str, Any]) -> str:
     parts = []
     for subject, g in goal["per_subject"].items():
         parts.append(f"{subject}: erasure {pm(g['erasure'], g['erasure_sd'])} (noise {pm(g['noise_erasure'], g['noise_erasure_sd'])}"
-                     + (f", {peer} {fmt(g['peer_erasure'], '{:.2f}')}" if peer else "") + f"), artifacts {fmt(g['artifact_vs_clean'], '{:.2f}x')} "
+                     + (f", {peer} {fmt(g['peer_erasure'], '{:.2f}')}" if peer else "") + ")"
+                     + (f", by `{g['check_judge']}` {pm(g.get('check_erasure'), g.get('check_erasure_sd'))}" if g.get("check_judge") else "")
+                     + f", artifacts {fmt(g['artifact_vs_clean'], '{:.2f}x')} "
                      "clean-ft, kept after " + ", ".join(f"{p} {fmt(v, '{:.2f}')}" for p, v in g["kept_after"].items()))
     yes = lambda flag, why="needs 2+ seeds": f"not measured ({why})" if flag is None else ("yes" if flag else "**no**")  # noqa: E731
     other = f"`{peer}`" if peer else "the other side"
@@ -167,7 +169,9 @@ def goal_text(goal: dict[str, Any]) -> str:
         f"- at least as strong as {other} on every subject: "
         f"{yes(goal['at_least_peer_on_every_subject'], 'an erasure was undefined' if peer else 'nothing to compare with')}",
         f"- keeps at least half its erasure after JPEG 75 and Gaussian noise 0.05: "
-        f"{yes(goal['keeps_half_after_jpeg_and_noise'], 'purifications not run, or erasure undefined or <= 0')}", "",
+        f"{yes(goal['keeps_half_after_jpeg_and_noise'], 'purifications not run, or erasure undefined or <= 0')}",
+        f"- erases >= {GOAL_ERASURE} by the second shape judge too, where erasure reached the goal: "
+        f"{yes(goal.get('holds_under_check_judge'), 'no second shape judge, or the goal was not reached by erasure')}", "",
         *[f"  - {p}" for p in parts]])
 
 
@@ -194,6 +198,11 @@ def controls_text(controls: dict[str, Any]) -> str:
         lines.append(f"| {subject} | {flag(c['learned'])} | {pos} | "
                      f"{fmt(c['substitution'], '{:.2f}')} ({flag(c['substitution_passed'])}) | "
                      f"{fmt(c['negative'], '{:.2f}')} ({flag(c['negative_passed'])}) |")
+    checks = [f"{subject}: " + " / ".join(fmt(c["positive_check"].get(str(lv)), '{:.2f}') for lv in th["positive_levels"])
+              + f" by `{c['check_judge']}`" for subject, c in controls["per_subject"].items() if c.get("positive_check")]
+    if checks:
+        lines += ["", "The positive control by the second shape judge (not a gate; a protection must hold under both "
+                  "judges to be shown): " + "; ".join(checks) + "."]
     lines += ["", "The subject's judge on the victim VAE's round trips of the training sets (the latents a victim "
               "trains on; the positive control can only erase what it removes from them):", "",
               "| subject | clean | " + " | ".join(f"photoguard {lv}/255" for lv in th["positive_levels"]) + " |",
@@ -217,11 +226,13 @@ def harness_verdict(controls: dict[str, Any], goal: dict[str, Any]) -> str:
 
 def shown_effective(goal: dict[str, Any]) -> bool:
     """Whether a report may say protection works: the goal reached *by erasure* on every subject, beyond random
-    noise by more than the seed spread, and not lost to JPEG 75 or Gaussian noise where those were measured.
-    The one place this is decided, for a study's verdict and for the sweep over the attacker's rate."""
+    noise by more than the seed spread, not lost to JPEG 75 or Gaussian noise where those were measured, and seen
+    by the second shape judge too where a subject has one (0.3.8). The one place this is decided, for a study's
+    verdict and for the sweep over the attacker's rate."""
     return bool(goal.get("method") and goal.get("reaches_goal_on_every_subject")
                 and goal.get("beats_noise_on_every_subject") and goal.get("by_erasure_on_every_subject")
-                and goal.get("keeps_half_after_jpeg_and_noise") is not False)
+                and goal.get("keeps_half_after_jpeg_and_noise") is not False
+                and goal.get("holds_under_check_judge") is not False)
 
 
 def verdict(goal: dict[str, Any]) -> str:
@@ -235,6 +246,13 @@ def verdict(goal: dict[str, Any]) -> str:
                       "jpeg75,noise0.05).")
         return (f"`{method}` erases >= {GOAL_ERASURE} on every subject and beats random noise by more than the "
                 f"seed spread: protection measured as effective in this few-shot regime.{unmeasured}")
+    if reached and beats and goal.get("by_erasure_on_every_subject") and goal.get("holds_under_check_judge") is False:
+        per = "; ".join(f"{s}: {fmt(g.get('erasure'), '{:.2f}')} by `shape`, {pm(g.get('check_erasure'), g.get('check_erasure_sd'))} "
+                        f"by `{g.get('check_judge')}` (noise {fmt(g.get('check_noise_erasure'), '{:.2f}')})"
+                        for s, g in goal.get("per_subject", {}).items() if g.get("holds_under_check_judge") is False)
+        return (f"`{method}` erases >= {GOAL_ERASURE} by the deciding shape judge, but not by the second one, trained "
+                f"on the same clean images with other augmentations and as accurate on held-out images ({per}): the "
+                "figure depends on the judge's strictness, so the protection is not shown to work. Look at the grids.")
     if reached and beats and not goal.get("by_erasure_on_every_subject"):
         per = "; ".join(f"{s}: {fmt(g.get('artifact_vs_clean'), '{:.2f}x')} (noise "
                         f"{fmt(g.get('noise_artifact_vs_clean'), '{:.2f}x')}), erasure {fmt(g.get('erasure'), '{:.2f}')}"

@@ -229,9 +229,13 @@ class Scores:
                       **{str(lv): summary.get("latent_score") for lv, summary in positive.items()}}
             neg = self.summary(subject, "noise", "full").get("erasure")
             learned = self.learned(subject, "full")
+            check = self.judge.check_for(subject)
             per_subject[subject] = {
                 "learned": learned["all_learned"] if learned["seeds"] else None,
                 "positive": {str(lv): v for lv, v in pos.items()},
+                # not a gate: what the second shape judge reads of the same push (see Scores.goal)
+                "positive_check": ({str(lv): summary.get(f"erasure_{check}") for lv, summary in positive.items()}
+                                   if check else None), "check_judge": check,
                 "positive_latent_score": latent,
                 "positive_passed": None if any(v is None for v in pos.values()) else all(v >= POSITIVE_MIN for v in pos.values()),
                 "substitution": sub, "substitution_passed": None if sub is None else sub >= SUBSTITUTION_MIN,
@@ -269,7 +273,15 @@ class Scores:
             measured = min(b.get(f"{key}_n") or 0, n.get(f"{key}_n") or 0) >= 2
             beats_noise = None if not measured else b[key] - n[key] > spread
             kept = {pur: self.kept_after(subject, best, pur) for pur in purifications}
+            check = self.judge.check_for(subject)
+            check_erasure = b.get(f"erasure_{check}") if check else None
             per_subject[subject] = {
+                # the second shape judge (0.3.8): an erasure that only one of two valid shape judges sees is the
+                # judge's strictness, not shown protection; None where there is no second judge or no erasure
+                "check_judge": check, "check_erasure": check_erasure, "check_erasure_sd": b.get(f"erasure_{check}_sd"),
+                "check_noise_erasure": n.get(f"erasure_{check}") if check else None,
+                "holds_under_check_judge": (None if reached_by != "erasure" or check_erasure is None
+                                            else check_erasure >= GOAL_ERASURE),
                 "erasure": b.get("erasure"), "erasure_sd": b.get("erasure_sd"),
                 "artifact_vs_clean": b.get("artifact_vs_clean"), "noise_erasure": n.get("erasure"),
                 "noise_erasure_sd": n.get("erasure_sd"), "noise_artifact_vs_clean": n.get("artifact_vs_clean"),
@@ -298,6 +310,9 @@ class Scores:
                 "by_erasure_on_every_subject": all(v["reached_by"] == "erasure" for v in per_subject.values()),
                 "beats_noise_on_every_subject": everywhere("beats_noise_by_more_than_spread"),
                 "at_least_peer_on_every_subject": everywhere("at_least_peer"),
+                "holds_under_check_judge": (False if any(v["holds_under_check_judge"] is False for v in per_subject.values())
+                                            else True if any(v["holds_under_check_judge"] for v in per_subject.values())
+                                            else None),
                 "keeps_half_after_jpeg_and_noise": kept_ok if kept_values else None}
 
     def kept_after(self, subject: str, name: str, purification: str) -> float | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,13 +105,25 @@ class Judge:
     kinds: dict[str, str] | None = None
     """Subject -> the judge that decides it: ``shape``, ``texture`` or ``faces``."""
     faces: Any = None
+    shape_check: Any = None
+    """The second shape judge (0.3.8): the same clean images and network, the other augmentations of
+    :data:`~..metrics.shape_judge.JUDGE_AUGMENTS`. A protection decided by ``shape`` is shown only if it
+    holds under this one too (:meth:`~.fewshot_scores.Scores.goal`): both are valid shape judges (held-out
+    accuracy 1.00 on the grey heart), and the erasure of one 8/255 method read 0.83 by one and 0.50 by the other."""
+    check_name: str | None = None
+    """The second shape judge's name in :meth:`scorers` (``shape_strong`` beside a ``warp`` judge)."""
 
     def for_subject(self, subject: str) -> str:
         return (self.kinds or {}).get(subject, "texture")
 
+    def check_for(self, subject: str) -> str | None:
+        """The second judge of a subject decided by its shape, else None."""
+        return self.check_name if self.for_subject(subject) == "shape" and self.shape_check is not None else None
+
     def scorers(self) -> dict[str, Any]:
         """Every trained class judge by name (``score(x01, subject)``)."""
-        return {"texture": self.classifier, **({"shape": self.shape} if self.shape is not None else {})}
+        return {"texture": self.classifier, **({"shape": self.shape} if self.shape is not None else {}),
+                **({self.check_name: self.shape_check} if self.shape_check is not None and self.check_name else {})}
 
 
 def judge_kinds(subjects: dict[str, Any], validation: dict[str, float], shape_trained: bool) -> dict[str, str]:
@@ -127,18 +140,13 @@ def judge_kinds(subjects: dict[str, Any], validation: dict[str, float], shape_tr
     return kinds
 
 
-def judge_augment_key(augment: str) -> dict[str, str]:
-    """The judge's augmentations in its cache key; ``warp`` (0.3.7's) adds nothing, so judges cached by 0.3.7
-    are still read."""
-    return {} if augment == "warp" else {"judge_augment": augment}
-
-
 def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
     """Train (or load) the study's judges on clean images only (the subject's judge images, or its
     training images when it has none; corpus images; their TAEF2 round trips), validated on held-out
-    images. Cached in the study folder under a key of what they were trained on."""
+    images. Cached in the study folder under a key of what they were trained on (0.3.8 added the second shape
+    judge to it, so a 0.3.7 folder trains its judges again: deterministic, the same weights on one machine)."""
     from ..data import data_hash
-    from ..metrics.shape_judge import ShapeJudge, train_shape_judge
+    from ..metrics.shape_judge import JUDGE_AUGMENTS, ShapeJudge, train_shape_judge
 
     path = study.out / "classifier.pt"
     vae = victim_codec(str(study.pretrained))
@@ -148,32 +156,39 @@ def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
     def round_trip(x: torch.Tensor) -> torch.Tensor:
         return to_tensor(decode(vae, encode(vae, x)))
 
+    augment = study.settings.judge_augment
+    check = next(a for a in JUDGE_AUGMENTS if a != augment)
     key = {"subjects": sorted(subjects), "pretrained": str(study.pretrained), "corpus": len(corpus),
            "data": data_hash([a for s in study.subjects.values() for a in (s.judge or s.train)]), "shape": needs_shape,
-           "judge_steps": study.settings.judge_steps, **judge_augment_key(study.settings.judge_augment)}
+           "judge_steps": study.settings.judge_steps, "judge_augment": augment, "check_judge": check}
     if path.exists():
         state = torch.load(path, weights_only=True)
         if json.loads(state["key"]) == key:
-            shape = ShapeJudge.from_state(state["shape"]) if "shape" in state else None
+            shapes = [ShapeJudge.from_state(state[k]) if k in state else None for k in ("shape", "shape_check")]
             validation = json.loads(state["validation"])
             return Judge(SubjectClassifier.from_state(state["classifier"]), FeatureSpace(state["features"].numpy()),
-                         validation, float(state["seconds"]), shape, judge_kinds(study.subjects, validation, needs_shape))
+                         validation, float(state["seconds"]), shapes[0], judge_kinds(study.subjects, validation, needs_shape),
+                         shape_check=shapes[1], check_name=f"shape_{check}" if shapes[1] is not None else None)
     start = time.perf_counter()
     n = min(CLASSIFIER_CORPUS, len(corpus) // 2)
     train_corpus, val_corpus = to_tensor(corpus[:n]), to_tensor(corpus[n:n + 300])
     clf, features = train_subject_classifier(train_corpus, subjects, round_trip)
     heldout = {name: to_tensor(load_images(study.out / "sets" / name / "heldout.npz")) for name in subjects}
     validation = {f"texture/{k}": v for k, v in validate_classifier(clf, val_corpus, heldout, round_trip).items()}
-    shape = None
-    if needs_shape:
-        shape = train_shape_judge(train_corpus, subjects, round_trip, steps=study.settings.judge_steps,
-                                  augment=study.settings.judge_augment)
-        validation.update({f"shape/{k}": v for k, v in validate_classifier(shape, val_corpus, heldout, round_trip).items()})
+    shapes: list[Any] = [None, None]
+    if needs_shape:  # the deciding judge and the second one, each validated on the same held-out images
+        for i, (name, aug) in enumerate((("shape", augment), (f"shape_{check}", check))):
+            shapes[i] = train_shape_judge(train_corpus, subjects, round_trip, steps=study.settings.judge_steps,
+                                          augment=aug)
+            validation.update({f"{name}/{k}": v for k, v in
+                               validate_classifier(shapes[i], val_corpus, heldout, round_trip).items()})
     seconds = time.perf_counter() - start
     state = {"key": json.dumps(key), "classifier": clf.state(), "features": torch.from_numpy(features),
-             "validation": json.dumps(validation), "seconds": seconds}
-    if shape is not None:
-        state["shape"] = shape.state()
-    torch.save(state, path)
+             "validation": json.dumps(validation), "seconds": seconds,
+             **{k: j.state() for k, j in zip(("shape", "shape_check"), shapes) if j is not None}}
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a run killed while saving leaves no half-written judge under the cached name
     logger.info("judges' validation: %s", validation)
-    return Judge(clf, FeatureSpace(features), validation, seconds, shape, judge_kinds(study.subjects, validation, needs_shape))
+    return Judge(clf, FeatureSpace(features), validation, seconds, shapes[0], judge_kinds(study.subjects, validation, needs_shape),
+                 shape_check=shapes[1], check_name=f"shape_{check}" if shapes[1] is not None else None)
