@@ -109,7 +109,8 @@ class Judge:
     """The second shape judge (0.3.8): the same clean images and network, the other augmentations of
     :data:`~..metrics.shape_judge.JUDGE_AUGMENTS`. A protection decided by ``shape`` is shown only if it
     holds under this one too (:meth:`~.fewshot_scores.Scores.goal`): both are valid shape judges (held-out
-    accuracy 1.00 on the grey heart), and the erasure of one 8/255 method read 0.83 by one and 0.50 by the other."""
+    heart accuracy 0.96 and 1.00 on the grey heart), and one 8/255 method's erasure read 0.83 by one and 0.50 by
+    the other (docs/efficacy.md, "A second judge")."""
     check_name: str | None = None
     """The second shape judge's name in :meth:`scorers` (``shape_strong`` beside a ``warp`` judge)."""
 
