@@ -26,6 +26,7 @@ class StubScores:
     }
 
     study = SimpleNamespace(subjects=("a", "b"))
+    judge = SimpleNamespace(check_for=lambda subject: None)  # no second shape judge
 
     def summary(self, subject: str, name: str, mode: str, clean: str = "clean") -> dict:
         return self.SUMMARIES.get((subject, name, clean), {})
@@ -69,3 +70,21 @@ def test_labelled_rows_draws_a_long_label_on_several_lines(tmp_path):
                                                tmp_path / "b.png")).convert("L"))
     ink_rows = lambda img: int((img[:, :150] < 128).any(axis=1).sum())  # noqa: E731
     assert ink_rows(long) > 2 * ink_rows(short)  # three lines of text, not one
+
+
+def test_purification_rows_give_the_second_judges_erasure_where_there_is_one():
+    """0.3.8: a protection must hold under both shape judges, so a purified set's erasure is given by the second
+    judge too (mean over subjects), in a column of its own; a study with no second judge keeps 7 columns."""
+    stub = StubScores()
+    stub.SUMMARIES = {**StubScores.SUMMARIES,
+                      ("a", "photoguard+jpeg75", "clean+jpeg75"): {**StubScores.SUMMARIES[("a", "photoguard+jpeg75", "clean+jpeg75")],
+                                                                   "erasure_shape_strong": 0.3},
+                      ("b", "photoguard+jpeg75", "clean+jpeg75"): {**StubScores.SUMMARIES[("b", "photoguard+jpeg75", "clean+jpeg75")],
+                                                                   "erasure_shape_strong": 0.1}}
+    stub.judge = SimpleNamespace(check_for=lambda subject: "shape_strong")
+    md, rows = purification_table(stub, ["photoguard"], ["jpeg75"])
+    assert rows[0]["erasure_check"] == pytest.approx(0.2) and rows[0]["check_judge"] == "shape_strong"
+    assert "by `shape_strong` |" in md.splitlines()[0] and md.splitlines()[1] == "|---" * 8 + "|"
+    assert md.splitlines()[2].endswith("| 1.50x | 0.20 |")
+    plain, _ = purification_table(StubScores(), ["photoguard"], ["jpeg75"])
+    assert plain.splitlines()[1] == "|---" * 7 + "|" and "shape_strong" not in plain

@@ -87,9 +87,11 @@ def learned_table(scores: Scores, modes: Sequence[str]) -> tuple[str, dict[str, 
 def purification_table(scores: Scores, names: Sequence[str], purifications: Sequence[str]) -> tuple[str, list[dict]]:
     """Markdown rows per purification and set. An erasure is its mean ± sd over seeds (each averaged over subjects,
     as the budget sweep's); the kept share is the ratio of the mean erasures, after over before, so it has no sd."""
+    check = next((c for c in (scores.judge.check_for(s) for s in scores.study.subjects) if c), None)
     lines = ["| purification | set | subject score | erasure vs clean-ft (± sd over seeds) | erasure vs "
              "purified-clean-ft (± sd over seeds) | kept share of erasure (ratio of means) | "
-             "artifacts / purified-clean-ft |", "|---|---|---|---|---|---|---|"]
+             "artifacts / purified-clean-ft |" + (f" erasure vs purified-clean-ft by `{check}` |" if check else ""),
+             "|---" * (8 if check else 7) + "|"]
     rows = []
     for pur in purifications:
         for name in names:
@@ -106,7 +108,8 @@ def purification_table(scores: Scores, names: Sequence[str], purifications: Sequ
                    "erasure_vs_clean": over(0, "erasure"), "erasure_vs_clean_sd": over(0, "erasure_sd"),
                    "erasure": over(1, "erasure"), "erasure_sd": over(1, "erasure_sd"),
                    "kept": avg([k for k in kept if k is not None]),
-                   "artifact_vs_clean": over(1, "artifact_vs_clean")}
+                   "artifact_vs_clean": over(1, "artifact_vs_clean"),
+                   **({"erasure_check": over(1, f"erasure_{check}"), "check_judge": check} if check else {})}
             # seeds with an erasure, where a purified clean fine-tune learned too little on some (as the main table)
             defined = [(b["erasure_n"], b["seeds"]) for _, b in per.values()
                        if b.get("erasure_n") is not None and b.get("seeds") is not None]
@@ -116,7 +119,8 @@ def purification_table(scores: Scores, names: Sequence[str], purifications: Sequ
                 *(row["erasure_seeds"] or (None, None)))
             lines.append(f"| {pur} | {name} | {fmt(row['score'], '{:.3f}')} | "
                          f"{pm(row['erasure_vs_clean'], row['erasure_vs_clean_sd'])} | "
-                         f"{same} | {fmt(row['kept'], '{:.2f}')} | {fmt(row['artifact_vs_clean'], '{:.2f}x')} |")
+                         f"{same} | {fmt(row['kept'], '{:.2f}')} | {fmt(row['artifact_vs_clean'], '{:.2f}x')} |"
+                         + ("" if not check else " — |" if name == "clean" else f" {fmt(row['erasure_check'], '{:.2f}')} |"))
     return "\n".join(lines), rows
 
 
