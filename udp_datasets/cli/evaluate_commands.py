@@ -356,9 +356,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-column", default="image")
     p.add_argument("--limit", type=int, help="use only the first N images of each dataset")
     p.add_argument("--judge-augment", choices=["warp", "strong"], default="warp",
-                   help="fewshot: the shape judge's training augmentations: warp (rotation, scale, shift, blur; "
-                        "0.3.7's) or strong (also bent and thicker strokes and a blotchy texture): how much of an "
-                        "erasure is the judge's own strictness")
+                   help="fewshot: which of the two shape judges decides, by its training augmentations: warp "
+                        "(rotation, scale, shift, blur; 0.3.7's) or strong (also bent and thicker strokes and a "
+                        "blotchy texture); the other one is trained too, and a protection must hold under both")
     p.add_argument("--holdout-fraction", type=float, default=0.25,
                    help="share of clean images held out as the reference (never trained on)")
     p.add_argument("--bundled-count", type=int, default=1200, help="bundled photo patches to use")

@@ -159,6 +159,7 @@ def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
 
     augment = study.settings.judge_augment
     check = next(a for a in JUDGE_AUGMENTS if a != augment)
+    check_name = f"shape_{check}"  # unused where no second judge was trained (Judge.check_for, Judge.scorers)
     key = {"subjects": sorted(subjects), "pretrained": str(study.pretrained), "corpus": len(corpus),
            "data": data_hash([a for s in study.subjects.values() for a in (s.judge or s.train)]), "shape": needs_shape,
            "judge_steps": study.settings.judge_steps, "judge_augment": augment, "check_judge": check}
@@ -169,7 +170,7 @@ def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
             validation = json.loads(state["validation"])
             return Judge(SubjectClassifier.from_state(state["classifier"]), FeatureSpace(state["features"].numpy()),
                          validation, float(state["seconds"]), shapes[0], judge_kinds(study.subjects, validation, needs_shape),
-                         shape_check=shapes[1], check_name=f"shape_{check}" if shapes[1] is not None else None)
+                         shape_check=shapes[1], check_name=check_name)
     start = time.perf_counter()
     n = min(CLASSIFIER_CORPUS, len(corpus) // 2)
     train_corpus, val_corpus = to_tensor(corpus[:n]), to_tensor(corpus[n:n + 300])
@@ -178,7 +179,7 @@ def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
     validation = {f"texture/{k}": v for k, v in validate_classifier(clf, val_corpus, heldout, round_trip).items()}
     shapes: list[Any] = [None, None]
     if needs_shape:  # the deciding judge and the second one, each validated on the same held-out images
-        for i, (name, aug) in enumerate((("shape", augment), (f"shape_{check}", check))):
+        for i, (name, aug) in enumerate((("shape", augment), (check_name, check))):
             shapes[i] = train_shape_judge(train_corpus, subjects, round_trip, steps=study.settings.judge_steps,
                                           augment=aug)
             validation.update({f"{name}/{k}": v for k, v in
@@ -192,4 +193,4 @@ def prepare_classifier(study: Any, corpus: Sequence[np.ndarray]) -> Judge:
     os.replace(tmp, path)  # a run killed while saving leaves no half-written judge under the cached name
     logger.info("judges' validation: %s", validation)
     return Judge(clf, FeatureSpace(features), validation, seconds, shapes[0], judge_kinds(study.subjects, validation, needs_shape),
-                 shape_check=shapes[1], check_name=f"shape_{check}" if shapes[1] is not None else None)
+                 shape_check=shapes[1], check_name=check_name)
